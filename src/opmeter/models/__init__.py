@@ -1,0 +1,1 @@
+"""Models opmeter carries itself (reference implementations with random weights) and their workloads."""
