@@ -1,0 +1,795 @@
+"""The join: a measured :class:`~opmeter.trace.Trace` beside the analytic prediction of the same workload.
+
+:func:`join` builds a :class:`Joined`, an analysis object with plain query methods returning DataFrames (the same
+feel as ``Trace``):
+
+* :meth:`Joined.by_module` — per module path: measured (trace) vs predicted (analytic) tensor-core FLOPs,
+  CUDA-core FLOPs, bytes, weight / activation / KV memory, with relative differences ``(measured - predicted) /
+  predicted``; inclusive and ``self_*`` metrics, depth and parent, so it *is* the module hierarchy.
+* :meth:`Joined.by_class` — the same summed per module class.
+* :meth:`Joined.hierarchy` — the hierarchy with repeated siblings collapsed (``layers.*``), for reading.
+* :meth:`Joined.by_component` — disjoint named components (SAM encoder, CLIP tower, ..., LM head) built from the
+  *self* metrics of the modules below each component root, plus one ``unattributed (glue)`` row; their sum equals
+  the trace total, which :meth:`Joined.checks` verifies.
+* :meth:`Joined.by_stage` — vision, prefill (decoder part), each decode step, decode total, total: measured work,
+  predicted work, predicted time (roofline at the chosen hardware), measured time (when executed) and the ratio.
+* :meth:`Joined.by_category`, :meth:`Joined.by_operator`, :meth:`Joined.by_component_and_category`.
+* :meth:`Joined.unclassified` — the unclassified bucket: ops outside every component (glue in ``forward`` /
+  ``generate``) and ops of no category, each with its share of FLOPs, bytes and time.
+
+:meth:`Joined.save` writes ``joined.json`` (orjson, ``schema_version``, atomic); :func:`load_joined` reads it back.
+
+The join knows the model only through a component table (:data:`DEEPSEEK_OCR_COMPONENTS`, path patterns) and the
+predicted per-module frame (:func:`opmeter.analytic.base.layer_frame` layout), keyed by the same module paths.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import orjson
+import pandas as pd
+
+from opmeter.errors import OpmeterError
+from opmeter.io import atomic_write_bytes
+
+SCHEMA_VERSION = 1
+"""Version of ``joined.json``; bumped on any incompatible change."""
+
+SCHEMA_NAME = "opmeter.joined"
+
+ROOT = "<root>"
+OUTSIDE = "<outside>"
+GLUE = "unattributed (glue)"
+UNCLASSIFIED = "unclassified"
+
+METRICS = ("flops_tensor", "flops_cuda", "bytes_read", "bytes_written", "time_s")
+"""Additive measured metrics; ``bytes`` = read + written is derived."""
+
+MEMORY = ("weight_bytes", "activation_bytes", "kv_cache_bytes")
+
+
+@attrs.frozen
+class Component:
+    """A named component: the modules whose path matches ``pattern`` (and class, when given) and everything below.
+
+    When several components match along a path, the deepest module wins, so components are disjoint.
+    """
+
+    name: str
+    pattern: str
+    class_name: str | None = None
+
+    def matches(self, path: str, class_name: str) -> bool:
+        """Whether the module ``path`` of class ``class_name`` is a root of this component."""
+        if self.class_name is not None and class_name != self.class_name:
+            return False
+        return re.search(self.pattern, path) is not None
+
+
+DEEPSEEK_OCR_COMPONENTS: tuple[Component, ...] = (
+    Component("SAM encoder", r"(^|\.)sam_model$"),
+    Component("CLIP tower", r"(^|\.)vision_model$"),
+    Component("projector", r"(^|\.)projector$"),
+    Component("token embedding", r"(^|\.)embed_tokens$"),
+    Component("decoder attention", r"(^|\.)layers\.\d+\.self_attn$"),
+    Component("decoder norms", r"(^|\.)layers\.\d+\.(input_layernorm|post_attention_layernorm)$"),
+    Component("decoder residual adds", r"(^|\.)layers\.\d+$"),
+    Component("dense MLP", r"(^|\.)layers\.\d+\.mlp$", "DeepseekV2MLP"),
+    Component("MoE dispatch/combine", r"(^|\.)layers\.\d+\.mlp$"),
+    Component("MoE gate", r"(^|\.)layers\.\d+\.mlp\.gate$"),
+    Component("routed experts", r"(^|\.)layers\.\d+\.mlp\.experts$"),
+    Component("shared experts", r"(^|\.)layers\.\d+\.mlp\.shared_experts$"),
+    Component("final norm", r"(^|\.)model\.norm$"),
+    Component("LM head", r"(^|\.)lm_head$"),
+)
+"""DeepSeek-OCR components, by vendor attribute paths (the reference model uses the same ones)."""
+
+VISION_COMPONENTS = ("SAM encoder", "CLIP tower", "projector")
+
+
+def rel_diff(measured: Any, predicted: Any) -> float:
+    """``(measured - predicted) / predicted``; 0 when both are 0, NaN when either is missing or only predicted is 0."""
+    try:
+        m, p = float(measured), float(predicted)
+    except (TypeError, ValueError):
+        return math.nan
+    if math.isnan(m) or math.isnan(p):
+        return math.nan
+    if p == 0:
+        return 0.0 if m == 0 else math.nan
+    return (m - p) / p
+
+
+def _num(df: pd.DataFrame, col: str) -> pd.Series:
+    if col in df:
+        return pd.to_numeric(df[col], errors="coerce").fillna(0.0)
+    return pd.Series(0.0, index=df.index)
+
+
+def _parent(path: str) -> str:
+    if path in (ROOT, OUTSIDE):
+        return ""
+    return path.rsplit(".", 1)[0] if "." in path else ROOT
+
+
+def _ancestors(path: str) -> list[str]:
+    """``a.b.c`` -> ``["a.b.c", "a.b", "a", "<root>"]`` (self first)."""
+    if path in (ROOT, OUTSIDE):
+        return [path]
+    parts = path.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts), 0, -1)] + [ROOT]
+
+
+def assign_components(modules: pd.DataFrame, components: Sequence[Component]) -> pd.Series:
+    """Component of every module path (the deepest matching ancestor-or-self), ``GLUE`` when none matches."""
+    classes = dict(zip(modules["module"], modules.get("class_name", pd.Series("", index=modules.index)), strict=True))
+    cache: dict[str, str | None] = {}
+
+    def own(path: str) -> str | None:
+        if path not in cache:
+            cls = str(classes.get(path, ""))
+            cache[path] = next((c.name for c in components if c.matches(path, cls)), None)
+        return cache[path]
+
+    out = []
+    for path in modules["module"]:
+        found = next((name for anc in _ancestors(str(path)) if (name := own(anc)) is not None), None)
+        out.append(found if found is not None else GLUE)
+    return pd.Series(out, index=modules.index, dtype=object)
+
+
+def _with_bytes(df: pd.DataFrame, prefix: str = "") -> pd.DataFrame:
+    df = df.copy()
+    df[f"{prefix}bytes"] = _num(df, f"{prefix}bytes_read") + _num(df, f"{prefix}bytes_written")
+    return df
+
+
+def _shares(df: pd.DataFrame, totals: Mapping[str, float]) -> pd.DataFrame:
+    df = df.copy()
+    for metric, key in (("flops", "flops"), ("bytes", "bytes"), ("time_s", "time_s")):
+        total = totals.get(key) or 0.0
+        values = _num(df, "flops_tensor") + _num(df, "flops_cuda") if metric == "flops" else _num(df, metric)
+        share_col = "time_share" if metric == "time_s" else f"{metric}_share"
+        df[share_col] = values / total if total else math.nan
+    return df
+
+
+@attrs.frozen
+class Joined:
+    """Measured vs predicted, per module, class, component, stage and category; see the module docstring.
+
+    Build it with :func:`join` (or :func:`load_joined`); every query returns a fresh DataFrame.
+    """
+
+    _modules: pd.DataFrame
+    _stages: pd.DataFrame
+    _categories: pd.DataFrame
+    _operators: pd.DataFrame
+    _unclassified_ops: pd.DataFrame
+    _edges: pd.DataFrame
+    _component_category: pd.DataFrame
+    totals_: dict[str, float]
+    metadata: dict[str, Any]
+    runtime: dict[str, Any] | None = None
+    hardware: dict[str, Any] | None = None
+    component_order: tuple[str, ...] = ()
+
+    # -- queries ---------------------------------------------------------------------------------------------------
+    def by_module(self) -> pd.DataFrame:
+        """Per module path: hierarchy, measured inclusive/self metrics, predicted metrics, relative differences."""
+        return self._modules.copy()
+
+    def joined_modules(self) -> pd.DataFrame:
+        """Modules that have a prediction (the analytic layers), with their relative differences."""
+        df = self._modules
+        return df[df["predicted"]].copy()
+
+    def by_class(self) -> pd.DataFrame:
+        """Per module class: instances, calls, measured vs predicted FLOPs / bytes / weights (inclusive sums).
+
+        Only classes whose instances do not nest in one another sum meaningfully; the DeepSeek-OCR classes do not.
+        """
+        df = self._modules[~self._modules["module"].isin([ROOT, OUTSIDE])]
+        cols = ["calls", "flops_tensor", "flops_cuda", "bytes", "time_s", "weight_bytes"]
+        pcols = ["pred_flops_tensor", "pred_flops_cuda", "pred_bytes", "pred_weight_bytes"]
+        grouped = df.groupby("class_name", sort=False)
+        out = grouped[cols + pcols].sum(min_count=1)
+        out.insert(0, "instances", grouped.size())
+        out["predicted_instances"] = grouped["predicted"].sum()
+        out = out.reset_index()
+        for m in ("flops_tensor", "flops_cuda", "bytes", "weight_bytes"):
+            out[f"rel_{m}"] = [rel_diff(a, b) for a, b in zip(out[m], out[f"pred_{m}"], strict=True)]
+        return out.sort_values("flops_tensor", ascending=False, ignore_index=True)
+
+    def hierarchy(self, max_depth: int | None = None, collapse: bool = True) -> pd.DataFrame:
+        """The module tree in pre-order, numeric path segments collapsed to ``*`` (summed) when ``collapse``."""
+        df = self._modules[self._modules["module"] != OUTSIDE].copy()
+        if max_depth is not None:
+            df = df[df["depth"] <= max_depth]
+        if not collapse:
+            return df.reset_index(drop=True)
+        df["pattern"] = df["module"].map(lambda p: re.sub(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.|$)", "*", str(p)))
+        sums = ["calls", *[c for c in df.columns if c.startswith(("flops", "self_", "bytes", "time", "pred_"))]]
+        sums = [c for c in dict.fromkeys(sums) if pd.api.types.is_numeric_dtype(df[c])]
+        first = df.groupby("pattern", sort=False).agg(
+            class_name=("class_name", "first"), depth=("depth", "first"), instances=("module", "size"),
+            component=("component", "first"),
+        )
+        out = first.join(df.groupby("pattern", sort=False)[sums].sum(min_count=1)).reset_index()
+        out = out.rename(columns={"pattern": "module"})
+        for m in ("flops_tensor", "flops_cuda", "bytes"):
+            if f"pred_{m}" in out:
+                out[f"rel_{m}"] = [rel_diff(a, b) for a, b in zip(out[m], out[f"pred_{m}"], strict=True)]
+        return out
+
+    def by_component(self, stage: str | None = None) -> pd.DataFrame:
+        """Disjoint components plus the glue row; ``stage`` = ``"prefill"`` / ``"decode"`` restricts to a stage group.
+
+        Columns: ``component``, self-summed measured metrics, their shares, predicted FLOPs/bytes (sum of the
+        predicted self metrics of the same modules).
+        """
+        df = self._modules
+        prefix = "" if stage is None else f"{stage}_"
+        cols = {m: f"{prefix}self_{m}" for m in METRICS}
+        if stage is not None and cols["flops_tensor"] not in df:
+            raise KeyError(f"no per-stage module metrics for stage {stage!r}")
+        rows = []
+        order = [*self.component_order, GLUE]
+        grouped = {name: g for name, g in df.groupby("component", sort=False)}
+        for name in order:
+            g = grouped.get(name)
+            row: dict[str, Any] = {"component": name}
+            for m, col in cols.items():
+                row[m] = float(_num(g, col).sum()) if g is not None else 0.0
+            if stage is None:
+                for m in ("flops_tensor", "flops_cuda", "bytes_read", "bytes_written"):
+                    col = f"pred_self_{m}"
+                    row[f"pred_{m}"] = float(g[col].sum(min_count=1)) if g is not None and col in g else math.nan
+                row["weight_bytes"] = float(_num(g, "param_bytes").sum()) if g is not None else 0.0
+            rows.append(row)
+        out = _with_bytes(pd.DataFrame(rows))
+        if stage is None:
+            out["pred_bytes"] = out["pred_bytes_read"] + out["pred_bytes_written"]
+            out["pred_flops"] = out["pred_flops_tensor"] + out["pred_flops_cuda"]
+            out["rel_flops_tensor"] = [
+                rel_diff(a, b) for a, b in zip(out["flops_tensor"], out["pred_flops_tensor"], strict=True)
+            ]
+        totals = {
+            "flops": float(out["flops_tensor"].sum() + out["flops_cuda"].sum()),
+            "bytes": float(out["bytes"].sum()),
+            "time_s": float(out["time_s"].sum()),
+        }
+        out = _shares(out, totals)
+        return out
+
+    def by_stage(self) -> pd.DataFrame:
+        """vision, prefill (decoder part), decode[i], decode, total: measured and predicted work and time."""
+        return self._stages.copy()
+
+    def by_category(self) -> pd.DataFrame:
+        """Operator categories with FLOPs, bytes, (profiled) time and their shares."""
+        return self._categories.copy()
+
+    def by_operator(self) -> pd.DataFrame:
+        """aten overloads with category, calls, FLOPs, bytes and shares."""
+        return self._operators.copy()
+
+    def by_component_and_category(self) -> pd.DataFrame:
+        """Long table: component x category with calls, FLOPs and bytes (from the trace's module x operator table)."""
+        return self._component_category.copy()
+
+    def edges(self) -> pd.DataFrame:
+        """Parent -> child call edges of the module graph (from the trace)."""
+        return self._edges.copy()
+
+    def unclassified(self) -> pd.DataFrame:
+        """The unclassified bucket, one row per entry.
+
+        ``kind`` is ``glue`` (self work of a module outside every component, or of no module at all) or
+        ``no_category`` (an op no category rule matched); shares are of the trace totals.
+        """
+        mods = self._modules
+        glue = mods[mods["component"] == GLUE]
+        rows = []
+        for rec in glue.to_dict("records"):
+            rows.append(
+                {
+                    "kind": "glue",
+                    "name": rec["module"],
+                    "class_name": rec.get("class_name", ""),
+                    "calls": rec.get("calls", 0),
+                    "flops_tensor": rec.get("self_flops_tensor", 0.0),
+                    "flops_cuda": rec.get("self_flops_cuda", 0.0),
+                    "bytes": rec.get("self_bytes", 0.0),
+                    "time_s": rec.get("self_time_s", 0.0),
+                }
+            )
+        for rec in self._unclassified_ops.to_dict("records"):
+            rows.append(
+                {
+                    "kind": "no_category",
+                    "name": rec.get("op", ""),
+                    "class_name": "",
+                    "calls": rec.get("calls", 0),
+                    "flops_tensor": rec.get("flops_tensor", 0.0),
+                    "flops_cuda": rec.get("flops_cuda", 0.0),
+                    "bytes": float(rec.get("bytes_read", 0.0) or 0.0) + float(rec.get("bytes_written", 0.0) or 0.0),
+                    "time_s": rec.get("time_s", 0.0),
+                }
+            )
+        cols = ["kind", "name", "class_name", "calls", "flops_tensor", "flops_cuda", "bytes", "time_s"]
+        out = pd.DataFrame(rows, columns=cols)
+        for c in cols[3:]:
+            out[c] = pd.to_numeric(out[c], errors="coerce").fillna(0.0)
+        return _shares(out, self.totals_)
+
+    def unclassified_summary(self) -> dict[str, float]:
+        """Shares of FLOPs, bytes and time in glue and in ops of no category (and both together)."""
+        df = self.unclassified()
+        out: dict[str, float] = {}
+        for kind in ("glue", "no_category"):
+            part = df[df["kind"] == kind]
+            for share in ("flops_share", "bytes_share", "time_share"):
+                out[f"{kind}_{share}"] = float(part[share].sum()) if len(part) else 0.0
+        for share in ("flops_share", "bytes_share", "time_share"):
+            out[f"unclassified_{share}"] = out[f"glue_{share}"] + out[f"no_category_{share}"]
+            out[f"attributed_{share}"] = 1.0 - out[f"unclassified_{share}"]
+        return out
+
+    def totals(self) -> dict[str, float]:
+        """Trace totals: tensor-core and CUDA-core FLOPs, bytes, time, ops."""
+        return dict(self.totals_)
+
+    def checks(self) -> pd.DataFrame:
+        """Consistency checks: components + glue = total (FLOPs and bytes); every predicted module was traced."""
+        comp = self.by_component()
+        rows = []
+        for metric, total_key in (("flops_tensor", "flops_tensor"), ("flops_cuda", "flops_cuda"), ("bytes", "bytes")):
+            summed = float(comp[metric].sum())
+            total = float(self.totals_.get(total_key, math.nan))
+            ok = math.isclose(summed, total, rel_tol=1e-9, abs_tol=1e-6)
+            rows.append({"check": f"components + glue = total ({metric})", "value": summed, "expected": total,
+                         "ok": ok})
+        mods = self._modules
+        missing = mods[mods["predicted"] & (mods["calls"] == 0)]
+        rows.append({"check": "every predicted module was traced", "value": float(len(missing)), "expected": 0.0,
+                     "ok": len(missing) == 0})
+        return pd.DataFrame(rows)
+
+    # -- export ----------------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Everything as plain JSON-ready data (see :data:`SCHEMA_VERSION`)."""
+        return {
+            "schema": SCHEMA_NAME,
+            "schema_version": SCHEMA_VERSION,
+            "metadata": self.metadata,
+            "hardware": self.hardware,
+            "totals": self.totals_,
+            "unclassified_summary": self.unclassified_summary(),
+            "component_order": list(self.component_order),
+            "components": _records(self.by_component()),
+            "stages": _records(self._stages),
+            "modules": _records(self._modules),
+            "categories": _records(self._categories),
+            "operators": _records(self._operators),
+            "unclassified_ops": _records(self._unclassified_ops),
+            "component_category": _records(self._component_category),
+            "edges": _records(self._edges),
+            "checks": _records(self.checks()),
+            "runtime": self.runtime,
+        }
+
+    def to_json(self) -> bytes:
+        """``joined.json`` content (orjson; NaN become ``null``)."""
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``joined.json`` atomically."""
+        return atomic_write_bytes(path, self.to_json())
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        try:
+            return _clean(value.item())
+        except (AttributeError, ValueError):
+            return value
+    return value
+
+
+def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{str(k): _clean(v) for k, v in rec.items()} for rec in df.to_dict("records")]
+
+
+_REQUIRED_KEYS = ("schema_version", "modules", "stages", "categories", "operators", "totals", "metadata")
+
+
+def load_joined(path: str | Path) -> Joined:
+    """Read a ``joined.json`` written by :meth:`Joined.save`.
+
+    Raises
+    ------
+    OpmeterError
+        When the file is missing, not JSON, of another schema or of an unsupported version.
+    """
+    p = Path(path)
+    try:
+        data = orjson.loads(p.read_bytes())
+    except FileNotFoundError:
+        raise OpmeterError(f"{p}: no such file") from None
+    except orjson.JSONDecodeError as exc:
+        raise OpmeterError(f"{p}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA_NAME:
+        found = data.get("schema") if isinstance(data, dict) else None
+        raise OpmeterError(f"{p}: not an opmeter joined.json (schema {found!r}, expected {SCHEMA_NAME!r})")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise OpmeterError(
+            f"{p}: joined.json schema_version {data.get('schema_version')!r} is not supported "
+            f"(this opmeter reads version {SCHEMA_VERSION}); regenerate it with `opmeter report`"
+        )
+    missing = [k for k in _REQUIRED_KEYS if k not in data]
+    if missing:
+        raise OpmeterError(f"{p}: joined.json lacks {', '.join(missing)}")
+
+    def frame(key: str) -> pd.DataFrame:
+        return pd.DataFrame(data.get(key) or [])
+
+    modules = frame("modules")
+    if "predicted" in modules:
+        modules["predicted"] = modules["predicted"].fillna(False).astype(bool)
+    return Joined(
+        modules=modules,
+        stages=frame("stages"),
+        categories=frame("categories"),
+        operators=frame("operators"),
+        unclassified_ops=frame("unclassified_ops"),
+        edges=frame("edges"),
+        component_category=frame("component_category"),
+        totals_=dict(data["totals"]),
+        metadata=dict(data["metadata"]),
+        runtime=data.get("runtime"),
+        hardware=data.get("hardware"),
+        component_order=tuple(data.get("component_order") or ()),
+    )
+
+
+# -- building ----------------------------------------------------------------------------------------------------
+
+
+def _call(trace: Any, name: str, *args: Any, **kwargs: Any) -> pd.DataFrame:
+    fn = getattr(trace, name, None)
+    if fn is None:
+        return pd.DataFrame()
+    try:
+        out = fn(*args, **kwargs)
+    except (KeyError, ValueError, TypeError):
+        return pd.DataFrame()
+    return out if isinstance(out, pd.DataFrame) else pd.DataFrame(out)
+
+
+def _stage_modules(trace: Any, stage: str) -> pd.DataFrame:
+    df = _call(trace, "by_module", stage=stage)
+    if df.empty:
+        return df
+    keep = ["module", *[f"self_{m}" for m in METRICS if f"self_{m}" in df], *[m for m in METRICS if m in df]]
+    df = df[keep].rename(columns={c: f"{stage}_{c}" for c in keep if c != "module"})
+    return df
+
+
+def join(
+    trace: Any,
+    predicted_modules: pd.DataFrame | None = None,
+    predicted_stages: pd.DataFrame | None = None,
+    components: Sequence[Component] = DEEPSEEK_OCR_COMPONENTS,
+    param_bytes: Mapping[str, int] | None = None,
+    runtime: Any = None,
+    hardware: Mapping[str, Any] | None = None,
+    operator_times: pd.DataFrame | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Joined:
+    """Join a trace with the analytic prediction of the same run.
+
+    Parameters
+    ----------
+    trace
+        A :class:`opmeter.trace.Trace` (anything with its query methods).
+    predicted_modules
+        Per-module prediction in :func:`opmeter.analytic.base.layer_frame` layout (``module`` key = module path as
+        the tracer names it); ``None`` joins nothing (measured only).
+    predicted_stages
+        Per-stage prediction: ``stage`` (``vision``, ``prefill``, ``decode``, ``decode[i]``), ``flops_tensor``,
+        ``flops_cuda``, ``bytes_read``, ``bytes_written`` and optionally memory columns and ``predicted_time_s``.
+    components
+        Disjoint named components (path patterns); the rest is glue.
+    param_bytes
+        Parameter + buffer bytes owned by each module path (its own, not children's), for measured weight memory.
+    runtime
+        A :class:`opmeter.runtime.RuntimeProfile` when the model executed for real.
+    hardware
+        Hardware entry used for predicted times (name, peaks), recorded in the output.
+    operator_times
+        The profiler operator table (:func:`opmeter.runtime.operator_table`) for category time shares.
+    metadata
+        Extra run metadata merged over the trace's.
+    """
+    meta: dict[str, Any] = dict(getattr(trace, "metadata", {}) or {})
+    meta.update(metadata or {})
+    meta.setdefault("complete", bool(getattr(trace, "complete", True)))
+    if getattr(trace, "error", None):
+        meta.setdefault("error", str(trace.error))
+
+    modules = _call(trace, "by_module")
+    if modules.empty:
+        modules = pd.DataFrame(columns=["module", "class_name", "parent", "depth", "calls"])
+    modules = modules.copy()
+    for col in ("flops_tensor", "flops_cuda", "bytes_read", "bytes_written", "time_s", "calls"):
+        modules[col] = _num(modules, col)
+        modules[f"self_{col}"] = _num(modules, f"self_{col}") if col != "calls" else modules["calls"]
+    modules = modules.drop(columns=["self_calls"])
+    if "class_name" not in modules:
+        modules["class_name"] = ""
+    if "parent" not in modules:
+        modules["parent"] = modules["module"].map(_parent)
+    if "depth" not in modules:
+        modules["depth"] = modules["module"].map(lambda p: 0 if p in (ROOT, OUTSIDE) else str(p).count(".") + 1)
+    modules = _with_bytes(modules)
+    modules = _with_bytes(modules, "self_")
+    modules["component"] = assign_components(modules, components)
+    modules["param_bytes"] = modules["module"].map(lambda p: float((param_bytes or {}).get(p, 0)))
+    modules["weight_bytes"] = _subtree_sum(modules, "param_bytes")
+
+    for stage in ("prefill", "decode"):
+        per_stage = _stage_modules(trace, stage)
+        if not per_stage.empty:
+            modules = modules.merge(per_stage, on="module", how="left")
+            for c in per_stage.columns:
+                if c != "module":
+                    modules[c] = _num(modules, c)
+
+    # prediction
+    pred_cols = [
+        "flops_tensor", "flops_cuda", "bytes_read", "bytes_written", "self_flops_tensor", "self_flops_cuda",
+        "self_bytes_read", "self_bytes_written", "weight_bytes", "activation_bytes", "kv_cache_bytes",
+    ]
+    if predicted_modules is not None and len(predicted_modules):
+        pm = predicted_modules.copy()
+        keep = ["module", *[c for c in pred_cols if c in pm], *(["calls"] if "calls" in pm else [])]
+        pm = pm[keep].rename(columns={c: f"pred_{c}" for c in keep if c != "module"})
+        pm["pred_layer"] = predicted_modules.get("class_name", pd.Series("", index=predicted_modules.index))
+        extra = pm[~pm["module"].isin(modules["module"])]
+        modules = modules.merge(pm, on="module", how="left")
+        if len(extra):  # predicted but never traced: keep them visible with zero measurements
+            filler = extra.copy()
+            filler["class_name"] = filler["pred_layer"]
+            filler["parent"] = filler["module"].map(_parent)
+            filler["depth"] = filler["module"].map(lambda p: str(p).count(".") + 1)
+            modules = pd.concat([modules[~modules["module"].isin(extra["module"])], filler], ignore_index=True)
+            modules = modules.drop_duplicates("module", keep="first")
+            for c in modules.columns:
+                if c.startswith(("flops", "self_", "bytes", "time", "calls")) and not c.startswith("pred_"):
+                    modules[c] = _num(modules, c)
+            modules["component"] = assign_components(modules, components)
+    for c in [*pred_cols, "calls"]:
+        if f"pred_{c}" not in modules:
+            modules[f"pred_{c}"] = math.nan
+    if "pred_layer" not in modules:
+        modules["pred_layer"] = None
+    modules["predicted"] = modules["pred_flops_tensor"].notna()
+    modules["pred_bytes"] = modules["pred_bytes_read"] + modules["pred_bytes_written"]
+    modules["pred_self_bytes"] = modules["pred_self_bytes_read"] + modules["pred_self_bytes_written"]
+    for m in ("flops_tensor", "flops_cuda", "bytes", "bytes_read", "bytes_written"):
+        modules[f"rel_{m}"] = [rel_diff(a, b) for a, b in zip(modules[m], modules[f"pred_{m}"], strict=True)]
+    modules["rel_weight_bytes"] = [
+        rel_diff(a, b) if param_bytes else math.nan
+        for a, b in zip(modules["weight_bytes"], modules["pred_weight_bytes"], strict=True)
+    ]
+
+    totals = _totals(trace, modules)
+    categories = _categories(trace, totals, operator_times)
+    operators = _call(trace, "by_operator")
+    if not operators.empty:
+        operators = _shares(_with_bytes(operators), totals)
+    unclassified_ops = _call(trace, "unclassified")
+    edges = _call(trace, "edges")
+    comp_cat = _component_category(trace, modules)
+
+    joined = Joined(
+        modules=modules,
+        stages=pd.DataFrame(),
+        categories=categories,
+        operators=operators,
+        unclassified_ops=unclassified_ops,
+        edges=edges,
+        component_category=comp_cat,
+        totals_=totals,
+        metadata=meta,
+        runtime=runtime.to_dict() if runtime is not None and hasattr(runtime, "to_dict") else runtime,
+        hardware=dict(hardware) if hardware else None,
+        component_order=tuple(dict.fromkeys(c.name for c in components)),
+    )
+    stages = _stages(trace, joined, predicted_stages, runtime)
+    return attrs.evolve(joined, stages=stages)
+
+
+def _subtree_sum(modules: pd.DataFrame, col: str) -> pd.Series:
+    own = dict(zip(modules["module"], modules[col], strict=True))
+    total: dict[str, float] = {}
+    for path, value in own.items():
+        for anc in _ancestors(str(path)):
+            total[anc] = total.get(anc, 0.0) + float(value)
+    return modules["module"].map(lambda p: total.get(p, 0.0))
+
+
+def _totals(trace: Any, modules: pd.DataFrame) -> dict[str, float]:
+    raw: dict[str, Any] = {}
+    fn = getattr(trace, "totals", None)
+    if fn is not None:
+        got = fn()
+        raw = dict(got) if isinstance(got, Mapping) else dict(pd.Series(got))
+    out: dict[str, float] = {}
+    for key in ("flops_tensor", "flops_cuda", "bytes_read", "bytes_written", "time_s", "ops", "calls"):
+        if key in raw and raw[key] is not None:
+            out[key] = float(raw[key])
+    # fall back to the self sums of the module table (they partition the trace)
+    for key in ("flops_tensor", "flops_cuda", "bytes_read", "bytes_written", "time_s"):
+        out.setdefault(key, float(_num(modules, f"self_{key}").sum()))
+    out["flops"] = out["flops_tensor"] + out["flops_cuda"]
+    out["bytes"] = out["bytes_read"] + out["bytes_written"]
+    return out
+
+
+def _categories(trace: Any, totals: Mapping[str, float], operator_times: pd.DataFrame | None) -> pd.DataFrame:
+    df = _call(trace, "by_category")
+    if df.empty:
+        df = pd.DataFrame(columns=["category", "calls", "flops_tensor", "flops_cuda", "bytes_read", "bytes_written"])
+    df = _with_bytes(df)
+    if operator_times is not None and len(operator_times):
+        aten = operator_times[operator_times["op"].astype(str).str.startswith("aten::")]
+        times = aten.groupby("category")["self_time_s"].sum()
+        df["profiled_time_s"] = df["category"].map(times).fillna(0.0)
+        extra = times[~times.index.isin(df["category"])]
+        if len(extra):
+            df = pd.concat(
+                [df, pd.DataFrame({"category": extra.index, "profiled_time_s": extra.to_numpy()})], ignore_index=True
+            )
+        total_time = float(times.sum())
+        df["time_share"] = df["profiled_time_s"] / total_time if total_time else math.nan
+        df["time_s"] = df["profiled_time_s"]
+    out = _shares(df, {**totals, "time_s": float(_num(df, "time_s").sum())} if "time_s" in df else totals)
+    if "time_s" not in df:
+        out["time_share"] = math.nan
+    sort_key = _num(out, "flops_tensor") + _num(out, "flops_cuda")
+    return out.assign(_k=sort_key).sort_values("_k", ascending=False).drop(columns="_k").reset_index(drop=True)
+
+
+def _component_category(trace: Any, modules: pd.DataFrame) -> pd.DataFrame:
+    mo = _call(trace, "by_module_and_operator")
+    cols = ["component", "category", "calls", "flops_tensor", "flops_cuda", "bytes"]
+    if mo.empty or "module" not in mo:
+        return pd.DataFrame(columns=cols)
+    if "category" not in mo:
+        ops = _call(trace, "by_operator")
+        if "op" in mo and not ops.empty and "category" in ops:
+            mo = mo.merge(ops[["op", "category"]], on="op", how="left")
+        else:
+            mo["category"] = "?"
+    comp = dict(zip(modules["module"], modules["component"], strict=True))
+    mo = _with_bytes(mo)
+    mo["component"] = mo["module"].map(lambda p: comp.get(p, GLUE))
+    for c in ("calls", "flops_tensor", "flops_cuda", "bytes"):
+        mo[c] = _num(mo, c)
+    return mo.groupby(["component", "category"], as_index=False, sort=False)[cols[2:]].sum()
+
+
+def _stage_frame(trace: Any) -> pd.DataFrame:
+    df = _call(trace, "stages")
+    if df.empty:
+        return df
+    if "stage" not in df.columns:
+        df = df.reset_index().rename(columns={"index": "stage"})
+    return df
+
+
+def _stages(trace: Any, joined: Joined, predicted: pd.DataFrame | None, runtime: Any) -> pd.DataFrame:
+    """Measured (trace) and predicted stage rows; measured times from the runtime profile when executed."""
+    st = _stage_frame(trace)
+    rows: dict[str, dict[str, Any]] = {}
+
+    def add(stage: str, **values: float) -> None:
+        row = rows.setdefault(stage, {"stage": stage})
+        for k, v in values.items():
+            row[k] = row.get(k, 0.0) + float(v)
+
+    # vision: the vision components during prefill
+    mods = joined.by_module()
+    prefill_cols = {m: f"prefill_self_{m}" for m in METRICS}
+    vision_mask = mods["component"].isin(VISION_COMPONENTS)
+    if prefill_cols["flops_tensor"] in mods:
+        vis = {m: float(_num(mods[vision_mask], c).sum()) for m, c in prefill_cols.items()}
+    else:
+        vis = {m: float(_num(mods[vision_mask], f"self_{m}").sum()) for m in METRICS}
+    add("vision", **{m: vis[m] for m in METRICS})
+    decode_steps: list[str] = []
+    if not st.empty:
+        for rec in st.to_dict("records"):
+            name = str(rec["stage"])
+            vals = {m: float(rec.get(m, 0.0) or 0.0) for m in METRICS}
+            if name == "prefill":
+                add("prefill", **{m: vals[m] - vis[m] for m in METRICS})
+            elif name.startswith("decode["):
+                decode_steps.append(name)
+                add(name, **vals)
+                add("decode", **vals)
+            elif name not in ("decode", "total"):
+                add(name, **vals)
+    rows.setdefault("prefill", {"stage": "prefill"})
+    rows.setdefault("decode", {"stage": "decode"})
+    ordered = ["vision", "prefill", *decode_steps, "decode"]
+    ordered += [s for s in rows if s not in ordered]
+    out = pd.DataFrame([rows[s] for s in ordered])
+    for m in METRICS:
+        out[m] = _num(out, m)
+    total = {m: float(out[out["stage"].isin(["vision", "prefill", "decode"])][m].sum()) for m in METRICS}
+    out = pd.concat([out, pd.DataFrame([{"stage": "total", **total}])], ignore_index=True)
+    out = _with_bytes(out)
+    out["flops"] = out["flops_tensor"] + out["flops_cuda"]
+    out["trace_time_s"] = out.pop("time_s")
+
+    # predicted work and time
+    pcols = ["flops_tensor", "flops_cuda", "bytes_read", "bytes_written", "weight_bytes", "activation_bytes",
+             "kv_cache_bytes", "predicted_time_s"]
+    if predicted is not None and len(predicted):
+        pr = predicted.copy()
+        keep = ["stage", *[c for c in pcols if c in pr]]
+        pr = pr[keep].rename(columns={c: (c if c == "predicted_time_s" else f"pred_{c}") for c in keep[1:]})
+        if "total" not in set(pr["stage"]):
+            base = pr[pr["stage"].isin(["vision", "prefill", "decode"])]
+            tot: dict[str, Any] = {"stage": "total"}
+            for c in pr.columns[1:]:
+                if (c.startswith("pred_") and c.removeprefix("pred_") in ("flops_tensor", "flops_cuda", "bytes_read",
+                                                                         "bytes_written")) or c == "predicted_time_s":
+                    tot[c] = base[c].sum(min_count=1)
+                else:
+                    tot[c] = base[c].max()
+            pr = pd.concat([pr, pd.DataFrame([tot])], ignore_index=True)
+        out = out.merge(pr, on="stage", how="left")
+    for c in pcols:
+        name = c if c == "predicted_time_s" else f"pred_{c}"
+        if name not in out:
+            out[name] = math.nan
+    out["pred_bytes"] = out["pred_bytes_read"] + out["pred_bytes_written"]
+    out["pred_flops"] = out["pred_flops_tensor"] + out["pred_flops_cuda"]
+    for m in ("flops_tensor", "flops_cuda", "bytes"):
+        out[f"rel_{m}"] = [rel_diff(a, b) for a, b in zip(out[m], out[f"pred_{m}"], strict=True)]
+
+    # measured time
+    out["measured_time_s"] = math.nan
+    out["measured_time_std_s"] = math.nan
+    if runtime is not None and getattr(runtime, "runs", None):
+        from opmeter.runtime import Stat
+
+        runs = runtime.runs
+        per_stage: dict[str, Stat] = {
+            "vision": Stat.of([r.vision_s for r in runs]),
+            "prefill": Stat.of([r.prefill_s - r.vision_s for r in runs]),
+            "decode": Stat.of([r.decode_s for r in runs]),
+            "total": Stat.of([r.total_s for r in runs]),
+        }
+        n = min(len(r.decode_step_s) for r in runs)
+        for i in range(n):
+            per_stage[f"decode[{i}]"] = Stat.of([r.decode_step_s[i] for r in runs])
+        out["measured_time_s"] = out["stage"].map(lambda s: per_stage[s].mean if s in per_stage else math.nan)
+        out["measured_time_std_s"] = out["stage"].map(lambda s: per_stage[s].std if s in per_stage else math.nan)
+    out["measured_over_predicted"] = [
+        (m / p) if (isinstance(p, float) and p > 0 and not math.isnan(m)) else math.nan
+        for m, p in zip(out["measured_time_s"].astype(float), out["predicted_time_s"].astype(float), strict=True)
+    ]
+    return out

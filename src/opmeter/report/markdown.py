@@ -1,0 +1,430 @@
+"""``report.md``: the human-readable report of a :class:`~opmeter.join.Joined`.
+
+Sections: run header (and the shape-only notice at the top when nothing was timed), headline numbers, components,
+stages (measured vs predicted work and time), runtime metrics, module hierarchy down to the analytic layers, module
+classes, call-graph excerpt, operator categories, top operators, the unclassified bucket, verification, files.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from opmeter.join import GLUE, Joined
+from opmeter.report import format as fmt
+
+REL_TOLERANCE = 0.01
+"""Measured vs predicted agreement required for ``ok`` in the verification tables (1 %)."""
+
+
+def _flops_cols(prefix: str = "") -> dict[str, Any]:
+    return {f"{prefix}flops_tensor": fmt.flops, f"{prefix}flops_cuda": fmt.flops, f"{prefix}bytes": fmt.nbytes}
+
+
+def _verdict(value: Any) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "—"
+    if math.isnan(v):
+        return "—"
+    return "ok" if abs(v) <= REL_TOLERANCE else "**off**"
+
+
+def _header(joined: Joined, context: Mapping[str, Any]) -> list[str]:
+    meta = joined.metadata
+    lines = [f"# opmeter report: {context.get('title') or meta.get('workload_id') or 'run'}", ""]
+    if context.get("shape_only"):
+        lines += [
+            "> **Shape-only run** (meta device, no GPU used): operator counts, FLOPs, bytes, call graph and the",
+            "> analytic join are exact for these shapes, but **no time was measured**. Times below are *predicted* "
+            "by the",
+            f"> roofline at the hardware entry `{(joined.hardware or {}).get('name', 'none')}`. Run with "
+            "`--device cuda` (or `cpu`) to measure.",
+            "",
+        ]
+    if not meta.get("complete", True):
+        lines += [f"> **Incomplete trace**: the traced code raised `{meta.get('error', '?')}`; totals are partial.", ""]
+    rows = [(k, context[k]) for k in ("command", "model", "preset", "workload", "device", "dtype", "hardware")
+            if context.get(k) is not None]
+    rows += [(k, v) for k, v in (context.get("extra") or {}).items()]
+    if rows:
+        lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows] + [""]
+    return lines
+
+
+def _headline(joined: Joined, context: Mapping[str, Any]) -> list[str]:
+    tot = joined.totals()
+    unc = joined.unclassified_summary()
+    st = joined.by_stage().set_index("stage")
+    lines = ["## Headline numbers", ""]
+    items = [
+        ("tensor-core FLOPs (whole run)", fmt.flops(tot.get("flops_tensor"))),
+        ("CUDA-core FLOPs (whole run)", fmt.flops(tot.get("flops_cuda"))),
+        ("bytes read + written by ops", fmt.nbytes(tot.get("bytes"))),
+        ("aten op calls", fmt.integer(tot.get("calls", tot.get("ops")))),
+    ]
+    for stage in ("vision", "prefill", "decode"):
+        if stage in st.index:
+            row = st.loc[stage]
+            items.append((f"{stage}: FLOPs measured / predicted", f"{fmt.flops(row['flops'])} / "
+                          f"{fmt.flops(row['pred_flops'])} ({fmt.rel(fmt_rel(row['flops'], row['pred_flops']))})"))
+    if "total" in st.index:
+        row = st.loc["total"]
+        items.append(("whole run: tensor-core FLOPs measured vs predicted", fmt.rel(row["rel_flops_tensor"])))
+    items.append(("FLOPs attributed to named components and categories", fmt.pct(unc["attributed_flops_share"], 2)))
+    items.append(("unclassified FLOPs (glue + no category)", fmt.pct(unc["unclassified_flops_share"], 3)))
+    items.append(("unclassified bytes (glue + no category)", fmt.pct(unc["unclassified_bytes_share"], 3)))
+    if not math.isnan(unc.get("unclassified_time_share", math.nan)) and joined.totals_.get("time_s"):
+        items.append(("unclassified time", fmt.pct(unc["unclassified_time_share"], 2)))
+    for key, label in (("ttft", "TTFT predicted (vision + prefill)"), ("tpot", "TPOT predicted (decode step)")):
+        if context.get(f"predicted_{key}_s") is not None:
+            items.append((label, fmt.seconds(context[f"predicted_{key}_s"])))
+    rt = joined.runtime
+    if rt:
+        m = rt.get("metrics", {})
+
+        def ms(metric: str, unit: str = "s") -> str:
+            v = m.get(metric) or {}
+            if v.get("mean") is None:
+                return "—"
+            if unit == "s":
+                return f"{fmt.seconds(v['mean'])} ± {fmt.seconds(v.get('std') or 0.0)}"
+            return f"{v['mean']:.4g} ± {(v.get('std') or 0.0):.2g}"
+
+        items += [
+            (f"TTFT measured (vision + prefill), mean ± std of {rt.get('repeats')}", ms("prefill_s")),
+            ("TPOT measured", ms("tpot_s")),
+            ("tokens/s end to end", ms("tokens_per_s", "")),
+            ("tokens/s decode (1/TPOT)", ms("decode_tokens_per_s", "")),
+            ("MFU prefill / decode", f"{fmt.pct((m.get('mfu_prefill') or {}).get('mean'), 2)} / "
+                                      f"{fmt.pct((m.get('mfu_decode') or {}).get('mean'), 2)}"
+             + ("" if rt.get("peak_flops") else " (unknown peak: give --hardware or OPMETER_PEAK_TFLOPS)")),
+        ]
+    lines += ["| figure | value |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in items] + [""]
+    return lines
+
+
+def fmt_rel(measured: Any, predicted: Any) -> float:
+    """Relative difference helper for formatted cells."""
+    from opmeter.join import rel_diff
+
+    return rel_diff(measured, predicted)
+
+
+def _components(joined: Joined) -> list[str]:
+    df = joined.by_component()
+    total = {"component": "**total**", **{c: df[c].sum() for c in df.columns if c != "component"
+                                          and pd.api.types.is_numeric_dtype(df[c])}}
+    total["rel_flops_tensor"] = fmt_rel(total["flops_tensor"], total.get("pred_flops_tensor"))
+    df = pd.concat([df, pd.DataFrame([total])], ignore_index=True)
+    return [
+        "## Components",
+        "",
+        "Disjoint components (each module's *self* work goes to its nearest component root); the glue row is work "
+        "outside every component (model `forward`, `generate` loop). Components + glue = total.",
+        "",
+        fmt.table(
+            df,
+            ["component", "flops_tensor", "flops_cuda", "bytes", "flops_share", "bytes_share", "pred_flops_tensor",
+             "rel_flops_tensor", "weight_bytes"],
+            {**_flops_cols(), "flops_share": fmt.pct, "bytes_share": fmt.pct, "pred_flops_tensor": fmt.flops,
+             "rel_flops_tensor": fmt.rel, "weight_bytes": fmt.nbytes},
+            {"flops_tensor": "tensor-core", "flops_cuda": "CUDA-core", "flops_share": "FLOPs %",
+             "bytes_share": "bytes %", "pred_flops_tensor": "predicted tensor-core", "rel_flops_tensor": "Δ vs pred",
+             "weight_bytes": "params"},
+        ),
+        "",
+        "![FLOPs by component](flops_by_component.svg)",
+        "",
+    ]
+
+
+def _stages(joined: Joined) -> list[str]:
+    df = joined.by_stage()
+    steps = df[df["stage"].str.startswith("decode[")]
+    keep = df[~df["stage"].str.startswith("decode[")]
+    if len(steps) > 4:  # first two and last decode steps, the rest in the exports
+        keep = pd.concat([keep.iloc[:2], steps.iloc[:2], steps.iloc[-1:], keep.iloc[2:]], ignore_index=True)
+    else:
+        keep = df
+    cols = ["stage", "flops_tensor", "flops_cuda", "bytes", "pred_flops_tensor", "rel_flops_tensor", "rel_bytes",
+            "predicted_time_s", "measured_time_s", "measured_time_std_s", "measured_over_predicted"]
+    lines = [
+        "## Stages",
+        "",
+        "`vision` = SAM + CLIP + projector during the first forward; `prefill` = the rest of the first forward (decoder"
+        " over the prompt, LM head); TTFT = vision + prefill. Predicted time = roofline "
+        "max(compute at peak, bytes at bandwidth).",
+        "",
+        fmt.table(
+            keep, [c for c in cols if c in keep],
+            {**_flops_cols(), "pred_flops_tensor": fmt.flops, "rel_flops_tensor": fmt.rel, "rel_bytes": fmt.rel,
+             "predicted_time_s": fmt.seconds, "measured_time_s": fmt.seconds, "measured_time_std_s": fmt.seconds,
+             "measured_over_predicted": lambda v: "—" if v is None or (isinstance(v, float) and math.isnan(v))
+             else f"{v:.2f}x"},
+            {"flops_tensor": "tensor-core", "flops_cuda": "CUDA-core", "pred_flops_tensor": "predicted tensor-core",
+             "rel_flops_tensor": "Δ FLOPs", "rel_bytes": "Δ bytes", "predicted_time_s": "predicted time",
+             "measured_time_s": "measured time", "measured_time_std_s": "± std",
+             "measured_over_predicted": "measured / predicted"},
+        ),
+        "",
+    ]
+    if len(steps) > 4:
+        lines += [f"*{len(steps)} decode steps; all in `joined.json` (`stages`).*", ""]
+    lines += ["![Time by stage](time_by_stage.svg)", ""]
+    return lines
+
+
+def _runtime(joined: Joined) -> list[str]:
+    rt = joined.runtime
+    if not rt:
+        return []
+    rows = [{"metric": k, **v} for k, v in rt.get("metrics", {}).items()]
+    df = pd.DataFrame(rows)
+    lines = [
+        "## Runtime",
+        "",
+        f"{rt.get('repeats')} measured repeats after one warm-up, device `{rt.get('device')}`; stage boundaries from "
+        "forward hooks (CUDA events on GPU, host clock on CPU; see `opmeter.runtime`).",
+        "",
+    ]
+    if len(df):
+        def cell(v: Any) -> str:
+            return "—" if v is None else f"{v:.4g}"
+
+        lines += [fmt.table(df, ["metric", "mean", "std", "n"], {"mean": cell, "std": cell}), ""]
+    ops = rt.get("operator_table")
+    if ops:
+        top = pd.DataFrame(ops).head(15)
+        lines += [
+            "PyTorch profiler, top operators by **self** time (self times add up; total time includes children and "
+            "is not summed):",
+            "",
+            fmt.table(top, ["op", "category", "calls", "self_time_s", "total_time_s", "self_share"],
+                      {"self_time_s": fmt.seconds, "total_time_s": fmt.seconds, "self_share": fmt.pct}),
+            "",
+        ]
+    return lines
+
+
+def _hierarchy(joined: Joined, max_depth: int) -> list[str]:
+    df = joined.hierarchy(max_depth=max_depth)
+    df = df.copy()
+    df["module"] = [("&nbsp;&nbsp;" * int(d)) + str(m) for m, d in zip(df["module"], df["depth"], strict=True)]
+    return [
+        "## Module hierarchy",
+        f"Inclusive metrics, numeric indices collapsed to `*` (summed over instances), depth ≤ {max_depth}. "
+        "Predicted = the analytic layer mapped to the module; Δ = (measured − predicted) / predicted. The full "
+        "per-instance table is `modules.csv`.",
+        "",
+        fmt.table(
+            df,
+            ["module", "class_name", "instances", "calls", "flops_tensor", "flops_cuda", "bytes", "self_flops_tensor",
+             "pred_flops_tensor", "rel_flops_tensor", "rel_flops_cuda"],
+            {**_flops_cols(), "self_flops_tensor": fmt.flops, "pred_flops_tensor": fmt.flops,
+             "rel_flops_tensor": fmt.rel, "rel_flops_cuda": fmt.rel, "calls": fmt.integer, "instances": fmt.integer},
+            {"class_name": "class", "flops_tensor": "tensor-core", "flops_cuda": "CUDA-core",
+             "self_flops_tensor": "self tensor-core", "pred_flops_tensor": "predicted tensor-core",
+             "rel_flops_tensor": "Δ tensor", "rel_flops_cuda": "Δ CUDA"},
+        ),
+        "",
+    ]
+
+
+def _classes(joined: Joined) -> list[str]:
+    df = joined.by_class()
+    return [
+        "## Module classes",
+        "",
+        fmt.table(
+            df,
+            ["class_name", "instances", "calls", "flops_tensor", "flops_cuda", "bytes", "pred_flops_tensor",
+             "rel_flops_tensor", "rel_flops_cuda", "rel_bytes", "weight_bytes"],
+            {**_flops_cols(), "pred_flops_tensor": fmt.flops, "rel_flops_tensor": fmt.rel, "rel_flops_cuda": fmt.rel,
+             "rel_bytes": fmt.rel, "weight_bytes": fmt.nbytes, "calls": fmt.integer},
+            {"class_name": "class", "flops_tensor": "tensor-core", "flops_cuda": "CUDA-core",
+             "pred_flops_tensor": "predicted tensor-core", "rel_flops_tensor": "Δ tensor", "rel_flops_cuda": "Δ CUDA",
+             "rel_bytes": "Δ bytes", "weight_bytes": "params"},
+        ),
+        "",
+    ]
+
+
+def _callgraph(mermaid: str | None, max_lines: int = 60) -> list[str]:
+    if not mermaid:
+        return []
+    lines = mermaid.strip().splitlines()
+    more = len(lines) - max_lines
+    body = "\n".join(lines[:max_lines])
+    out = ["## Call graph (module classes)", "", "```mermaid", body, "```", ""]
+    if more > 0:
+        out += [f"*Excerpt: {more} more lines in `callgraph.mmd` / `callgraph.dot`.*", ""]
+    else:
+        out += ["Full graph: `callgraph.mmd`, `callgraph.dot`.", ""]
+    return out
+
+
+def _categories(joined: Joined) -> list[str]:
+    df = joined.by_category()
+    cols = ["category", "calls", "flops_tensor", "flops_cuda", "bytes", "flops_share", "bytes_share", "time_share"]
+    lines = [
+        "## Operator categories",
+        "",
+        fmt.table(
+            df, [c for c in cols if c in df],
+            {**_flops_cols(), "calls": fmt.integer, "flops_share": fmt.pct, "bytes_share": fmt.pct,
+             "time_share": fmt.pct},
+            {"flops_tensor": "tensor-core", "flops_cuda": "CUDA-core", "flops_share": "FLOPs %",
+             "bytes_share": "bytes %", "time_share": "time % (profiler)"},
+        ),
+        "",
+        "![Operator categories](categories.svg)",
+        "",
+    ]
+    cc = joined.by_component_and_category()
+    if len(cc):
+        cc = cc.assign(flops=cc["flops_tensor"] + cc["flops_cuda"])
+        pivot = cc.pivot_table(index="component", columns="category", values="flops", aggfunc="sum", fill_value=0.0)
+        order = [c for c in [*joined.component_order, GLUE] if c in pivot.index]
+        pivot = pivot.loc[order]
+        pivot = pivot[[c for c in pivot.columns if pivot[c].sum() > 0]].reset_index()
+        lines += [
+            "FLOPs by component and category:",
+            "",
+            fmt.table(pivot, None, {c: fmt.flops for c in pivot.columns if c != "component"}),
+            "",
+        ]
+    return lines
+
+
+def _operators(joined: Joined, top: int) -> list[str]:
+    df = joined.by_operator()
+    if df.empty:
+        return []
+    df = df.assign(_f=df.get("flops_tensor", 0) + df.get("flops_cuda", 0)).sort_values("_f", ascending=False)
+    cols = ["op", "category", "calls", "flops_tensor", "flops_cuda", "bytes", "flops_share", "exact"]
+    return [
+        f"## Top {top} operators by FLOPs",
+        "",
+        fmt.table(df, [c for c in cols if c in df], {**_flops_cols(), "calls": fmt.integer, "flops_share": fmt.pct},
+                  {"flops_tensor": "tensor-core", "flops_cuda": "CUDA-core", "flops_share": "FLOPs %"}, max_rows=top),
+        "",
+    ]
+
+
+def _unclassified(joined: Joined, top: int) -> list[str]:
+    summary = joined.unclassified_summary()
+    df = joined.unclassified()
+    df = df.assign(_f=df["flops_tensor"] + df["flops_cuda"] + df["bytes"] * 1e-9).sort_values("_f", ascending=False)
+    lines = [
+        "## Unclassified",
+        "",
+        "Two kinds: **glue** — work outside every named component (the model's own `forward` lines such as "
+        "`masked_scatter_`, the `generate` loop, ops outside any module); **no category** — aten ops no category "
+        "rule matched (listed by name, never dropped).",
+        "",
+        "| bucket | FLOPs | bytes | time |",
+        "|---|---:|---:|---:|",
+    ]
+    for kind in ("glue", "no_category", "unclassified"):
+        lines.append(
+            f"| {kind} | {fmt.pct(summary[f'{kind}_flops_share'], 3)} | {fmt.pct(summary[f'{kind}_bytes_share'], 3)} "
+            f"| {fmt.pct(summary[f'{kind}_time_share'], 2)} |"
+        )
+    lines += [""]
+    if len(df):
+        lines += [
+            fmt.table(df, ["kind", "name", "class_name", "calls", "flops_tensor", "flops_cuda", "bytes", "flops_share",
+                           "bytes_share"],
+                      {**_flops_cols(), "calls": fmt.integer, "flops_share": fmt.pct, "bytes_share": fmt.pct},
+                      {"class_name": "class", "flops_tensor": "tensor-core", "flops_cuda": "CUDA-core"}, max_rows=top),
+            "",
+        ]
+    else:
+        lines += ["Nothing unclassified.", ""]
+    return lines
+
+
+def _verification(joined: Joined, verify_table: pd.DataFrame | None) -> list[str]:
+    lines = ["## Verification", ""]
+    checks = joined.checks()
+    lines += [fmt.table(checks, ["check", "value", "expected", "ok"], {"value": lambda v: f"{v:.6g}",
+                                                                       "expected": lambda v: f"{v:.6g}"}), ""]
+    jm = joined.joined_modules()
+    if len(jm):
+        by_class = jm.groupby("class_name", sort=False).agg(
+            modules=("module", "size"),
+            flops_tensor=("flops_tensor", "sum"), pred_flops_tensor=("pred_flops_tensor", "sum"),
+            flops_cuda=("flops_cuda", "sum"), pred_flops_cuda=("pred_flops_cuda", "sum"),
+            bytes=("bytes", "sum"), pred_bytes=("pred_bytes", "sum"),
+        ).reset_index()
+        for m in ("flops_tensor", "flops_cuda", "bytes"):
+            by_class[f"rel_{m}"] = [fmt_rel(a, b) for a, b in zip(by_class[m], by_class[f"pred_{m}"], strict=True)]
+        by_class["tensor"] = by_class["rel_flops_tensor"].map(_verdict)
+        by_class["cuda"] = by_class["rel_flops_cuda"].map(_verdict)
+        n_off = int(((by_class["tensor"] == "**off**") | (by_class["cuda"] == "**off**")).sum())
+        lines += [
+            f"Traced modules joined with an analytic layer: {len(jm)} instances of {len(by_class)} classes; "
+            f"{len(by_class) - n_off} classes within {REL_TOLERANCE:.0%} on both tensor-core and CUDA-core FLOPs.",
+            "",
+            fmt.table(by_class, ["class_name", "modules", "flops_tensor", "pred_flops_tensor", "rel_flops_tensor",
+                                 "tensor", "flops_cuda", "pred_flops_cuda", "rel_flops_cuda", "cuda", "rel_bytes"],
+                      {"flops_tensor": fmt.flops, "pred_flops_tensor": fmt.flops, "flops_cuda": fmt.flops,
+                       "pred_flops_cuda": fmt.flops, "rel_flops_tensor": fmt.rel, "rel_flops_cuda": fmt.rel,
+                       "rel_bytes": fmt.rel},
+                      {"class_name": "analytic layer / class", "flops_tensor": "measured tensor",
+                       "pred_flops_tensor": "predicted tensor", "rel_flops_tensor": "Δ", "flops_cuda": "measured CUDA",
+                       "pred_flops_cuda": "predicted CUDA", "rel_flops_cuda": "Δ", "rel_bytes": "Δ bytes"}),
+            "",
+        ]
+    else:
+        lines += ["No analytic prediction was joined.", ""]
+    if verify_table is not None and len(verify_table):
+        lines += ["Per-layer verification (`opmeter verify`):", "", fmt.table(verify_table), ""]
+    return lines
+
+
+def render(
+    joined: Joined,
+    context: Mapping[str, Any] | None = None,
+    mermaid: str | None = None,
+    verify_table: pd.DataFrame | None = None,
+    files: Sequence[str] = (),
+    hierarchy_depth: int = 5,
+    top: int = 25,
+) -> str:
+    """The whole ``report.md`` as a string.
+
+    Parameters
+    ----------
+    context
+        Run description: ``title``, ``command``, ``model``, ``preset``, ``workload``, ``device``, ``dtype``,
+        ``hardware``, ``shape_only``, ``predicted_ttft_s``, ``predicted_tpot_s``, ``extra`` (more header rows).
+    mermaid
+        Class-level call graph (Mermaid) for the excerpt.
+    verify_table
+        Optional per-layer verification table to append.
+    files
+        Names of the files written next to the report.
+    """
+    ctx = dict(context or {})
+    parts: list[str] = []
+    parts += _header(joined, ctx)
+    parts += _headline(joined, ctx)
+    parts += _components(joined)
+    parts += _stages(joined)
+    parts += _runtime(joined)
+    parts += _hierarchy(joined, hierarchy_depth)
+    parts += _classes(joined)
+    parts += _callgraph(mermaid)
+    parts += _categories(joined)
+    parts += _operators(joined, top)
+    parts += _unclassified(joined, top)
+    parts += _verification(joined, verify_table)
+    if files:
+        parts += ["## Files", ""] + [f"- `{name}`" for name in files] + [""]
+    return "\n".join(parts)
