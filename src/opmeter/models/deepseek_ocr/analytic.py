@@ -1,0 +1,967 @@
+"""DeepSeek-OCR analytic layers: every vendor module class as a pure function of shapes.
+
+Each class models one call of the vendor module of the same name, op for op as the reference implementation
+(``vision.py``, ``decoder.py``) dispatches it in bf16, so predicted and traced FLOPs and bytes line up. Children are
+named with the module attribute paths, so a layer tree mirrors the module tree.
+
+Variants. ``sdpa="math"`` reproduces ``F.scaled_dot_product_attention`` where no fused kernel applies (meta device,
+"normal" attention: scores reach memory); ``sdpa="fused"`` is one fused kernel ("flash" attention). The decoder's
+``LlamaAttention`` is the eager composition; ``LlamaFlashAttention2`` the fused one. Both variants have the same
+tensor-core FLOPs and differ in I/O and activation memory.
+
+Routing. The MoE is counted as ``num_experts_per_tok`` routed token-expert pairs per token plus the shared experts on
+every token; the experts that are *called* follow the reference model's shape-only balanced policy (token ``t`` to
+experts ``(t*k + j) mod E``), i.e. ``min(E, T*k)`` experts each read their weights once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+
+from opmeter.analytic.base import Composite, Layer, Op
+from opmeter.analytic.primitives import (
+    FP32,
+    INT64,
+    Activation,
+    Conv2d,
+    Embedding,
+    LayerNorm,
+    Linear,
+    RMSNorm,
+    copy,
+    gemm,
+    pointwise,
+    reduction,
+    sdpa_ops,
+    softmax_op,
+)
+from opmeter.conventions import ELEMENTWISE_FLOPS, SIGMOID_FLOPS
+
+BF16 = 2
+
+SDPA_IMPLS = ("math", "fused")
+VARIANTS = ("normal", "flash")
+"""Whole-model attention variants: ``normal`` (scores materialised: SDPA math path, eager decoder attention) and
+``flash`` (fused attention kernels everywhere)."""
+
+
+def _ew(name: str, numel: int, reads: Sequence[int], out: int, weights_read: int = 0) -> Op:
+    return pointwise(name, numel, ELEMENTWISE_FLOPS, reads, out, weights_read=weights_read)
+
+
+def upsample_op(name: str, c: int, src: int, dst: int, size: int = FP32) -> Op:
+    """An interpolation (``_upsample_bicubic2d_aa``, ``upsample_linear1d``): data movement, no FLOPs counted."""
+    return Op(name, bytes_read=c * src * size, bytes_written=c * dst * size)
+
+
+# =====================================================================================================================
+# SAM ViT-B
+# =====================================================================================================================
+
+
+@attrs.frozen(repr=False)
+class PatchEmbed(Layer):
+    """``Conv2d(3, 768, k16, s16)`` then a permute (a view) to ``[B, H, W, C]``."""
+
+    batch: int
+    img: int
+    patch: int = 16
+    in_chans: int = 3
+    embed_dim: int = 768
+    dtype: int = BF16
+    class_name: str = "PatchEmbed"
+
+    def children(self) -> Sequence[tuple[str, Layer]]:
+        g = self.img
+        conv = Conv2d(self.batch, self.in_chans, self.embed_dim, g, g, self.patch, stride=self.patch, dtype=self.dtype)
+        return [("proj", conv)]
+
+
+@attrs.frozen(repr=False)
+class LayerNorm2d(Layer):
+    """Channel LayerNorm written out: ``mean, sub, pow, mean, sub, add, sqrt, div, mul (weight), add (bias)``."""
+
+    batch: int
+    channels: int
+    height: int
+    width: int
+    dtype: int = BF16
+    class_name: str = "LayerNorm2d"
+
+    def ops(self) -> Sequence[Op]:
+        d, c = self.dtype, self.channels
+        n = self.batch * c * self.height * self.width
+        r = self.batch * self.height * self.width
+        return [
+            reduction("mean", n, r, d),
+            _ew("sub", n, [n * d, r * d], d),
+            _ew("pow", n, [n * d], d),
+            reduction("mean", n, r, d),
+            _ew("sub", n, [n * d, r * d], d),
+            _ew("add", r, [r * d], d),
+            _ew("sqrt", r, [r * d], d),
+            _ew("div", n, [n * d, r * d], d),
+            _ew("mul", n, [c * d, n * d], d, weights_read=c * d),
+            _ew("add", n, [n * d, c * d], d, weights_read=c * d),
+        ]
+
+    def own_weight_bytes(self) -> int:
+        return 2 * self.channels * self.dtype
+
+
+def rel_pos_ops(size: int, table: int, head_dim: int, dtype: int) -> list[Op]:
+    """``get_rel_pos(size, size, rel_pos)``: optional linear resize of the table, coordinate arithmetic, gather."""
+    n, c, d = size, head_dim, dtype
+    need = 2 * n - 1
+    ops: list[Op] = []
+    if table != need:
+        ops += [
+            copy("_to_copy", table * c, d, FP32),
+            upsample_op("upsample_linear1d", c, table, need),
+            copy("_to_copy", need * c, FP32, d),
+        ]
+    ops += [
+        Op("arange", bytes_written=n * INT64),
+        _ew("mul", n, [n * INT64], FP32),
+        Op("arange", bytes_written=n * INT64),
+        _ew("mul", n, [n * INT64], FP32),
+        _ew("sub", n * n, [n * FP32, n * FP32], FP32),
+        _ew("add", n * n, [n * n * FP32], FP32),
+        copy("_to_copy", n * n, FP32, INT64),
+        Op(
+            "index",
+            bytes_read=need * c * d + n * n * INT64,
+            bytes_written=n * n * c * d,
+            weights_read=need * c * d if table == need else 0,
+        ),
+    ]
+    return ops
+
+
+@attrs.frozen(repr=False)
+class Attention(Layer):
+    """SAM attention on ``[B, h, w, C]`` (windows or the global grid) with decomposed relative-position bias.
+
+    ``qkv`` linear; a copy to split heads; per axis ``get_rel_pos`` and an einsum (a ``bmm`` with a copy of the
+    permuted queries) and a copy of the result; the broadcast add that materialises the ``[B, heads, hw, hw]`` bias;
+    SDPA with that bias as ``attn_mask``; a copy to merge heads; ``proj`` linear.
+    """
+
+    batch: int
+    height: int
+    width: int
+    dim: int = 768
+    heads: int = 12
+    qkv_bias: bool = True
+    use_rel_pos: bool = True
+    rel_table: int = 127
+    """Rows of ``rel_pos_h`` / ``rel_pos_w`` (``2 * input_size - 1``: 27 for windows of 14, 127 for the 64 grid)."""
+    sdpa: str = "math"
+    dtype: int = BF16
+    class_name: str = "Attention"
+
+    @property
+    def head_dim(self) -> int:
+        """Per-head width."""
+        return self.dim // self.heads
+
+    @property
+    def tokens(self) -> int:
+        """Tokens of the call: ``B * h * w``."""
+        return self.batch * self.height * self.width
+
+    def children(self) -> Sequence[tuple[str, Layer]]:
+        t, c, d = self.tokens, self.dim, self.dtype
+        return [
+            ("qkv", Linear(t, c, 3 * c, bias=self.qkv_bias, dtype=d)),
+            ("proj", Linear(t, c, c, bias=True, dtype=d)),
+        ]
+
+    def ops(self) -> Sequence[Op]:
+        b, h, w, nh, hd, d = self.batch, self.height, self.width, self.heads, self.head_dim, self.dtype
+        t, c = self.tokens, self.dim
+        bh, hw = b * nh, h * w
+        ops: list[Op] = [copy("clone", 3 * t * c, d, d)]  # qkv.reshape(3, B*heads, hw, hd) of a permuted view
+        mask = 0
+        if self.use_rel_pos:
+            for axis_len, other in ((h, w), (w, h)):
+                ops += rel_pos_ops(axis_len, self.rel_table, hd, d)
+                ops.append(copy("clone", bh * hw * hd, d, d))  # einsum permutes r_q, then copies it
+                ops.append(
+                    gemm("bmm", bh * other, axis_len, hd, batch=axis_len, a=d, b=d, b_numel=axis_len * axis_len * hd)
+                )
+            ops.append(copy("clone", bh * hw * h, d, d))  # rel_h.reshape of a permuted einsum result
+            ops.append(copy("clone", bh * hw * w, d, d))  # rel_w.reshape
+            mask = bh * hw * h * w
+            ops.append(_ew("add", mask, [bh * hw * h * d, bh * hw * w * d], d))
+        ops += sdpa_ops(b, nh, hw, hw, hd, dtype=d, mask_numel=mask, impl=self.sdpa)
+        ops.append(copy("clone", t * c, d, d))  # x.view(...).permute(...).reshape(B, h, w, C)
+        return ops
+
+    def own_weight_bytes(self) -> int:
+        return 2 * self.rel_table * self.head_dim * self.dtype if self.use_rel_pos else 0
+
+
+@attrs.frozen(repr=False)
+class MLPBlock(Layer):
+    """``lin1 -> GELU -> lin2`` over ``tokens``."""
+
+    tokens: int
+    dim: int = 768
+    mlp_dim: int = 3072
+    dtype: int = BF16
+    class_name: str = "MLPBlock"
+
+    def children(self) -> Sequence[tuple[str, Layer]]:
+        t, d = self.tokens, self.dtype
+        return [
+            ("lin1", Linear(t, self.dim, self.mlp_dim, dtype=d)),
+            ("act", Activation("gelu", t * self.mlp_dim, d, class_name="GELU")),
+            ("lin2", Linear(t, self.mlp_dim, self.dim, dtype=d)),
+        ]
+
+
+@attrs.frozen(repr=False)
+class Block(Layer):
+    """SAM block on ``[B, g, g, C]``: ``norm1``, (pad + window partition), ``attn``, (unpartition + crop), residual
+    add, ``norm2``, ``mlp``, residual add. ``window == 0`` is global attention."""
+
+    batch: int
+    grid: int
+    dim: int = 768
+    heads: int = 12
+    mlp_dim: int = 3072
+    window: int = 14
+    rel_table: int | None = None
+    """Relative-position table rows; default ``2*window - 1`` (windowed) or ``2*grid - 1`` (global)."""
+    sdpa: str = "math"
+    dtype: int = BF16
+    class_name: str = "Block"
+
+    @property
+    def padded(self) -> int:
+        """Grid side after zero-padding to a multiple of the window (the grid itself for global blocks)."""
+        if self.window == 0:
+            return self.grid
+        return -(-self.grid // self.window) * self.window
+
+    @property
+    def windows(self) -> int:
+        """Attention batch: windows per image times images (images for global blocks)."""
+        if self.window == 0:
+            return self.batch
+        return self.batch * (self.padded // self.window) ** 2
+
+    def _attention(self) -> Attention:
+        side = self.window or self.grid
+        table = self.rel_table if self.rel_table is not None else 2 * side - 1
+        return Attention(
+            self.windows, side, side, self.dim, self.heads, rel_table=table, sdpa=self.sdpa, dtype=self.dtype
+        )
+
+    def children(self) -> Sequence[tuple[str, Layer]]:
+        t, d = self.batch * self.grid * self.grid, self.dtype
+        return [
+            ("norm1", LayerNorm(t, self.dim, d)),
+            ("attn", self._attention()),
+            ("norm2", LayerNorm(t, self.dim, d)),
+            ("mlp", MLPBlock(t, self.dim, self.mlp_dim, d)),
+        ]
+
+    def ops(self) -> Sequence[Op]:
+        n = self.batch * self.grid * self.grid * self.dim
+        d = self.dtype
+        ops: list[Op] = []
+        if self.window:
+            np_ = self.batch * self.padded * self.padded * self.dim
+            if self.padded != self.grid:
+                ops.append(copy("constant_pad_nd", n, d, d))
+                ops[-1] = attrs.evolve(ops[-1], bytes_written=np_ * d)
+            ops.append(copy("clone", np_, d, d))  # window_partition: permute(...).contiguous()
+            ops.append(copy("clone", np_, d, d))  # window_unpartition: permute(...).contiguous()
+            if self.padded != self.grid:
+                ops.append(copy("clone", n, d, d))  # [:, :h, :w, :].contiguous()
+        ops.append(_ew("add", n, [n * d, n * d], d))  # shortcut + x
+        ops.append(_ew("add", n, [n * d, n * d], d))  # x + mlp(norm2(x))
+        return ops
+
+    def held_bytes(self) -> int:
+        return self.batch * self.grid * self.grid * self.dim * self.dtype
+
+
+@attrs.frozen(repr=False)
+class ImageEncoderViT(Layer):
+    """SAM ViT-B with the DeepSeek-OCR neck and ``net_2`` / ``net_3`` on ``batch`` views of ``img`` pixels."""
+
+    batch: int
+    img: int = 1024
+    patch: int = 16
+    dim: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_dim: int = 3072
+    window: int = 14
+    global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
+    native_grid: int = 64
+    """Grid of the ``pos_embed`` table and of the global blocks' relative-position tables (``img_size / patch``)."""
+    out_chans: int = 256
+    net_2_chans: int = 512
+    net_3_chans: int = 1024
+    in_chans: int = 3
+    sdpa: str = "math"
+    dtype: int = BF16
+    class_name: str = "ImageEncoderViT"
+
+    @property
+    def grid(self) -> int:
+        """Patch grid side of this view size."""
+        return self.img // self.patch
+
+    @property
+    def out_grid(self) -> int:
+        """Output grid side after ``net_2`` and ``net_3`` (stride 2, padding 1, kernel 3 each)."""
+        return (self._g2() - 1) // 2 + 1
+
+    def _g2(self) -> int:
+        return (self.grid - 1) // 2 + 1
+
+    def children(self) -> Sequence[tuple[str, Layer]]:
+        b, g, d = self.batch, self.grid, self.dtype
+        kids: list[tuple[str, Layer]] = [
+            ("patch_embed", PatchEmbed(b, self.img, self.patch, self.in_chans, self.dim, d)),
+        ]
+        for i in range(self.depth):
+            glob = i in self.global_attn_indexes
+            blk = Block(
+                b, g, self.dim, self.heads, self.mlp_dim, window=0 if glob else self.window,
+                rel_table=2 * self.native_grid - 1 if glob else 2 * self.window - 1, sdpa=self.sdpa, dtype=d,
+            )
+            kids.append((f"blocks.{i}", blk))
+        oc, g2 = self.out_chans, self._g2()
+        kids += [
+            ("neck.0", Conv2d(b, self.dim, oc, g, g, 1, bias=False, dtype=d)),
+            ("neck.1", LayerNorm2d(b, oc, g, g, d)),
+            ("neck.2", Conv2d(b, oc, oc, g, g, 3, padding=1, bias=False, dtype=d)),
+            ("neck.3", LayerNorm2d(b, oc, g, g, d)),
+            ("net_2", Conv2d(b, oc, self.net_2_chans, g, g, 3, stride=2, padding=1, bias=False, dtype=d)),
+            (
+                "net_3",
+                Conv2d(b, self.net_2_chans, self.net_3_chans, g2, g2, 3, stride=2, padding=1, bias=False, dtype=d),
+            ),
+        ]
+        return kids
+
+    def ops(self) -> Sequence[Op]:
+        b, g, c, d = self.batch, self.grid, self.dim, self.dtype
+        ng = self.native_grid
+        ops: list[Op] = []
+        pos_w = 0
+        if g != ng:
+            ops += [
+                copy("_to_copy", c * ng * ng, d, FP32),
+                upsample_op("_upsample_bicubic2d_aa", c, ng * ng, g * g),
+                copy("_to_copy", c * g * g, FP32, d),
+            ]
+        else:
+            pos_w = c * g * g * d
+        n = b * g * g * c
+        ops.append(_ew("add", n, [n * d, c * g * g * d], d, weights_read=pos_w))
+        g2 = self._g2()
+        ops.append(copy("clone", b * self.net_2_chans * g2 * g2, d, d))  # net_3(x2.clone())
+        return ops
+
+    def own_weight_bytes(self) -> int:
+        return self.native_grid * self.native_grid * self.dim * self.dtype
+
+
+# =====================================================================================================================
+# CLIP-L tower
+# =====================================================================================================================
+
+
+@attrs.frozen(repr=False)
+class CLIPVisionEmbeddings(Layer):
+    """Class token + SAM features (passed in, ``[B, C, g, g]``) + position embeddings resized to the grid."""
+
+    batch: int
+    grid: int
+    hidden: int = 1024
+    native_grid: int = 16
+    patch: int = 14
+    in_chans: int = 3
+    dtype: int = BF16
+    class_name: str = "CLIPVisionEmbeddings"
+
+    def children(self) -> Sequence[tuple[str, Layer]]:
+        npos = self.native_grid**2 + 1
+        return [("position_embedding", Embedding(npos, self.hidden, npos, self.dtype))]
+
+    def ops(self) -> Sequence[Op]:
+        b, g, c, d, ng = self.batch, self.grid, self.hidden, self.dtype, self.native_grid
+        seq = g * g + 1
+        ops = [Op("cat", bytes_read=(b * c + b * g * g * c) * d, bytes_written=b * seq * c * d, weights_read=b * c * d)]
+        if g != ng:
+            ops += [
+                copy("clone", ng * ng * c, d, d),
+                copy("_to_copy", ng * ng * c, d, FP32),
+                upsample_op("_upsample_bicubic2d_aa", c, ng * ng, g * g),
+                copy("_to_copy", g * g * c, FP32, d),
+                copy("cat", seq * c, d, d),
+            ]
+        ops.append(_ew("add", b * seq * c, [b * seq * c * d, seq * c * d], d))
+        return ops
+
+    def own_weight_bytes(self) -> int:
+        # class_embedding plus the (unused) patch_embedding convolution, which still occupies memory
+        return (self.hidden + self.hidden * self.in_chans * self.patch * self.patch) * self.dtype
+
+
+@attrs.frozen(repr=False)
+class NoTPAttention(Layer):
+    """CLIP attention: ``qkv_proj``, head split (views), SDPA without mask, head merge (a copy), ``out_proj``."""
+
+    batch: int
+    seq: int
+    hidden: int = 1024
+    heads: int = 16
+    sdpa: str = "math"
+    dtype: int = BF16
+    class_name: str = "NoTPAttention"
+
+    def children(self) -> Sequence[tuple[str, Layer]]:
+        t, c, d = self.batch * self.seq, self.hidden, self.dtype
+        return [("qkv_proj", Linear(t, c, 3 * c, dtype=d)), ("out_proj", Linear(t, c, c, dtype=d))]
+
+    def ops(self) -> Sequence[Op]:
+        b, s, c, nh, d = self.batch, self.seq, self.hidden, self.heads, self.dtype
+        ops = sdpa_ops(b, nh, s, s, c // nh, dtype=d, impl=self.sdpa)
+        ops.append(copy("clone", b * s * c, d, d))
+        return ops
+
+
+@attrs.frozen(repr=False)
+class NoTPFeedForward(Layer):
+    """CLIP MLP: ``fc1``, ``quick_gelu`` (``x * sigmoid(1.702 x)``: mul, sigmoid, mul), ``fc2``."""
+
+    tokens: int
+    hidden: int = 1024
+    ffn: int = 4096
+    dtype: int = BF16
+    class_name: str = "NoTPFeedForward"
+
+    def children(self) -> Sequence[tuple[str, Layer]]:
+        t, d = self.tokens, self.dtype
+        return [("fc1", Linear(t, self.hidden, self.ffn, dtype=d)), ("fc2", Linear(t, self.ffn, self.hidden, dtype=d))]
+
+    def ops(self) -> Sequence[Op]:
+        n, d = self.tokens * self.ffn, self.dtype
+        return [
+            _ew("mul", n, [n * d], d),
+            pointwise("sigmoid", n, SIGMOID_FLOPS, [n * d], d),
+            _ew("mul", n, [n * d, n * d], d),
+        ]
+
+
+@attrs.frozen(repr=False)
+class NoTPTransformerBlock(Layer):
+    """Pre-norm CLIP block. Like the vendor it calls ``self_attn.forward`` / ``mlp.forward`` directly, so their own
+    ops belong to the block and only their ``Linear`` children appear as separate module calls."""
+
+    batch: int
+    seq: int
+    hidden: int = 1024
+    heads: int = 16
+    ffn: int = 4096
+    sdpa: str = "math"
+    dtype: int = BF16
+    class_name: str = "NoTPTransformerBlock"
+
+    def attention(self) -> NoTPAttention:
+        """The attention sub-layer (called through ``forward``)."""
+        return NoTPAttention(self.batch, self.seq, self.hidden, self.heads, self.sdpa, self.dtype)
+
+    def feed_forward(self) -> NoTPFeedForward:
+        """The MLP sub-layer (called through ``forward``)."""
+        return NoTPFeedForward(self.batch * self.seq, self.hidden, self.ffn, self.dtype)
+
+    def children(self) -> Sequence[tuple[str, Layer]]:
+        t, d = self.batch * self.seq, self.dtype
+        kids: list[tuple[str, Layer]] = [("layer_norm1", LayerNorm(t, self.hidden, d))]
+        kids += [(f"self_attn.{n}", c) for n, c in self.attention().children()]
+        kids.append(("layer_norm2", LayerNorm(t, self.hidden, d)))
+        kids += [(f"mlp.{n}", c) for n, c in self.feed_forward().children()]
+        return kids
+
+    def ops(self) -> Sequence[Op]:
+        n, d = self.batch * self.seq * self.hidden, self.dtype
+        return [
+            *self.attention().ops(),
+            _ew("add", n, [n * d, n * d], d),
+            *self.feed_forward().ops(),
+            _ew("add", n, [n * d, n * d], d),
+        ]
+
+    def held_bytes(self) -> int:
+        return self.batch * self.seq * self.hidden * self.dtype
+
+
+@attrs.frozen(repr=False)
+class NoTPTransformer(Layer):
+    """The stack of ``NoTPTransformerBlock``."""
+
+    batch: int
+    seq: int
+    layers: int = 24
+    hidden: int = 1024
+    heads: int = 16
+    ffn: int = 4096
+    sdpa: str = "math"
+    dtype: int = BF16
+    class_name: str = "NoTPTransformer"
+
+    def children(self) -> Sequence[tuple[str, Layer]]:
+        blk = NoTPTransformerBlock(self.batch, self.seq, self.hidden, self.heads, self.ffn, self.sdpa, self.dtype)
+        return [(f"layers.{i}", blk) for i in range(self.layers)]
+
+
+@attrs.frozen(repr=False)
+class VitModel(Layer):
+    """CLIP tower fed with SAM features: ``embeddings``, ``pre_layrnorm``, ``transformer`` on ``g*g + 1`` tokens."""
+
+    batch: int
+    grid: int
+    hidden: int = 1024
+    layers: int = 24
+    heads: int = 16
+    ffn: int = 4096
+    native_grid: int = 16
+    sdpa: str = "math"
+    dtype: int = BF16
+    class_name: str = "VitModel"
+
+    @property
+    def seq(self) -> int:
+        """Tokens per view: the grid plus the class token."""
+        return self.grid * self.grid + 1
+
+    def children(self) -> Sequence[tuple[str, Layer]]:
+        b, d = self.batch, self.dtype
+        return [
+            ("embeddings", CLIPVisionEmbeddings(b, self.grid, self.hidden, self.native_grid, d)),
+            ("pre_layrnorm", LayerNorm(b * self.seq, self.hidden, d)),
+            (
+                "transformer",
+                NoTPTransformer(b, self.seq, self.layers, self.hidden, self.heads, self.ffn, self.sdpa, d),
+            ),
+        ]
+
+
+@attrs.frozen(repr=False)
+class MlpProjector(Layer):
+    """``projector_type == "linear"``: one ``Linear(2048, 1280)`` named ``layers``."""
+
+    tokens: int
+    input_dim: int = 2048
+    n_embed: int = 1280
+    dtype: int = BF16
+    class_name: str = "MlpProjector"
+
+    def children(self) -> Sequence[tuple[str, Layer]]:
+        return [("layers", Linear(self.tokens, self.input_dim, self.n_embed, dtype=self.dtype))]
+
+
+# =====================================================================================================================
+# Decoder (DeepSeek-V2 with LLaMA attention)
+# =====================================================================================================================
+
+
+@attrs.frozen(repr=False)
+class DeepseekV2RMSNorm(RMSNorm):
+    """RMSNorm in fp32, weight applied in the input dtype (the vendor op sequence, see :class:`RMSNorm`)."""
+
+    class_name: str = "DeepseekV2RMSNorm"
+
+
+@attrs.frozen(repr=False)
+class LlamaRotaryEmbedding(Layer):
+    """Default RoPE of transformers 4.46, called inside every attention layer.
+
+    Positions to fp32; ``inv_freq [B, D/2, 1] @ positions [B, 1, S]`` as a ``bmm`` (``2 * B * D/2 * S`` tensor-core
+    FLOPs); ``cat``; ``cos``; ``sin``; two multiplications by ``attention_scaling``; two casts to the model dtype.
+    """
+
+    batch: int
+    seq: int
+    head_dim: int = 128
+    dtype: int = BF16
+    class_name: str = "LlamaRotaryEmbedding"
+
+    def ops(self) -> Sequence[Op]:
+        b, s, hd, d = self.batch, self.seq, self.head_dim, self.dtype
+        half = hd // 2
+        n = b * s * hd
+        return [
+            copy("_to_copy", b * s, INT64, FP32),
+            gemm("bmm", half, s, 1, batch=b, a=FP32, b=FP32, out=FP32),
+            copy("cat", n, FP32, FP32),
+            _ew("cos", n, [n * FP32], FP32),
+            _ew("sin", n, [n * FP32], FP32),
+            _ew("mul", n, [n * FP32], FP32),
+            _ew("mul", n, [n * FP32], FP32),
+            copy("_to_copy", n, FP32, d),
+            copy("_to_copy", n, FP32, d),
+        ]
+
+    def own_weight_bytes(self) -> int:
+        return self.head_dim // 2 * FP32
+
+
+def rotary_apply_ops(numel: int, cos_numel: int, dtype: int) -> list[Op]:
+    """``x * cos + rotate_half(x) * sin`` for one of q / k: mul, neg, cat, mul, add."""
+    n, d = numel, dtype
+    return [
+        _ew("mul", n, [n * d, cos_numel * d], d),
+        _ew("neg", n // 2, [n // 2 * d], d),
+        copy("cat", n, d, d),
+        _ew("mul", n, [n * d, cos_numel * d], d),
+        _ew("add", n, [n * d, n * d], d),
+    ]
+
+
+@attrs.frozen(repr=False)
+class LlamaAttention(Layer):
+    """Eager LLaMA attention for ``q_len`` new tokens over ``past`` cached positions (prefill: ``past = 0``;
+    decode step: ``q_len = 1``, ``past = L``).
+
+    q/k/v projections, rotary (``rotary_emb`` child plus its application), KV-cache append (``cat`` when ``past``),
+    ``matmul(q, kᵀ)``, ``/ √d``, causal-mask add, fp32 softmax and cast back, ``matmul(p, v)``, head merge copy
+    (prefill only), ``o_proj``. With batch 1 every head reshape is a view.
+    """
+
+    batch: int
+    q_len: int
+    past: int = 0
+    hidden: int = 1280
+    heads: int = 10
+    kv_heads: int = 10
+    head_dim: int = 128
+    masked: bool = True
+    dtype: int = BF16
+    class_name: str = "LlamaAttention"
+
+    @property
+    def kv_len(self) -> int:
+        """Keys attended to: cached plus new positions."""
+        return self.past + self.q_len
+
+    def children(self) -> Sequence[tuple[str, Layer]]:
+        t, h, d = self.batch * self.q_len, self.hidden, self.dtype
+        qd, kd = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        return [
+            ("q_proj", Linear(t, h, qd, bias=False, dtype=d)),
+            ("k_proj", Linear(t, h, kd, bias=False, dtype=d)),
+            ("v_proj", Linear(t, h, kd, bias=False, dtype=d)),
+            ("rotary_emb", LlamaRotaryEmbedding(self.batch, self.q_len, self.head_dim, d)),
+            ("o_proj", Linear(t, qd, h, bias=False, dtype=d)),
+        ]
+
+    def _pre_ops(self) -> list[Op]:
+        b, s, d = self.batch, self.q_len, self.dtype
+        nq = b * self.heads * s * self.head_dim
+        nk = b * self.kv_heads * s * self.head_dim
+        cos_n = b * s * self.head_dim
+        ops = rotary_apply_ops(nq, cos_n, d) + rotary_apply_ops(nk, cos_n, d)
+        if self.past:
+            ncache = b * self.kv_heads * self.past * self.head_dim
+            nall = b * self.kv_heads * self.kv_len * self.head_dim
+            for _ in range(2):
+                ops.append(Op("cat", bytes_read=(ncache + nk) * d, bytes_written=nall * d))
+        return ops
+
+    def _core_ops(self) -> list[Op]:
+        b, s, lk, nh, hd, d = self.batch, self.q_len, self.kv_len, self.heads, self.head_dim, self.dtype
+        scores = b * nh * s * lk
+        ops = [
+            gemm("bmm", s, lk, hd, batch=b * nh, a=d, b=d),
+            _ew("div", scores, [scores * d], d),
+        ]
+        if self.masked:
+            ops.append(_ew("add", scores, [scores * d, b * s * lk * d], d))
+        ops += [
+            copy("_to_copy", scores, d, FP32),
+            softmax_op(scores, FP32),
+            copy("_to_copy", scores, FP32, d),
+            gemm("bmm", s, hd, lk, batch=b * nh, a=d, b=d),
+        ]
+        if s > 1:
+            ops.append(copy("clone", b * s * nh * hd, d, d))  # attn_output.transpose(1, 2).contiguous()
+        return ops
+
+    def ops(self) -> Sequence[Op]:
+        return self._pre_ops() + self._core_ops()
+
+    def own_kv_cache_bytes(self) -> int:
+        return 2 * self.batch * self.kv_heads * self.kv_len * self.head_dim * self.dtype
+
+
+@attrs.frozen(repr=False)
+class LlamaFlashAttention2(LlamaAttention):
+    """LLaMA attention through one fused flash-attention call (causal, no mask tensor); same tensor-core FLOPs as
+    :class:`LlamaAttention`, no score matrix in memory."""
+
+    masked: bool = False
+    class_name: str = "LlamaFlashAttention2"
+
+    def _core_ops(self) -> list[Op]:
+        b, s, lk, nh, hd, d = self.batch, self.q_len, self.kv_len, self.heads, self.head_dim, self.dtype
+        return sdpa_ops(b, nh, s, lk, hd, dtype=d, impl="fused")
+
+
+@attrs.frozen(repr=False)
+class DeepseekV2MLP(Layer):
+    """SiLU-gated MLP over ``tokens``: ``gate_proj``, ``act_fn`` (SiLU), ``up_proj``, mul, ``down_proj``."""
+
+    tokens: int
+    hidden: int = 1280
+    intermediate: int = 6848
+    dtype: int = BF16
+    class_name: str = "DeepseekV2MLP"
+
+    def children(self) -> Sequence[tuple[str, Layer]]:
+        t, h, i, d = self.tokens, self.hidden, self.intermediate, self.dtype
+        return [
+            ("gate_proj", Linear(t, h, i, bias=False, dtype=d)),
+            ("act_fn", Activation("silu", t * i, d, class_name="SiLU")),
+            ("up_proj", Linear(t, h, i, bias=False, dtype=d)),
+            ("down_proj", Linear(t, i, h, bias=False, dtype=d)),
+        ]
+
+    def ops(self) -> Sequence[Op]:
+        n, d = self.tokens * self.intermediate, self.dtype
+        return [_ew("mul", n, [n * d, n * d], d)]
+
+
+@attrs.frozen(repr=False)
+class MoEGate(Layer):
+    """Router: fp32 casts of hidden states and weight, ``mm``, softmax, top-k (unsorted), ``* routed_scaling``."""
+
+    tokens: int
+    hidden: int = 1280
+    experts: int = 64
+    top_k: int = 6
+    dtype: int = BF16
+    class_name: str = "MoEGate"
+
+    def ops(self) -> Sequence[Op]:
+        t, h, e, k, d = self.tokens, self.hidden, self.experts, self.top_k, self.dtype
+        return [
+            copy("_to_copy", t * h, d, FP32),
+            attrs.evolve(copy("_to_copy", e * h, d, FP32), weights_read=e * h * d),
+            gemm("mm", t, e, h, a=FP32, b=FP32, out=FP32),
+            softmax_op(t * e, FP32),
+            Op("topk", bytes_read=t * e * FP32, bytes_written=t * k * (FP32 + INT64)),
+            _ew("mul", t * k, [t * k * FP32], FP32),
+        ]
+
+    def own_weight_bytes(self) -> int:
+        return self.experts * self.hidden * self.dtype
+
+
+@attrs.frozen(repr=False)
+class RoutedExperts(Layer):
+    """The routed experts of one MoE call, aggregated: ``pairs`` token-expert pairs over ``active`` called experts.
+
+    The child name is ``experts`` (the ``ModuleList``); each called expert reads its weights once. FLOPs depend only
+    on ``pairs``.
+    """
+
+    pairs: int
+    active: int
+    total_experts: int = 64
+    hidden: int = 1280
+    intermediate: int = 896
+    dtype: int = BF16
+    class_name: str = "ModuleList"
+
+    def _expert(self, tokens: int) -> DeepseekV2MLP:
+        return DeepseekV2MLP(tokens, self.hidden, self.intermediate, self.dtype)
+
+    def children(self) -> Sequence[tuple[str, Layer]]:
+        return []
+
+    def ops(self) -> Sequence[Op]:
+        whole = list(self._expert(self.pairs).all_ops())
+        w_one = self._expert(1).weight_bytes()
+        extra = (self.active - 1) * w_one  # every called expert reads its own weights
+        out: list[Op] = []
+        for _, op in whole:
+            if op.weights_read:
+                share = op.weights_read / max(w_one, 1)
+                add = round(extra * share)
+                op = attrs.evolve(op, bytes_read=op.bytes_read + add, weights_read=op.weights_read + add)
+            out.append(op)
+        return out
+
+    def own_weight_bytes(self) -> int:
+        return self.total_experts * self._expert(1).weight_bytes()
+
+    def activation_bytes(self) -> int:
+        per = max(1, self.pairs // max(self.active, 1))
+        return self._expert(per).activation_bytes()
+
+
+def balanced_active_experts(tokens: int, top_k: int, experts: int) -> int:
+    """Experts called under the reference's shape-only policy (token ``t`` to ``(t*k + j) mod E``)."""
+    return min(experts, tokens * top_k)
+
+
+@attrs.frozen(repr=False)
+class DeepseekV2MoE(Layer):
+    """MoE over ``tokens``: ``gate``; pair bookkeeping (count, ``argsort``, gather); routed ``experts``
+    (``top_k`` pairs per token); ``cat``, ``index_put``, fp32 weighting and sum; ``shared_experts``; residual add
+    of the two paths."""
+
+    tokens: int
+    hidden: int = 1280
+    experts: int = 64
+    top_k: int = 6
+    moe_intermediate: int = 896
+    shared: int = 2
+    active: int | None = None
+    """Experts called; default: the balanced policy ``min(E, T*k)``."""
+    dtype: int = BF16
+    class_name: str = "DeepseekV2MoE"
+
+    @property
+    def pairs(self) -> int:
+        """Routed token-expert pairs: ``tokens * top_k``."""
+        return self.tokens * self.top_k
+
+    def children(self) -> Sequence[tuple[str, Layer]]:
+        t, h, d = self.tokens, self.hidden, self.dtype
+        active = self.active if self.active is not None else balanced_active_experts(t, self.top_k, self.experts)
+        return [
+            ("gate", MoEGate(t, h, self.experts, self.top_k, d)),
+            ("experts", RoutedExperts(self.pairs, active, self.experts, h, self.moe_intermediate, d)),
+            ("shared_experts", DeepseekV2MLP(t, h, self.moe_intermediate * self.shared, d)),
+        ]
+
+    def ops(self) -> Sequence[Op]:
+        t, h, e, d = self.tokens, self.hidden, self.experts, self.dtype
+        p = self.pairs
+        return [
+            Op("new_zeros", bytes_written=t * e * INT64),
+            Op("scatter_", bytes_read=t * e * INT64 + p * INT64, bytes_written=t * e * INT64),
+            reduction("sum", t * e, e, INT64),
+            Op("sort", bytes_read=p * INT64, bytes_written=2 * p * INT64),
+            _ew("floor_divide", p, [p * INT64], INT64),
+            Op("index", bytes_read=t * h * d + p * INT64, bytes_written=p * h * d),
+            copy("cat", p * h, d, d),
+            Op("empty_like", bytes_written=p * h * d),
+            Op("index_put_", bytes_read=2 * p * h * d + p * INT64, bytes_written=p * h * d),
+            copy("_to_copy", p * h, d, FP32),
+            _ew("mul", p * h, [p * h * FP32, p * FP32], FP32),
+            reduction("sum", p * h, t * h, FP32),
+            copy("_to_copy", t * h, FP32, d),
+            _ew("add", t * h, [t * h * d, t * h * d], d),
+        ]
+
+    def held_bytes(self) -> int:
+        return self.tokens * self.hidden * self.dtype
+
+
+@attrs.frozen(repr=False)
+class DeepseekV2DecoderLayer(Layer):
+    """Pre-norm decoder layer: ``input_layernorm``, ``self_attn``, residual add, ``post_attention_layernorm``,
+    ``mlp`` (dense ``DeepseekV2MLP`` or ``DeepseekV2MoE``), residual add."""
+
+    batch: int
+    q_len: int
+    past: int = 0
+    moe: bool = True
+    flash: bool = False
+    hidden: int = 1280
+    heads: int = 10
+    kv_heads: int = 10
+    head_dim: int = 128
+    intermediate: int = 6848
+    experts: int = 64
+    top_k: int = 6
+    moe_intermediate: int = 896
+    shared: int = 2
+    dtype: int = BF16
+    class_name: str = "DeepseekV2DecoderLayer"
+
+    def children(self) -> Sequence[tuple[str, Layer]]:
+        b, s, h, d = self.batch, self.q_len, self.hidden, self.dtype
+        t = b * s
+        attn_cls = LlamaFlashAttention2 if self.flash else LlamaAttention
+        attn = attn_cls(b, s, self.past, h, self.heads, self.kv_heads, self.head_dim, dtype=d)
+        mlp: Layer
+        if self.moe:
+            mlp = DeepseekV2MoE(t, h, self.experts, self.top_k, self.moe_intermediate, self.shared, dtype=d)
+        else:
+            mlp = DeepseekV2MLP(t, h, self.intermediate, d)
+        return [
+            ("input_layernorm", DeepseekV2RMSNorm(t, h, d)),
+            ("self_attn", attn),
+            ("post_attention_layernorm", DeepseekV2RMSNorm(t, h, d)),
+            ("mlp", mlp),
+        ]
+
+    def ops(self) -> Sequence[Op]:
+        n, d = self.batch * self.q_len * self.hidden, self.dtype
+        return [_ew("add", n, [n * d, n * d], d), _ew("add", n, [n * d, n * d], d)]
+
+    def held_bytes(self) -> int:
+        return self.batch * self.q_len * self.hidden * self.dtype
+
+
+@attrs.frozen(repr=False)
+class LMHead(Layer):
+    """``lm_head``: ``Linear(1280, 129280, bias=False)`` on every position (prefill) or the new one (decode)."""
+
+    tokens: int
+    hidden: int = 1280
+    vocab: int = 129280
+    dtype: int = BF16
+    class_name: str = "Linear"
+
+    def ops(self) -> Sequence[Op]:
+        return Linear(self.tokens, self.hidden, self.vocab, bias=False, dtype=self.dtype).ops()
+
+    def own_weight_bytes(self) -> int:
+        return self.hidden * self.vocab * self.dtype
+
+
+__all__ = [
+    "SDPA_IMPLS",
+    "VARIANTS",
+    "Attention",
+    "Block",
+    "CLIPVisionEmbeddings",
+    "Composite",
+    "DeepseekV2DecoderLayer",
+    "DeepseekV2MLP",
+    "DeepseekV2MoE",
+    "DeepseekV2RMSNorm",
+    "ImageEncoderViT",
+    "LMHead",
+    "LayerNorm2d",
+    "LlamaAttention",
+    "LlamaFlashAttention2",
+    "LlamaRotaryEmbedding",
+    "MLPBlock",
+    "MlpProjector",
+    "MoEGate",
+    "NoTPAttention",
+    "NoTPFeedForward",
+    "NoTPTransformer",
+    "NoTPTransformerBlock",
+    "PatchEmbed",
+    "RoutedExperts",
+    "VitModel",
+    "balanced_active_experts",
+]
