@@ -21,6 +21,7 @@ one call of its parent. Nothing here imports the tracer.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -143,17 +144,17 @@ class Layer:
             for path, op in child.all_ops():
                 yield (f"{name}.{path}" if path else name), op
 
-    def _sum(self, field: str) -> Any:
-        own = sum(getattr(op, field) for op in self.ops())
-        return own + sum(child._sum(field) for _, child in self.children())
+    def totals(self) -> tuple[int, float, int, int]:
+        """``(tensor-core FLOPs, CUDA-core FLOPs, bytes read, bytes written)`` of the call, own and children's."""
+        return _totals(self)
 
     def tensor_core_flops(self) -> int:
         """Tensor-core FLOPs of the call (GEMM, batched GEMM, convolution, attention matmuls)."""
-        return int(self._sum("tensor_flops"))
+        return self.totals()[0]
 
     def cuda_core_flops(self) -> float:
         """CUDA-core FLOPs of the call (elementwise, normalisation, softmax, activation, reductions)."""
-        return float(self._sum("cuda_flops"))
+        return self.totals()[1]
 
     def flops(self) -> float:
         """All FLOPs: tensor-core plus CUDA-core."""
@@ -161,11 +162,11 @@ class Layer:
 
     def bytes_read(self) -> int:
         """Bytes read by all ops of the call."""
-        return int(self._sum("bytes_read"))
+        return self.totals()[2]
 
     def bytes_written(self) -> int:
         """Bytes written by all ops of the call."""
-        return int(self._sum("bytes_written"))
+        return self.totals()[3]
 
     def io_bytes(self) -> int:
         """Bytes read plus bytes written."""
@@ -191,9 +192,7 @@ class Layer:
         The largest of the own ops' peaks and the children's peaks, plus what this module holds while its
         children run (:meth:`held_bytes`). An estimate of allocator pressure, not a measurement.
         """
-        peaks = [op.activation_peak for op in self.ops()]
-        peaks += [child.activation_bytes() for _, child in self.children()]
-        return max(peaks, default=0) + self.held_bytes()
+        return _activation(self)
 
     def arithmetic_intensity(self) -> float:
         """FLOPs (tensor-core + CUDA-core) per bit of I/O; 0 when there is no I/O."""
@@ -221,6 +220,30 @@ class Layer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.class_name})"
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _totals(layer: Layer) -> tuple[int, float, int, int]:
+    tensor, cuda, read, written = 0, 0.0, 0, 0
+    for op in layer.ops():
+        tensor += op.tensor_flops
+        cuda += op.cuda_flops
+        read += op.bytes_read
+        written += op.bytes_written
+    for _, child in layer.children():
+        t, c, r, w = _totals(child)
+        tensor += t
+        cuda += c
+        read += r
+        written += w
+    return tensor, cuda, read, written
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _activation(layer: Layer) -> int:
+    peaks = [op.activation_peak for op in layer.ops()]
+    peaks += [child.activation_bytes() for _, child in layer.children()]
+    return max(peaks, default=0) + layer.held_bytes()
 
 
 @attrs.frozen(repr=False)

@@ -19,8 +19,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import attrs
+import pandas as pd
 
-from opmeter.analytic.base import Composite, Layer, Op
+from opmeter.analytic.base import Composite, Layer, Op, layer_frame
 from opmeter.analytic.primitives import (
     FP32,
     INT64,
@@ -37,7 +38,11 @@ from opmeter.analytic.primitives import (
     sdpa_ops,
     softmax_op,
 )
+from opmeter.analytic.stage_cost import ParameterFootprint, StageCost
 from opmeter.conventions import ELEMENTWISE_FLOPS, SIGMOID_FLOPS
+from opmeter.errors import OpmeterError
+from opmeter.models.deepseek_ocr.config import DeepseekOCRConfig, get_config
+from opmeter.models.deepseek_ocr.geometry import VisionWorkload
 
 BF16 = 2
 
@@ -130,12 +135,7 @@ def rel_pos_ops(size: int, table: int, head_dim: int, dtype: int) -> list[Op]:
         _ew("sub", n * n, [n * FP32, n * FP32], FP32),
         _ew("add", n * n, [n * n * FP32], FP32),
         copy("_to_copy", n * n, FP32, INT64),
-        Op(
-            "index",
-            bytes_read=need * c * d + n * n * INT64,
-            bytes_written=n * n * c * d,
-            weights_read=need * c * d if table == need else 0,
-        ),
+        Op("index", bytes_read=n * n * c * d + n * n * INT64, bytes_written=n * n * c * d),  # gathers rows
     ]
     return ops
 
@@ -549,7 +549,7 @@ class VitModel(Layer):
     def children(self) -> Sequence[tuple[str, Layer]]:
         b, d = self.batch, self.dtype
         return [
-            ("embeddings", CLIPVisionEmbeddings(b, self.grid, self.hidden, self.native_grid, d)),
+            ("embeddings", CLIPVisionEmbeddings(b, self.grid, self.hidden, self.native_grid, dtype=d)),
             ("pre_layrnorm", LayerNorm(b * self.seq, self.hidden, d)),
             (
                 "transformer",
@@ -853,14 +853,14 @@ class DeepseekV2MoE(Layer):
         p = self.pairs
         return [
             Op("new_zeros", bytes_written=t * e * INT64),
-            Op("scatter_", bytes_read=t * e * INT64 + p * INT64, bytes_written=t * e * INT64),
+            Op("scatter_", bytes_read=2 * p * INT64, bytes_written=p * INT64),  # scalar source: index-sized
             reduction("sum", t * e, e, INT64),
             Op("sort", bytes_read=p * INT64, bytes_written=2 * p * INT64),
             _ew("floor_divide", p, [p * INT64], INT64),
-            Op("index", bytes_read=t * h * d + p * INT64, bytes_written=p * h * d),
+            Op("index", bytes_read=p * h * d + p * INT64, bytes_written=p * h * d),
             copy("cat", p * h, d, d),
             Op("empty_like", bytes_written=p * h * d),
-            Op("index_put_", bytes_read=2 * p * h * d + p * INT64, bytes_written=p * h * d),
+            Op("index_put_", bytes_read=p * h * d + p * INT64, bytes_written=p * h * d),
             copy("_to_copy", p * h, d, FP32),
             _ew("mul", p * h, [p * h * FP32, p * FP32], FP32),
             reduction("sum", p * h, t * h, FP32),
@@ -936,13 +936,383 @@ class LMHead(Layer):
         return self.hidden * self.vocab * self.dtype
 
 
+# =====================================================================================================================
+# The whole model
+# =====================================================================================================================
+
+
+def _sdpa_impl(variant: str) -> str:
+    if variant not in VARIANTS:
+        raise OpmeterError(f"unknown attention variant {variant!r}; use one of {', '.join(VARIANTS)}")
+    return "fused" if variant == "flash" else "math"
+
+
+def sam_layer(cfg: DeepseekOCRConfig, batch: int, side: int, variant: str = "normal", dtype: int = BF16) -> Layer:
+    """``ImageEncoderViT`` of a preset on ``batch`` views of ``side`` pixels."""
+    c = cfg.sam
+    return ImageEncoderViT(
+        batch, side, c.patch_size, c.embed_dim, c.depth, c.num_heads, int(c.embed_dim * c.mlp_ratio), c.window_size,
+        tuple(c.global_attn_indexes), c.img_size // c.patch_size, c.out_chans, c.net_2_chans, c.net_3_chans,
+        c.in_chans, _sdpa_impl(variant), dtype,
+    )
+
+
+def clip_layer(cfg: DeepseekOCRConfig, batch: int, grid: int, variant: str = "normal", dtype: int = BF16) -> Layer:
+    """``VitModel`` of a preset on ``batch`` views whose SAM output grid is ``grid``."""
+    c = cfg.clip
+    return VitModel(
+        batch, grid, c.hidden_size, c.num_layers, c.num_heads, c.ffn_hidden_size, c.image_size // c.patch_size,
+        _sdpa_impl(variant), dtype,
+    )
+
+
+def decoder_layer(
+    cfg: DeepseekOCRConfig, index: int, batch: int, q_len: int, past: int = 0, variant: str = "normal",
+    dtype: int = BF16,
+) -> DeepseekV2DecoderLayer:
+    """Decoder layer ``index`` (dense or MoE as the preset says) for ``q_len`` new tokens over ``past``."""
+    d = cfg.decoder
+    _sdpa_impl(variant)
+    return DeepseekV2DecoderLayer(
+        batch, q_len, past, d.is_moe_layer(index), variant == "flash", d.hidden_size, d.num_attention_heads,
+        d.num_key_value_heads, d.head_dim, d.intermediate_size, d.n_routed_experts, d.num_experts_per_tok,
+        d.moe_intermediate_size, d.n_shared_experts, dtype,
+    )
+
+
+def vision_calls(
+    cfg: DeepseekOCRConfig, vision: VisionWorkload, variant: str = "normal", dtype: int = BF16
+) -> tuple[list[tuple[str, Layer]], list[Op]]:
+    """Module calls (paths relative to ``DeepseekOCRModel``) and glue ops of the vision part of one image.
+
+    Per batch of views (crops first, then the global view): ``sam_model``, ``vision_model``, the feature ``cat``,
+    ``projector``; then the ``image_newline`` / ``view_seperator`` layout and ``masked_scatter_`` (glue ops of
+    ``DeepseekOCRModel``).
+    """
+    calls: list[tuple[str, Layer]] = []
+    glue: list[Op] = []
+    d = dtype
+    n = cfg.projector.n_embed
+    sam_c = cfg.sam.net_3_chans
+    grids: list[int] = []
+    for batch, side in vision.views:
+        sam = sam_layer(cfg, batch, side, variant, dtype)
+        assert isinstance(sam, ImageEncoderViT)
+        g = sam.out_grid
+        grids.append(g)
+        clip = clip_layer(cfg, batch, g, variant, dtype)
+        calls += [("sam_model", sam), ("vision_model", clip)]
+        feats = batch * g * g
+        glue.append(
+            Op("cat", bytes_read=feats * (cfg.clip.hidden_size + sam_c) * d,
+               bytes_written=feats * cfg.projector.input_dim * d)
+        )
+        calls.append(("projector", MlpProjector(feats, cfg.projector.input_dim, n, dtype)))
+    gg = grids[-1]
+    glob = gg * (gg + 1)
+    glue.append(Op("cat", bytes_read=(gg * gg + gg) * n * d, bytes_written=glob * n * d, weights_read=gg * n * d))
+    if vision.has_crops:
+        cols, rows = vision.crop_grid
+        gl = grids[0]
+        local = rows * gl * cols * gl
+        if cols > 1:
+            glue.append(copy("clone", local, d, d))  # view/permute/reshape of the crop grid
+        lrows = rows * gl
+        glue.append(Op("cat", bytes_read=(local + lrows) * n * d, bytes_written=(local + lrows) * n * d,
+                       weights_read=lrows * n * d))
+        total = local + lrows + glob + 1
+        glue.append(Op("cat", bytes_read=total * n * d, bytes_written=total * n * d, weights_read=n * d))
+    else:
+        glue.append(Op("cat", bytes_read=(glob + 1) * n * d, bytes_written=(glob + 1) * n * d, weights_read=n * d))
+    return calls, glue
+
+
+def masked_scatter_op(seq: int, image_tokens: int, hidden: int, dtype: int, batch: int = 1) -> Op:
+    """``inputs_embeds[idx].masked_scatter_(mask[:, None], features)`` for one image."""
+    return Op(
+        "masked_scatter_",
+        bytes_read=seq * hidden * dtype + seq + image_tokens * hidden * dtype,
+        bytes_written=seq * hidden * dtype,
+    )
+
+
+@attrs.frozen(repr=False)
+class DeepseekOCRModel(Layer):
+    """``DeepseekOCRModel`` for one forward: ``embed_tokens``, the vision calls (prefill with an image), the decoder
+    layers over ``seq`` new tokens after ``past`` cached ones, and ``norm``; glue ops are its own."""
+
+    config: DeepseekOCRConfig
+    seq: int
+    past: int = 0
+    vision: VisionWorkload | None = None
+    variant: str = "normal"
+    batch: int = 1
+    dtype: int = BF16
+    class_name: str = "DeepseekOCRModel"
+
+    def vision_parts(self) -> tuple[list[tuple[str, Layer]], list[Op]]:
+        """Vision calls and glue (empty without an image)."""
+        if self.vision is None:
+            return [], []
+        calls, glue = vision_calls(self.config, self.vision, self.variant, self.dtype)
+        h = self.config.decoder.hidden_size
+        glue.append(masked_scatter_op(self.seq, self.vision.image_tokens, h, self.dtype))
+        return calls, glue
+
+    def decoder_ops(self) -> list[Op]:
+        """Position ids and the causal mask built by ``DeepseekV2Model.decode``."""
+        b, s, p, d = self.batch, self.seq, self.past, self.dtype
+        ops = [Op("arange", bytes_written=s * INT64)]
+        if self.variant == "flash":
+            return ops
+        if s == 1:
+            ops.append(Op("zeros", bytes_written=b * (p + 1) * d))
+        else:
+            ops += [Op("full", bytes_written=s * s * d), copy("triu", s * s, d, d)]
+            if p:
+                ops += [Op("zeros", bytes_written=s * p * d), copy("cat", s * (s + p), d, d)]
+        return ops
+
+    def decoder_calls(self) -> list[tuple[str, Layer]]:
+        """The decoder layers and the final norm."""
+        d = self.config.decoder
+        calls: list[tuple[str, Layer]] = [
+            (f"layers.{i}", decoder_layer(self.config, i, self.batch, self.seq, self.past, self.variant, self.dtype))
+            for i in range(d.num_hidden_layers)
+        ]
+        calls.append(("norm", DeepseekV2RMSNorm(self.batch * self.seq, d.hidden_size, self.dtype)))
+        return calls
+
+    def children(self) -> Sequence[tuple[str, Layer]]:
+        d = self.config.decoder
+        embed = Embedding(d.vocab_size, d.hidden_size, self.batch * self.seq, self.dtype)
+        return [("embed_tokens", embed), *self.vision_parts()[0], *self.decoder_calls()]
+
+    def ops(self) -> Sequence[Op]:
+        return [*self.vision_parts()[1], *self.decoder_ops()]
+
+    def own_weight_bytes(self) -> int:
+        return 2 * self.config.projector.n_embed * self.dtype
+
+    def weight_bytes(self) -> int:
+        # Vision modules are not called in decode steps, but their parameters are resident.
+        own = super().weight_bytes()
+        if self.vision is None:
+            own += sam_layer(self.config, 1, self.config.base_size).weight_bytes()
+            own += clip_layer(self.config, 1, self.config.queries_per_side(self.config.base_size)).weight_bytes()
+            own += MlpProjector(1, self.config.projector.input_dim, self.config.projector.n_embed).weight_bytes()
+        return own
+
+
+@attrs.frozen(repr=False)
+class DeepseekOCRForCausalLM(Layer):
+    """The root call: ``model`` then ``lm_head`` on every new position, logits cast to fp32."""
+
+    config: DeepseekOCRConfig
+    seq: int
+    past: int = 0
+    vision: VisionWorkload | None = None
+    variant: str = "normal"
+    batch: int = 1
+    dtype: int = BF16
+    class_name: str = "DeepseekOCRForCausalLM"
+
+    def model(self) -> DeepseekOCRModel:
+        """The ``model`` child."""
+        return DeepseekOCRModel(self.config, self.seq, self.past, self.vision, self.variant, self.batch, self.dtype)
+
+    def lm_head(self) -> LMHead:
+        """The ``lm_head`` child."""
+        d = self.config.decoder
+        return LMHead(self.batch * self.seq, d.hidden_size, d.vocab_size, self.dtype)
+
+    def children(self) -> Sequence[tuple[str, Layer]]:
+        return [("model", self.model()), ("lm_head", self.lm_head())]
+
+    def ops(self) -> Sequence[Op]:
+        return [copy("_to_copy", self.batch * self.seq * self.config.decoder.vocab_size, self.dtype, FP32)]
+
+
+def parameter_footprint(cfg: DeepseekOCRConfig, dtype: int = BF16) -> ParameterFootprint:
+    """Parameters of the whole model (counted from the layer tree; buffers excluded)."""
+    d = cfg.decoder
+    sam = sam_layer(cfg, 1, cfg.base_size, dtype=dtype).weight_bytes()
+    clip = clip_layer(cfg, 1, cfg.queries_per_side(cfg.base_size), dtype=dtype).weight_bytes()
+    proj = MlpProjector(1, cfg.projector.input_dim, cfg.projector.n_embed, dtype).weight_bytes()
+    inv_freq = d.head_dim // 2 * FP32  # non-persistent rotary buffer, not a parameter
+    layers = sum(decoder_layer(cfg, i, 1, 1, dtype=dtype).weight_bytes() - inv_freq for i in range(d.num_hidden_layers))
+    embed = d.vocab_size * d.hidden_size * dtype
+    comp = {
+        "sam_model": sam // dtype,
+        "vision_model": clip // dtype,
+        "projector": proj // dtype,
+        "embed_tokens": embed // dtype,
+        "layers": layers // dtype,
+        "norm": d.hidden_size,
+        "image_newline+view_seperator": 2 * cfg.projector.n_embed,
+        "lm_head": embed // dtype,
+    }
+    total = sum(comp.values())
+    return ParameterFootprint(parameters=total, bytes=total * dtype, by_component=comp)
+
+
+STANDARD_PROMPT = "<image>\n<|grounding|>Convert the document to markdown."
+
+
+def prompt_text_tokens(prompt: str = STANDARD_PROMPT) -> int:
+    """Text tokens of a prompt under the built-in tokenizer, BOS included, image placeholder excluded."""
+    from opmeter.models.deepseek_ocr.tokenizer import BuiltinTokenizer
+
+    tok = BuiltinTokenizer()
+    pieces = prompt.split("<image>")
+    return 1 + sum(len(tok.encode(p, add_special_tokens=False)) for p in pieces if p)
+
+
+@attrs.frozen
+class Prediction:
+    """Analytic prediction of one DeepSeek-OCR run: prefill (with vision) and ``decode_steps`` decode steps.
+
+    Attributes
+    ----------
+    stages
+        ``vision``, ``decoder`` (prefill decoder part incl. embeddings), ``lm_head`` (prefill), ``prefill`` (the whole
+        first forward), ``decode_step`` (the first decode step), ``decode`` (all decode steps), ``total``.
+    parameters
+        The parameter footprint, reported once.
+    """
+
+    stages: dict[str, StageCost]
+    parameters: ParameterFootprint
+    seq: int
+    image_tokens: int
+    decode_steps: int
+    variant: str
+
+    def frame(self) -> pd.DataFrame:
+        """One row per stage with every :class:`StageCost` field."""
+        return pd.DataFrame([c.as_dict() for c in self.stages.values()])
+
+
+@attrs.frozen
+class DeepseekOCRAnalytic:
+    """Whole-model analytic model of DeepSeek-OCR for a preset, an attention variant and a dtype.
+
+    Examples
+    --------
+    >>> from opmeter.models.deepseek_ocr.geometry import VisionWorkload
+    >>> m = DeepseekOCRAnalytic.from_preset("deepseek-ocr-v1-base")
+    >>> p = m.predict(VisionWorkload.from_grid(3, 2), decode_steps=100)
+    >>> round(p.stages["vision"].flops_tensor_tflops, 1) > 0
+    True
+    """
+
+    config: DeepseekOCRConfig
+    variant: str = "normal"
+    dtype: int = BF16
+    batch: int = 1
+
+    @classmethod
+    def from_preset(cls, preset: str, variant: str = "normal", dtype: int = BF16) -> DeepseekOCRAnalytic:
+        """Build from a preset name."""
+        return cls(get_config(preset), variant, dtype)
+
+    def prefill(self, vision: VisionWorkload | None, text_tokens: int) -> DeepseekOCRForCausalLM:
+        """The root call of the prefill: ``text_tokens`` text positions plus the image tokens."""
+        seq = text_tokens + (vision.image_tokens if vision is not None else 0)
+        return DeepseekOCRForCausalLM(self.config, seq, 0, vision, self.variant, self.batch, self.dtype)
+
+    def decode_step(self, past: int) -> DeepseekOCRForCausalLM:
+        """The root call of one decode step after ``past`` cached positions."""
+        return DeepseekOCRForCausalLM(self.config, 1, past, None, self.variant, self.batch, self.dtype)
+
+    def vision(self, vision: VisionWorkload) -> Composite:
+        """The vision part of the prefill as a composite (paths relative to the root)."""
+        calls, glue = vision_calls(self.config, vision, self.variant, self.dtype)
+        return Composite(tuple((f"model.{p}", layer) for p, layer in calls), "vision", tuple(glue))
+
+    def kv_cache_bytes(self, positions: int) -> int:
+        """KV cache of all layers holding ``positions`` positions."""
+        d = self.config.decoder
+        return 2 * self.batch * d.num_hidden_layers * d.num_key_value_heads * d.head_dim * positions * self.dtype
+
+    def decode_cost(self, past: int, steps: int) -> StageCost:
+        """Sum of ``steps`` decode steps starting after ``past`` positions (costs are affine in the KV length, so
+        two evaluated steps give the exact sum)."""
+        first = StageCost.from_layer("decode_step", self.decode_step(past))
+        if steps <= 1:
+            return attrs.evolve(first, stage="decode", steps=max(steps, 0))
+        second = StageCost.from_layer("decode_step", self.decode_step(past + 1))
+        tri = steps * (steps - 1) / 2
+
+        def tot(f: str) -> float:
+            a, b = getattr(first, f), getattr(second, f)
+            return float(steps * a + tri * (b - a))
+
+        last = self.decode_step(past + steps - 1)
+        return StageCost(
+            stage="decode",
+            flops_tensor_tflops=tot("flops_tensor_tflops"),
+            flops_cuda_tflops=tot("flops_cuda_tflops"),
+            io_tb=tot("io_tb"),
+            activations_gb=last.activation_bytes() / 1e9,
+            kv_gb=last.kv_cache_bytes() / 1e9,
+            steps=steps,
+        )
+
+    def predict(
+        self, vision: VisionWorkload | None, text_tokens: int | None = None, decode_steps: int = 100
+    ) -> Prediction:
+        """Stage costs of a prefill (with vision when given) followed by ``decode_steps`` decode steps."""
+        text = prompt_text_tokens() if text_tokens is None else text_tokens
+        root = self.prefill(vision, text)
+        model = root.model()
+        seq = root.seq
+        stages: dict[str, StageCost] = {}
+        if vision is not None:
+            stages["vision"] = StageCost.from_layer("vision", self.vision(vision), kv_bytes=0)
+        calls = [("model.embed_tokens", model.children()[0][1]), *((f"model.{p}", c) for p, c in model.decoder_calls())]
+        dec = Composite(tuple(calls), "decoder", tuple(model.decoder_ops()))
+        stages["decoder"] = StageCost.from_layer("decoder", dec)
+        head = Composite((("lm_head", root.lm_head()),), "lm_head", tuple(root.ops()))
+        stages["lm_head"] = StageCost.from_layer("lm_head", head, kv_bytes=0)
+        stages["prefill"] = StageCost.from_layer("prefill", root)
+        stages["decode_step"] = StageCost.from_layer("decode_step", self.decode_step(seq))
+        if decode_steps > 0:
+            stages["decode"] = self.decode_cost(seq, decode_steps)
+            stages["total"] = StageCost.total("total", [stages["prefill"], stages["decode"]])
+        else:
+            stages["total"] = attrs.evolve(stages["prefill"], stage="total")
+        return Prediction(
+            stages=stages,
+            parameters=parameter_footprint(self.config, self.dtype),
+            seq=seq,
+            image_tokens=vision.image_tokens if vision is not None else 0,
+            decode_steps=decode_steps,
+            variant=self.variant,
+        )
+
+    def by_module(
+        self, vision: VisionWorkload | None, text_tokens: int | None = None, decode_steps: int = 0
+    ) -> pd.DataFrame:
+        """Per-module prediction table for prefill plus ``decode_steps`` decode steps, keyed like the tracer's
+        ``by_module()`` (root ``"<root>"``)."""
+        text = prompt_text_tokens() if text_tokens is None else text_tokens
+        root = self.prefill(vision, text)
+        calls: list[tuple[str, Layer]] = [("", root)]
+        calls += [("", self.decode_step(root.seq + i)) for i in range(decode_steps)]
+        return layer_frame(root, calls=calls)
+
+
 __all__ = [
     "SDPA_IMPLS",
+    "STANDARD_PROMPT",
     "VARIANTS",
     "Attention",
     "Block",
     "CLIPVisionEmbeddings",
-    "Composite",
+    "DeepseekOCRAnalytic",
+    "DeepseekOCRForCausalLM",
+    "DeepseekOCRModel",
     "DeepseekV2DecoderLayer",
     "DeepseekV2MLP",
     "DeepseekV2MoE",
@@ -961,7 +1331,14 @@ __all__ = [
     "NoTPTransformer",
     "NoTPTransformerBlock",
     "PatchEmbed",
+    "Prediction",
     "RoutedExperts",
     "VitModel",
     "balanced_active_experts",
+    "clip_layer",
+    "decoder_layer",
+    "parameter_footprint",
+    "prompt_text_tokens",
+    "sam_layer",
+    "vision_calls",
 ]
