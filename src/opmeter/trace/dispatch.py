@@ -1,0 +1,198 @@
+"""The ``TorchDispatchMode`` that sees every aten op and adds its cost to the current accumulator.
+
+Hot path per op: one dict lookup for the cached :class:`~opmeter.trace.formulas.OpInfo`, the op call, the cost
+function, one dict lookup in the current cell and a handful of in-place additions. No per-op objects are kept
+(unless an event log is requested, which streams to disk).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import IO, Any
+
+import orjson
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from opmeter.trace.formulas import OpInfo, compile_op
+from opmeter.trace.recorder import Recorder
+
+_EMPTY: dict[str, Any] = {}
+_perf = time.perf_counter
+_SHAPES_PER_KEY = 32
+
+
+class CountingMode(TorchDispatchMode):
+    """Counts every op into ``recorder.cell`` / ``recorder.stage_tot`` (no timing, no log)."""
+
+    supports_higher_order_operators = False
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # torch wraps __torch_dispatch__ in a dynamo-disable shim by default: it imports torch._dynamo on the
+        # first op (~2 s) and adds a few microseconds per op. Eager op counting does not need it.
+        return False
+
+    def __init__(self, recorder: Recorder) -> None:
+        super().__init__()
+        self.rec = recorder
+        self.infos: dict[Any, OpInfo] = {}
+        self.formula_errors: dict[str, str] = {}
+
+    def learn(self, func: Any) -> OpInfo:
+        info = compile_op(func)
+        self.infos[func] = info
+        return info
+
+    def _cost(self, info: OpInfo, func: Any, args: Any, kwargs: Any, out: Any) -> tuple[int, float, int, int]:
+        try:
+            return info.cost(args, kwargs, out)
+        except Exception as exc:  # a formula must never break the model
+            self.formula_errors.setdefault(info.name, f"{type(exc).__name__}: {exc}")
+            return 0, 0.0, 0, 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        info = self.infos.get(func)
+        if info is None:
+            info = self.learn(func)
+        if info.decompose:
+            with self:
+                r = func.decompose(*args, **(kwargs or _EMPTY))
+            if r is not NotImplemented:
+                return r
+        if kwargs:
+            out = func(*args, **kwargs)
+        else:
+            out = func(*args)
+            kwargs = _EMPTY
+        rec = self.rec
+        if info.is_view:
+            ft = br = bw = 0
+            fc = 0.0
+        else:
+            try:
+                ft, fc, br, bw = info.cost(args, kwargs, out)
+            except Exception:
+                ft, fc, br, bw = self._cost(info, func, args, kwargs, out)
+        acc = rec.cell.get(func)
+        if acc is None:
+            acc = rec.cell[func] = [0, 0, 0.0, 0, 0, 0.0]
+        acc[0] += 1
+        acc[1] += ft
+        acc[2] += fc
+        acc[3] += br
+        acc[4] += bw
+        s = rec.stage_tot
+        s[0] += 1
+        s[1] += ft
+        s[2] += fc
+        s[3] += br
+        s[4] += bw
+        return out
+
+
+class FullMode(CountingMode):
+    """Counting plus optional per-op timing, input shapes and a streamed JSONL event log."""
+
+    def __init__(self, recorder: Recorder, *, timing: bool, sync_ops: Any, record_shapes: bool,
+                 log: IO[bytes] | None) -> None:
+        super().__init__(recorder)
+        self.timing = timing
+        self.sync_ops = sync_ops
+        self.record_shapes = record_shapes
+        self.log = log
+        self.buffer: list[bytes] = []
+        self.seq = 0
+        self.shapes: dict[tuple[int, int, Any], dict[str, int]] = {}
+
+    def flush(self) -> None:
+        if self.log is not None and self.buffer:
+            self.log.write(b"".join(self.buffer))
+            self.buffer.clear()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        info = self.infos.get(func)
+        if info is None:
+            info = self.learn(func)
+        if info.decompose:
+            with self:
+                r = func.decompose(*args, **(kwargs or _EMPTY))
+            if r is not NotImplemented:
+                return r
+        kwargs = kwargs or _EMPTY
+        if self.timing:
+            if self.sync_ops is not None:
+                self.sync_ops()
+            t = _perf()
+            out = func(*args, **kwargs)
+            if self.sync_ops is not None:
+                self.sync_ops()
+            dt = _perf() - t
+        else:
+            out = func(*args, **kwargs)
+            dt = 0.0
+        rec = self.rec
+        if info.is_view:
+            ft, fc, br, bw = 0, 0.0, 0, 0
+        else:
+            ft, fc, br, bw = self._cost(info, func, args, kwargs, out)
+        acc = rec.cell.get(func)
+        if acc is None:
+            acc = rec.cell[func] = [0, 0, 0.0, 0, 0, 0.0]
+        acc[0] += 1
+        acc[1] += ft
+        acc[2] += fc
+        acc[3] += br
+        acc[4] += bw
+        acc[5] += dt
+        s = rec.stage_tot
+        s[0] += 1
+        s[1] += ft
+        s[2] += fc
+        s[3] += br
+        s[4] += bw
+        s[5] += dt
+        if self.record_shapes or self.log is not None:
+            sig = _shape_sig(args)
+            if self.record_shapes:
+                key = (rec.gid, rec.stack[-1], func)
+                d = self.shapes.get(key)
+                if d is None:
+                    d = self.shapes[key] = {}
+                if sig in d or len(d) < _SHAPES_PER_KEY:
+                    d[sig] = d.get(sig, 0) + 1
+            if self.log is not None:
+                ctx = rec.stack[-1]
+                event = {
+                    "i": self.seq, "op": info.name, "category": info.category,
+                    "module": rec.records[rec.contexts[ctx][1]].path, "stage": rec.stages[rec.stage_idx].name,
+                    "flops_tensor": ft, "flops_cuda": fc, "bytes_read": br, "bytes_written": bw,
+                    "dtype": _dtype_of(out), "input_shapes": sig,
+                }
+                if self.timing:
+                    event["time_s"] = dt
+                self.buffer.append(orjson.dumps(event) + b"\n")
+                if len(self.buffer) >= 4096:
+                    self.flush()
+        self.seq += 1
+        return out
+
+
+def _shape_sig(args: Any) -> str:
+    parts = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            parts.append(str(list(a.shape)))
+        elif isinstance(a, (list, tuple)) and a and isinstance(a[0], torch.Tensor):
+            parts.append("[" + ",".join(str(list(x.shape)) for x in a if isinstance(x, torch.Tensor)) + "]")
+    return ";".join(parts)
+
+
+def _dtype_of(out: Any) -> str | None:
+    if isinstance(out, torch.Tensor):
+        return str(out.dtype).removeprefix("torch.")
+    if isinstance(out, (list, tuple)):
+        for y in out:
+            if isinstance(y, torch.Tensor):
+                return str(y.dtype).removeprefix("torch.")
+    return None

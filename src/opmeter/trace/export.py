@@ -1,0 +1,90 @@
+"""Exports of a :class:`~opmeter.trace.trace.Trace`: class-level call graph (DOT, Mermaid), Chrome/Perfetto spans."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from opmeter.io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from opmeter.trace.trace import Trace
+
+
+def _class_nodes(trace: Trace) -> tuple[dict[str, dict[str, Any]], list[tuple[str, str, int]]]:
+    classes = trace.by_class()
+    nodes = {str(r["class_name"]): {"calls": int(r["calls"]), "instances": int(r["instances"]),
+                                    "flops": float(r["flops_tensor"]) + float(r["flops_cuda"])}
+             for r in classes.to_dict(orient="records")}
+    edges = [(str(r["parent"]), str(r["child"]), int(r["calls"]))
+             for r in trace.edges(level="class").to_dict(orient="records")]
+    return nodes, edges
+
+
+def _fmt(x: float) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def _esc(s: str) -> str:
+    return s.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def to_dot(trace: Trace) -> str:
+    """Class-level call graph as Graphviz DOT: nodes = module classes (calls, instances, FLOPs), edges = calls."""
+    nodes, edges = _class_nodes(trace)
+    lines = ["digraph opmeter {", "  rankdir=LR;", '  node [shape=box, fontname="Helvetica"];']
+    for name, n in nodes.items():
+        label = f"{name}\\ncalls={n['calls']} instances={n['instances']}\\nflops={_fmt(n['flops'])}"
+        lines.append(f'  "{_esc(name)}" [label="{_esc(label).replace(chr(92) * 2 + "n", chr(92) + "n")}"];')
+    for a, b, c in edges:
+        lines.append(f'  "{_esc(a)}" -> "{_esc(b)}" [label="{c}"];')
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _mid(name: str, ids: dict[str, str]) -> str:
+    if name not in ids:
+        ids[name] = f"n{len(ids)}_" + re.sub(r"\W", "_", name)[:40]
+    return ids[name]
+
+
+def to_mermaid(trace: Trace) -> str:
+    """Class-level call graph as a Mermaid ``flowchart LR``."""
+    nodes, edges = _class_nodes(trace)
+    ids: dict[str, str] = {}
+    lines = ["flowchart LR"]
+    for name, n in nodes.items():
+        label = f"{name}<br/>calls={n['calls']} x{n['instances']}<br/>flops={_fmt(n['flops'])}"
+        lines.append(f'  {_mid(name, ids)}["{label.replace(chr(34), chr(39))}"]')
+    for a, b, c in edges:
+        lines.append(f"  {_mid(a, ids)} -->|{c}| {_mid(b, ids)}")
+    return "\n".join(lines) + "\n"
+
+
+def chrome_trace_events(trace: Trace) -> list[dict[str, Any]]:
+    """Chrome trace events (``ph: X``, microseconds): one per module span, plus stage rows on thread 0."""
+    events: list[dict[str, Any]] = [
+        {"name": "process_name", "ph": "M", "pid": 0, "args": {"name": "opmeter"}},
+        {"name": "thread_name", "ph": "M", "pid": 0, "tid": 0, "args": {"name": "stages"}},
+        {"name": "thread_name", "ph": "M", "pid": 0, "tid": 1, "args": {"name": "modules"}},
+    ]
+    for m, s, a, b, d in trace.spans_raw:
+        rec = trace.modules[m]
+        events.append({"name": rec.path, "cat": rec.class_name, "ph": "X", "pid": 0, "tid": 1, "ts": a * 1e6,
+                       "dur": max(b - a, 0.0) * 1e6,
+                       "args": {"class": rec.qualified_class, "depth": d,
+                                "stage": trace.stage_records[s].name if s >= 0 else None}})
+    return events
+
+
+def to_chrome_trace(trace: Trace, path: str | Path) -> Path:
+    """Write :func:`chrome_trace_events` as ``{"traceEvents": [...]}`` (open in Perfetto or chrome://tracing)."""
+    doc = {"traceEvents": chrome_trace_events(trace), "displayTimeUnit": "ms",
+           "otherData": {"spans_truncated": trace.spans_truncated, "timed": trace.timing}}
+    return atomic_write_bytes(path, orjson.dumps(doc))

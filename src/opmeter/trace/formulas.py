@@ -1,0 +1,622 @@
+"""FLOP and byte formulas, one registry keyed by aten overload.
+
+Read like ``torch/utils/flop_counter.py``: each formula is a small pure function registered per op with a decorator.
+Ours return two numbers, tensor-core FLOPs and CUDA-core FLOPs, from ``(args, kwargs, out)``; byte formulas return
+``(bytes_read, bytes_written)``. Conventions are those of :mod:`opmeter.conventions`:
+
+* Tensor-core FLOPs (GEMM, batched GEMM, convolution, attention matmuls) equal ``torch.utils.flop_counter`` on
+  every op both count, and also cover the ops torch misses
+  (``aten._scaled_dot_product_flash_attention_for_cpu``, the overrideable fused attention, ``mv``/``dot``...).
+  One knowing deviation: torch feeds the ``[B, M, H, K]`` inputs of ``aten._flash_attention_forward`` /
+  ``aten._efficient_attention_forward`` to its ``[B, H, M, K]`` formula; we count them in their real layout.
+* CUDA-core FLOPs are per-element constants per op family (estimates, ``exact=False``).
+* Bytes read are the logical sizes (``numel * itemsize``) of tensor inputs, bytes written those of the outputs.
+  Views and aliases move nothing. Gathers (embedding, index_select, index, gather) read the rows they fetch, not
+  the whole table; scattered writes (``index_put_``, ``index_copy_``, ``scatter_``, ``copy_``) read their
+  source and write that many bytes.
+
+Public entry point: :func:`op_cost`. The tracer uses :func:`compile_op` which resolves an overload once into an
+:class:`OpInfo` with a fast cost function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from math import prod
+from typing import Any
+
+import attrs
+import torch
+
+from opmeter import conventions as cv
+from opmeter.trace import categories as cat
+
+aten = torch.ops.aten
+Tensor = torch.Tensor
+
+FlopFormula = Callable[[tuple[Any, ...], dict[str, Any], Any], tuple[int, float]]
+"""``(args, kwargs, out) -> (tensor_core_flops, cuda_core_flops)``."""
+ByteFormula = Callable[[tuple[Any, ...], dict[str, Any], Any], tuple[int, int]]
+"""``(args, kwargs, out) -> (bytes_read, bytes_written)``."""
+CostFn = Callable[[tuple[Any, ...], dict[str, Any], Any], tuple[int, float, int, int]]
+
+_FLOPS: dict[Any, tuple[FlopFormula, bool]] = {}
+_BYTES: dict[Any, ByteFormula] = {}
+_COMPILED: dict[Any, OpInfo] = {}
+
+
+def _targets(targets: Any) -> Iterable[Any]:
+    if isinstance(targets, (list, tuple, set)):
+        for t in targets:
+            yield from _targets(t)
+    elif targets is not None:
+        yield targets
+
+
+def register_formula(targets: Any, *, exact: bool = True) -> Callable[[FlopFormula], FlopFormula]:
+    """Register a FLOP formula for one or more ops.
+
+    Parameters
+    ----------
+    targets
+        An ``OpOverloadPacket`` (``aten.mm``: every overload), an ``OpOverload`` (``aten.mm.default``), or a
+        list of them. Missing ops (``None``, e.g. from ``getattr(aten, name, None)``) are skipped.
+    exact
+        Whether the count is exact under our conventions (GEMM, attention, convolution) or an estimate.
+    """
+
+    def deco(fn: FlopFormula) -> FlopFormula:
+        for t in _targets(targets):
+            _FLOPS[t] = (fn, exact)
+        _COMPILED.clear()
+        return fn
+
+    return deco
+
+
+def register_bytes(targets: Any) -> Callable[[ByteFormula], ByteFormula]:
+    """Register a byte formula ``(args, kwargs, out) -> (read, written)`` for one or more ops."""
+
+    def deco(fn: ByteFormula) -> ByteFormula:
+        for t in _targets(targets):
+            _BYTES[t] = fn
+        _COMPILED.clear()
+        return fn
+
+    return deco
+
+
+def _op(name: str) -> Any:
+    return getattr(aten, name, None)
+
+
+# ----------------------------------------------------------------------------------------------- tensor helpers
+
+
+def _nbytes(x: Any) -> int:
+    if isinstance(x, Tensor):
+        return int(x.nbytes)
+    if isinstance(x, (list, tuple)):
+        n = 0
+        for y in x:
+            if isinstance(y, Tensor):
+                n += y.nbytes
+        return n
+    return 0
+
+
+def _first_tensor(x: Any) -> Tensor | None:
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, (list, tuple)):
+        for y in x:
+            if isinstance(y, Tensor):
+                return y
+    return None
+
+
+def _out_numel(out: Any) -> int:
+    t = _first_tensor(out)
+    return int(t.numel()) if t is not None else 0
+
+
+def _in_numel(args: tuple[Any, ...]) -> int:
+    for a in args:
+        t = _first_tensor(a)
+        if t is not None:
+            return int(t.numel())
+    return 0
+
+
+def read_bytes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """Logical bytes of every tensor argument (lists of tensors included)."""
+    n = 0
+    for a in args:
+        if isinstance(a, Tensor):
+            n += a.nbytes
+        elif isinstance(a, (list, tuple)):
+            for y in a:
+                if isinstance(y, Tensor):
+                    n += y.nbytes
+    if kwargs:
+        for a in kwargs.values():
+            if isinstance(a, Tensor):
+                n += a.nbytes
+            elif isinstance(a, (list, tuple)):
+                for y in a:
+                    if isinstance(y, Tensor):
+                        n += y.nbytes
+    return n
+
+
+def written_bytes(out: Any) -> int:
+    """Logical bytes of every tensor output."""
+    if isinstance(out, Tensor):
+        return out.nbytes
+    if isinstance(out, (list, tuple)):
+        n = 0
+        for y in out:
+            if isinstance(y, Tensor):
+                n += y.nbytes
+        return n
+    return 0
+
+
+def _generic_bytes(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, int]:
+    return read_bytes(args, kwargs), written_bytes(out)
+
+
+# ----------------------------------------------------------------------------------------------- GEMM
+
+
+def mm_flops(a_shape: Any, b_shape: Any) -> int:
+    """``2*M*N*K`` for ``[M, K] @ [K, N]``."""
+    m, k = a_shape
+    n = b_shape[-1]
+    return 2 * m * n * k
+
+
+def bmm_flops(a_shape: Any, b_shape: Any) -> int:
+    """``2*B*M*N*K`` for ``[B, M, K] @ [B, K, N]``."""
+    b, m, k = a_shape
+    n = b_shape[-1]
+    return 2 * b * m * n * k
+
+
+@register_formula([aten.mm, _op("_int_mm")])
+def _mm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    return mm_flops(args[0].shape, args[1].shape), 0.0
+
+
+@register_formula([aten.addmm, _op("_addmm_activation")])
+def _addmm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    return mm_flops(args[1].shape, args[2].shape), 0.0
+
+
+@register_formula(aten.bmm)
+def _bmm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    return bmm_flops(args[0].shape, args[1].shape), 0.0
+
+
+@register_formula(aten.baddbmm)
+def _baddbmm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    return bmm_flops(args[1].shape, args[2].shape), 0.0
+
+
+@register_formula(_op("_scaled_mm"))
+def _scaled_mm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    return mm_flops(args[0].shape, args[1].shape), 0.0
+
+
+@register_formula([aten.mv, aten.addmv])
+def _mv(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    mat = args[0] if args[0].dim() == 2 else args[1]
+    return 2 * int(mat.numel()), 0.0
+
+
+@register_formula([aten.dot, aten.vdot])
+def _dot(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    return 2 * int(args[0].numel()), 0.0
+
+
+# ----------------------------------------------------------------------------------------------- convolution
+
+
+def conv_flops(x_shape: Any, w_shape: Any, out_shape: Any, transposed: bool = False) -> int:
+    """Convolution FLOPs exactly as ``torch.utils.flop_counter.conv_flop_count``.
+
+    ``2 * batch * prod(spatial) * C_out * C_in_per_group * prod(kernel)``, the spatial extent being the output's
+    (the input's for a transposed convolution).
+    """
+    batch = x_shape[0]
+    spatial = (x_shape if transposed else out_shape)[2:]
+    c_out, c_in, *kernel = w_shape
+    return int(prod(spatial) * prod(kernel) * batch * c_out * c_in * 2)
+
+
+@register_formula(
+    [aten.convolution, aten._convolution, _op("cudnn_convolution"), _op("_slow_conv2d_forward"),
+     _op("convolution_overrideable")]
+)
+def _conv(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    transposed = bool(args[6]) if len(args) > 6 else bool(kwargs.get("transposed", False))
+    return conv_flops(args[0].shape, args[1].shape, _first_tensor(out).shape, transposed), 0.0  # type: ignore[union-attr]
+
+
+@register_formula([_op("mkldnn_convolution"), _op("_conv_depthwise2d"), _op("slow_conv3d_forward"),
+                   _op("slow_conv_dilated2d"), _op("slow_conv_dilated3d"), _op("miopen_convolution")])
+def _conv_plain(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    return conv_flops(args[0].shape, args[1].shape, _first_tensor(out).shape, False), 0.0  # type: ignore[union-attr]
+
+
+@register_formula([_op("cudnn_convolution_transpose"), _op("slow_conv_transpose2d"), _op("slow_conv_transpose3d")])
+def _conv_transposed(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    return conv_flops(args[0].shape, args[1].shape, _first_tensor(out).shape, True), 0.0  # type: ignore[union-attr]
+
+
+@register_formula(aten.convolution_backward)
+def _conv_backward(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    grad_out, x, w = args[0].shape, args[1].shape, args[2].shape
+    transposed, output_mask = bool(args[7]), args[10]
+
+    def t(shape: Any) -> list[int]:
+        return [shape[1], shape[0], *list(shape[2:])]
+
+    flops = 0
+    if output_mask[0]:
+        flops += conv_flops(grad_out, w, out[0].shape, not transposed)
+    if output_mask[1]:
+        if transposed:
+            flops += conv_flops(t(grad_out), t(x), t(out[1].shape), False)
+        else:
+            flops += conv_flops(t(x), t(grad_out), t(out[1].shape), False)
+    return flops, 0.0
+
+
+# ----------------------------------------------------------------------------------------------- attention
+
+
+def sdpa_flops(q_shape: Any, k_shape: Any, v_shape: Any) -> int:
+    """Both attention matmuls for ``[B, H, L, D]`` query, ``[B, Hkv, S, D]`` key, ``[B, Hkv, S, Dv]`` value.
+
+    ``2*B*H*L*S*D + 2*B*H*L*S*Dv`` (GQA: key/value heads broadcast to the query heads); causal masking is not
+    discounted. Equal to ``torch.utils.flop_counter.sdpa_flop_count``.
+    """
+    b, h, lq, d = q_shape
+    s = k_shape[-2]
+    dv = v_shape[-1]
+    return 2 * b * h * lq * s * d + 2 * b * h * lq * s * dv
+
+
+def sdpa_backward_flops(grad_shape: Any, q_shape: Any, k_shape: Any, v_shape: Any) -> int:
+    """Five matmuls of the attention backward, as ``torch.utils.flop_counter.sdpa_backward_flop_count``."""
+    b, h, lq, d = q_shape
+    s = k_shape[-2]
+    dv = v_shape[-1]
+    bh = b * h
+    return 2 * bh * (lq * d * s + lq * dv * s + s * lq * dv + lq * s * d + d * lq * s)
+
+
+def _scores(q_shape: Any, k_shape: Any) -> int:
+    return int(q_shape[0] * q_shape[1] * q_shape[2] * k_shape[-2])
+
+
+def _attn_cuda(q_shape: Any, k_shape: Any, masked: bool) -> float:
+    per = cv.ATTENTION_SOFTMAX_FLOPS + (cv.ATTENTION_MASK_FLOPS if masked else 0.0)
+    return _scores(q_shape, k_shape) * per
+
+
+def _sdpa_from(args: tuple[Any, ...], mask: Any) -> tuple[int, float]:
+    q, k, v = args[0].shape, args[1].shape, args[2].shape
+    return sdpa_flops(q, k, v), _attn_cuda(q, k, isinstance(mask, Tensor))
+
+
+@register_formula(_op("_scaled_dot_product_flash_attention_for_cpu"))
+def _sdpa_cpu(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    return _sdpa_from(args, kwargs.get("attn_mask"))
+
+
+@register_formula([aten._scaled_dot_product_flash_attention])
+def _sdpa_flash(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    return _sdpa_from(args, None)
+
+
+@register_formula([aten._scaled_dot_product_efficient_attention, _op("_scaled_dot_product_cudnn_attention"),
+                   _op("_scaled_dot_product_fused_attention_overrideable")])
+def _sdpa_bias(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    bias = args[3] if len(args) > 3 else kwargs.get("attn_bias")
+    return _sdpa_from(args, bias)
+
+
+@register_formula(_op("_scaled_dot_product_attention_math_for_mps"))
+def _sdpa_mps(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
+    return _sdpa_from(args, mask)
+
+
+def _lengths(offsets: Any, max_len: int) -> list[int]:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    if isinstance(offsets, FakeTensor) or offsets.device.type == "meta":
+        return [int(max_len)] * (offsets.size(0) - 1)
+    return [int(x) for x in offsets.diff().tolist()]
+
+
+def _bmhk_flops(q: Tensor, k: Tensor, v: Tensor, cu_q: Any, cu_k: Any, max_q: Any, max_k: Any) -> tuple[int, float]:
+    """Attention on ``[B, M, H, K]`` inputs (flash / efficient kernels), optionally nested via offsets."""
+    if isinstance(cu_q, Tensor):
+        _, h, d = q.shape[-3:]
+        hk = k.shape[-2]
+        dv = v.shape[-1]
+        lq = _lengths(cu_q, max_q)
+        lk = _lengths(cu_k if isinstance(cu_k, Tensor) else cu_q, max_k)
+        ft = sum(sdpa_flops((1, h, a, d), (1, hk, b, d), (1, hk, b, dv)) for a, b in zip(lq, lk, strict=False))
+        fc = sum(_attn_cuda((1, h, a, d), (1, hk, b, d), False) for a, b in zip(lq, lk, strict=False))
+        return ft, fc
+    b, m, h, d = q.shape
+    n = k.shape[1]
+    qs, ks, vs = (b, h, m, d), (b, k.shape[2], n, d), (b, v.shape[2], n, v.shape[3])
+    return sdpa_flops(qs, ks, vs), _attn_cuda(qs, ks, False)
+
+
+@register_formula(_op("_flash_attention_forward"))
+def _flash_fwd(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    return _bmhk_flops(args[0], args[1], args[2], args[3], args[4], args[5], args[6])
+
+
+@register_formula(_op("_efficient_attention_forward"))
+def _efficient_fwd(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    ft, fc = _bmhk_flops(args[0], args[1], args[2], args[4], args[5], args[6], args[7])
+    if isinstance(args[3], Tensor):
+        q = args[0]
+        fc += q.shape[0] * q.shape[2] * q.shape[1] * args[1].shape[1] * cv.ATTENTION_MASK_FLOPS
+    return ft, fc
+
+
+@register_formula(_op("_cudnn_attention_forward"))
+def _cudnn_fwd(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    return _sdpa_from(args, args[3])
+
+
+@register_formula([aten._scaled_dot_product_efficient_attention_backward,
+                   aten._scaled_dot_product_flash_attention_backward,
+                   _op("_scaled_dot_product_cudnn_attention_backward"),
+                   _op("_scaled_dot_product_flash_attention_for_cpu_backward"),
+                   _op("_scaled_dot_product_fused_attention_overrideable_backward")])
+def _sdpa_bwd(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    g, q, k, v = args[0].shape, args[1].shape, args[2].shape, args[3].shape
+    return sdpa_backward_flops(g, q, k, v), 2.0 * _scores(q, k) * cv.ATTENTION_SOFTMAX_FLOPS
+
+
+# ----------------------------------------------------------------------------------------------- CUDA-core families
+
+_PER_OUT: dict[str, float] = {
+    "relu": cv.RELU_FLOPS, "relu6": cv.RELU_FLOPS, "threshold": cv.RELU_FLOPS, "hardtanh": cv.RELU_FLOPS,
+    "leaky_relu": 2.0, "prelu": 2.0, "_prelu_kernel": 2.0,
+    "gelu": cv.GELU_FLOPS, "quick_gelu": cv.GELU_FLOPS, "silu": cv.SILU_FLOPS, "mish": cv.GELU_FLOPS,
+    "sigmoid": cv.SIGMOID_FLOPS, "log_sigmoid_forward": cv.SIGMOID_FLOPS + 1, "tanh": cv.TANH_FLOPS,
+    "elu": cv.SIGMOID_FLOPS, "selu": cv.SIGMOID_FLOPS, "celu": cv.SIGMOID_FLOPS, "softplus": cv.SIGMOID_FLOPS,
+    "hardswish": 4.0, "hardsigmoid": 3.0, "glu": cv.SIGMOID_FLOPS + 1,
+}
+"""Activations: CUDA-core FLOPs per output element."""
+
+_PER_IN: dict[str, float] = {
+    "softmax": cv.SOFTMAX_FLOPS, "_softmax": cv.SOFTMAX_FLOPS, "log_softmax": cv.SOFTMAX_FLOPS,
+    "_log_softmax": cv.SOFTMAX_FLOPS, "_safe_softmax": cv.SOFTMAX_FLOPS, "logsumexp": cv.SOFTMAX_FLOPS - 1,
+}
+"""Softmax family: CUDA-core FLOPs per input element."""
+
+_ZERO_FLOP_ELEMENTWISE = frozenset({"real", "imag", "conj_physical", "triu", "tril"})
+
+
+def _family_formula(packet_name: str, category: str) -> tuple[FlopFormula | None, bool]:
+    """Default CUDA-core formula for an op without a registered formula."""
+    base = packet_name.rstrip("_") or packet_name
+    if category in (cat.DATA_MOVEMENT, cat.EMBEDDING):
+        return None, True
+    if base in _PER_OUT:
+        c = _PER_OUT[base]
+        return (lambda a, k, o: (0, _out_numel(o) * c)), False
+    if base in _PER_IN:
+        c = _PER_IN[base]
+        return (lambda a, k, o: (0, _in_numel(a) * c)), False
+    if category == cat.ACTIVATION:
+        return (lambda a, k, o: (0, _out_numel(o) * cv.ELEMENTWISE_FLOPS)), False
+    if category == cat.ELEMENTWISE:
+        if base in _ZERO_FLOP_ELEMENTWISE:
+            return None, True
+        return (lambda a, k, o: (0, _out_numel(o) * cv.ELEMENTWISE_FLOPS)), False
+    if category == cat.NORMALIZATION:
+        return (lambda a, k, o: (0, _in_numel(a) * cv.LAYER_NORM_FLOPS)), False
+    if category == cat.REDUCTION:
+        return (lambda a, k, o: (0, _in_numel(a) * cv.REDUCTION_FLOPS)), False
+    if category in (cat.MOE_ROUTING, cat.RNG_SAMPLING, cat.OTHER):
+        return None, False
+    return None, False
+
+
+# ----------------------------------------------------------------------------------------------- bytes
+
+
+def _gather_bytes(index_pos: int) -> ByteFormula:
+    def fn(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, int]:
+        w = written_bytes(out)
+        return w + _nbytes(args[index_pos]), w
+
+    return fn
+
+
+register_bytes(aten.embedding)(_gather_bytes(1))
+register_bytes([aten.index_select, aten.gather])(_gather_bytes(2))
+register_bytes(aten.index)(_gather_bytes(1))
+
+
+@register_bytes([aten.copy_, _op("_copy_from")])
+def _copy_bytes(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, int]:
+    src = _nbytes(args[1])
+    return src, _nbytes(args[0])
+
+
+@register_bytes([aten.index_put_, _op("_index_put_impl_")])
+def _index_put_bytes(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, int]:
+    values = _nbytes(args[2])
+    return values + _nbytes(args[1]), values
+
+
+@register_bytes([aten.index_copy_, aten.index_add_])
+def _index_copy_bytes(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, int]:
+    src = _nbytes(args[3])
+    return src + _nbytes(args[2]), src
+
+
+@register_bytes([aten.scatter_, aten.scatter_add_, aten.scatter_reduce_])
+def _scatter_bytes(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, int]:
+    src = args[3] if len(args) > 3 else (kwargs or {}).get("src")
+    n = _nbytes(src) if isinstance(src, Tensor) else int(args[2].numel()) * args[0].itemsize
+    return n + _nbytes(args[2]), n
+
+
+# ----------------------------------------------------------------------------------------------- compile / public
+
+
+@attrs.frozen
+class OpCost:
+    """What one op execution costs under our conventions."""
+
+    flops_tensor: int
+    flops_cuda: float
+    bytes_read: int
+    bytes_written: int
+    exact: bool
+
+
+@attrs.frozen
+class OpInfo:
+    """Everything the tracer caches per overload on first sight."""
+
+    name: str
+    """``aten.mm.default``."""
+    category: str
+    exact: bool
+    is_view: bool
+    """Returns an alias of an input: no bytes, no FLOPs."""
+    decompose: bool
+    """Has a CompositeImplicitAutograd kernel (seen under ``inference_mode``): decomposed, not counted itself."""
+    cost: CostFn
+
+
+_VIEW_EXTRA = frozenset({"_unsafe_view", "lift_fresh", "alias", "detach", "_reshape_alias", "view", "_conj",
+                         "_neg_view", "resolve_conj", "resolve_neg"})
+_ZERO4: tuple[int, float, int, int] = (0, 0.0, 0, 0)
+
+
+def _zero_cost(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float, int, int]:
+    return _ZERO4
+
+
+def _schema_is_view(func: Any) -> bool:
+    schema = getattr(func, "_schema", None)
+    if schema is None:
+        return False
+    rets = schema.returns
+    if not rets:
+        return False
+    for r in rets:
+        ai = r.alias_info
+        if ai is None or ai.is_write:
+            return False
+    return True
+
+
+def _out_arg_names(func: Any) -> frozenset[str]:
+    schema = getattr(func, "_schema", None)
+    if schema is None:
+        return frozenset()
+    return frozenset(a.name for a in schema.arguments if getattr(a, "is_out", False))
+
+
+def _has_composite_implicit(func: Any) -> bool:
+    try:
+        return bool(torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd"))
+    except Exception:
+        return False
+
+
+def _lookup(registry: dict[Any, Any], func: Any) -> Any:
+    hit = registry.get(func)
+    if hit is None:
+        hit = registry.get(getattr(func, "_overloadpacket", None))
+    return hit
+
+
+def compile_op(func: Any) -> OpInfo:
+    """Resolve an overload into its cached :class:`OpInfo` (category, view-ness, fast cost function)."""
+    info = _COMPILED.get(func)
+    if info is not None:
+        return info
+    packet = getattr(func, "_overloadpacket", func)
+    packet_name = getattr(packet, "__name__", str(func))
+    category = cat.category_of(func)
+    is_view = _schema_is_view(func) or packet_name in _VIEW_EXTRA
+    decompose = _has_composite_implicit(func) and getattr(func, "namespace", "aten") == "aten"
+    registered = _lookup(_FLOPS, func)
+    if registered is not None:
+        flops_fn, exact = registered
+    else:
+        flops_fn, exact = _family_formula(packet_name, category)
+    if category == cat.UNCLASSIFIED:
+        exact = False
+    bytes_fn = _lookup(_BYTES, func)
+    out_names = _out_arg_names(func)
+    if bytes_fn is None and out_names:
+
+        def bytes_fn(a: tuple[Any, ...], k: dict[str, Any], o: Any) -> tuple[int, int]:
+            return read_bytes(a, {n: v for n, v in k.items() if n not in out_names}), written_bytes(o)
+
+    cost: CostFn
+    if is_view:
+        cost = _zero_cost
+    elif flops_fn is None and bytes_fn is None:
+
+        def cost(a: tuple[Any, ...], k: dict[str, Any], o: Any) -> tuple[int, float, int, int]:
+            return 0, 0.0, read_bytes(a, k), written_bytes(o)
+
+    elif bytes_fn is None:
+        ff = flops_fn
+
+        def cost(a: tuple[Any, ...], k: dict[str, Any], o: Any) -> tuple[int, float, int, int]:
+            ft, fc = ff(a, k, o)  # type: ignore[misc]
+            return ft, fc, read_bytes(a, k), written_bytes(o)
+
+    else:
+        ff2, bf = flops_fn, bytes_fn
+
+        def cost(a: tuple[Any, ...], k: dict[str, Any], o: Any) -> tuple[int, float, int, int]:
+            ft, fc = ff2(a, k, o) if ff2 is not None else (0, 0.0)
+            br, bw = bf(a, k, o)
+            return ft, fc, br, bw
+
+    info = OpInfo(name=str(func), category=category, exact=exact, is_view=is_view, decompose=decompose, cost=cost)
+    _COMPILED[func] = info
+    return info
+
+
+def op_cost(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None, out: Any) -> OpCost:
+    """Cost of one execution of ``func(*args, **kwargs) -> out`` under opmeter's conventions.
+
+    Parameters
+    ----------
+    func
+        An ``OpOverload`` such as ``torch.ops.aten.mm.default``.
+    args, kwargs, out
+        The op's inputs and its output (real, fake or meta tensors).
+
+    Returns
+    -------
+    OpCost
+        Tensor-core and CUDA-core FLOPs, bytes read and written, and whether the FLOP count is exact.
+    """
+    info = compile_op(func)
+    ft, fc, br, bw = info.cost(tuple(args), dict(kwargs or {}), out)
+    return OpCost(flops_tensor=int(ft), flops_cuda=float(fc), bytes_read=int(br), bytes_written=int(bw),
+                  exact=info.exact)

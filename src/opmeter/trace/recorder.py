@@ -1,0 +1,290 @@
+"""Live state of a tracer: module stack (as call-path context ids), current stage, streaming accumulators.
+
+The hot path (:mod:`opmeter.trace.dispatch`) only reads ``recorder.cell`` (the op table of the current
+(stage group, call path)) and ``recorder.stage_tot`` (totals of the current stage); module hooks and stage marks
+switch those two references. Everything else is derived when the trace is queried.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from opmeter.trace import stages as st
+from opmeter.trace.modules import ROOT_INDEX, ModuleRecord
+from opmeter.trace.trace import SPAN_CAP, StageRecord, Trace
+
+_perf = time.perf_counter
+
+
+def _no_sync() -> None:
+    return None
+
+
+class Recorder:
+    """Streaming accumulators of one tracer activation (see module docstring)."""
+
+    def __init__(self, trace: Trace, records: list[ModuleRecord], index: dict[int, int], root: torch.nn.Module,
+                 *, timing: bool, sync: Any, nvtx_stages: bool, nvtx_modules: bool) -> None:
+        self.trace = trace
+        self.records = records
+        self.index = index
+        self.root = root
+        self.timing = timing
+        self.sync = sync or _no_sync
+        self.nvtx_stages = nvtx_stages
+        self.nvtx_modules = nvtx_modules
+        self.contexts: list[tuple[int, int]] = trace.contexts
+        self.children: list[dict[int, int]] = [{}]
+        self.first_call: list[int] = [-1] * len(records)
+        self.call_counter = 0
+        # module stack: context ids, module objects (None for the bottom), start times, known flags
+        self.stack: list[int] = [0]
+        self.objs: list[Any] = [None]
+        self.starts: list[float] = [0.0]
+        self.known: list[bool] = [False]
+        self.cells: dict[tuple[int, int], dict[Any, list[Any]]] = {}
+        self.ctx_stats: dict[tuple[int, int], list[Any]] = trace.ctx_stats
+        self.groups: list[str] = trace.groups
+        self.group_ids: dict[str, int] = {}
+        self.stages: list[StageRecord] = trace.stage_records
+        self.stage_counts: dict[str, int] = {}
+        self.glue: dict[str, int] = {}
+        self.explicit: list[tuple[int, int]] = []  # (stage index entered, stage index to restore)
+        self.root_active = 0
+        self.auto_open = False
+        self.prefill_seen = False
+        self.n_decode = 0
+        self.n_forward = 0
+        self.t0 = _perf()
+        self.last_switch = self.t0
+        self.spans = trace.spans_raw
+        self.gid = 0
+        self.stage_idx = -1
+        self.cell: dict[Any, list[Any]] = {}
+        self.stage_tot: list[Any] = [0, 0, 0.0, 0, 0, 0.0]
+        self._switch(self._new_stage(st.SETUP, st.SETUP, st.GLUE))
+        self.glue[st.SETUP] = self.stage_idx
+
+    # ------------------------------------------------------------------------------------------- stages
+
+    def _group(self, name: str) -> int:
+        gid = self.group_ids.get(name)
+        if gid is None:
+            gid = self.group_ids[name] = len(self.groups)
+            self.groups.append(name)
+        return gid
+
+    def _new_stage(self, name: str, group: str, kind: str, tokens: int | None = None,
+                   batch: int | None = None) -> int:
+        self._group(group)
+        rec = StageRecord(name=name, group=group, index=len(self.stages), kind=kind, tokens=tokens, batch=batch)
+        self.stages.append(rec)
+        return rec.index
+
+    def _cell_for(self, gid: int, ctx: int) -> dict[Any, list[Any]]:
+        key = (gid, ctx)
+        cell = self.cells.get(key)
+        if cell is None:
+            cell = self.cells[key] = {}
+        return cell
+
+    def _switch(self, stage_idx: int) -> None:
+        """Make ``stage_idx`` current: charge elapsed time to the outgoing stage and to the open module calls."""
+        if self.timing:
+            self.sync()
+            now = _perf()
+            if self.stage_idx >= 0:
+                self.stages[self.stage_idx].time_s += now - self.last_switch
+                old = self.gid
+                for i in range(1, len(self.stack)):
+                    if self.known[i]:
+                        key = (old, self.stack[i])
+                        s = self.ctx_stats.get(key)
+                        if s is None:
+                            s = self.ctx_stats[key] = [0, 0.0]
+                        s[1] += now - self.starts[i]
+                        self.starts[i] = now
+            self.last_switch = now
+        rec = self.stages[stage_idx]
+        rec.calls += 1
+        self.stage_idx = stage_idx
+        self.gid = self.group_ids[rec.group]
+        self.stage_tot = rec.totals
+        self.cell = self._cell_for(self.gid, self.stack[-1])
+
+    def enter_stage(self, name: str) -> int:
+        """Open an explicit stage; returns a token for :meth:`exit_stage`."""
+        k = self.stage_counts.get(name, 0)
+        self.stage_counts[name] = k + 1
+        idx = self._new_stage(name if k == 0 else f"{name}[{k}]", name, st.EXPLICIT)
+        self.explicit.append((idx, self.stage_idx))
+        self._switch(idx)
+        self.stages[idx].calls = 1
+        if self.nvtx_stages:
+            st.NVTX.push(name)
+        return idx
+
+    def exit_stage(self, token: int) -> None:
+        """Close the explicit stage opened with ``token`` (and any left open inside it)."""
+        while self.explicit:
+            idx, restore = self.explicit.pop()
+            if self.nvtx_stages:
+                st.NVTX.pop()
+            if idx == token:
+                self._switch(restore)
+                self.stages[restore].calls -= 1
+                return
+
+    # ------------------------------------------------------------------------------------------- module stack
+
+    def _push(self, idx: int, mod: Any) -> None:
+        top = self.stack[-1]
+        kids = self.children[top]
+        ctx = kids.get(idx)
+        if ctx is None:
+            ctx = kids[idx] = len(self.contexts)
+            self.contexts.append((top, idx))
+            self.children.append({})
+        key = (self.gid, ctx)
+        s = self.ctx_stats.get(key)
+        if s is None:
+            s = self.ctx_stats[key] = [0, 0.0]
+        s[0] += 1
+        if self.first_call[idx] < 0:
+            self.first_call[idx] = self.call_counter
+            self.call_counter += 1
+        self.stack.append(ctx)
+        self.objs.append(mod)
+        self.known.append(True)
+        if self.nvtx_modules:
+            st.NVTX.push(self.records[idx].path)
+        if self.timing:
+            self.sync()
+            self.starts.append(_perf())
+        else:
+            self.starts.append(0.0)
+        self.cell = self._cell_for(self.gid, ctx)
+
+    def _pop(self, mod: Any) -> None:
+        objs = self.objs
+        i = len(objs) - 1
+        while i > 0 and objs[i] is not mod:
+            i -= 1
+        if i == 0:
+            return
+        now = 0.0
+        if self.timing:
+            self.sync()
+            now = _perf()
+        while len(objs) > i:
+            ctx = self.stack.pop()
+            objs.pop()
+            start = self.starts.pop()
+            known = self.known.pop()
+            if not known:
+                continue
+            if self.nvtx_modules:
+                st.NVTX.pop()
+            if self.timing:
+                key = (self.gid, ctx)
+                s = self.ctx_stats.get(key)
+                if s is None:
+                    s = self.ctx_stats[key] = [0, 0.0]
+                s[1] += now - start
+                if len(self.spans) < SPAN_CAP:
+                    self.spans.append((self.contexts[ctx][1], self.stage_idx, start - self.t0, now - self.t0,
+                                       len(self.stack) - 1))
+                else:
+                    self.trace.spans_truncated = True
+        self.cell = self._cell_for(self.gid, self.stack[-1])
+
+    def pre_hook(self, mod: Any, args: Any) -> None:
+        """Global forward pre-hook: push the module (the root is handled by :meth:`root_pre_hook`)."""
+        idx = self.index.get(id(mod))
+        if idx is None:
+            # not in the tree (created on the fly, another model...): its ops go to the nearest known ancestor
+            self.stack.append(self.stack[-1])
+            self.objs.append(mod)
+            self.starts.append(0.0)
+            self.known.append(False)
+            return
+        if idx == ROOT_INDEX:
+            return
+        self._push(idx, mod)
+
+    def post_hook(self, mod: Any, args: Any, out: Any) -> None:
+        """Global forward hook (``always_call=True``): pop the module, even when its forward raised."""
+        if mod is self.root:
+            return
+        self._pop(mod)
+
+    def root_pre_hook(self, mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Root forward pre-hook (with kwargs): a root-level call opens an automatic stage, then push the root."""
+        if self.root_active == 0 and not self.explicit:
+            seq = st.sequence_length(args, kwargs or {})
+            tokens, batch = (seq if seq is not None else (None, None))
+            if tokens is not None and tokens > 1 and not self.prefill_seen:
+                self.prefill_seen = True
+                name, group = st.PREFILL, st.PREFILL
+            elif tokens == 1:
+                name, group = f"{st.DECODE}[{self.n_decode}]", st.DECODE
+                self.n_decode += 1
+            else:
+                name, group = f"forward[{self.n_forward}]", st.OTHER
+                self.n_forward += 1
+            self._switch(self._new_stage(name, group, st.AUTO, tokens, batch))
+            self.auto_open = True
+            if self.nvtx_stages:
+                st.NVTX.push(name)
+        self.root_active += 1
+        self._push(ROOT_INDEX, mod)
+
+    def root_post_hook(self, mod: Any, args: Any, out: Any) -> None:
+        """Root forward hook: pop the root; a root-level call ends its stage and opens the glue stage."""
+        if self.root_active <= 0:
+            return
+        self._pop(mod)
+        self.root_active -= 1
+        if self.root_active == 0 and self.auto_open:
+            self.auto_open = False
+            if self.nvtx_stages:
+                st.NVTX.pop()
+            group = self.stages[self.stage_idx].group
+            gname = st.glue_group(group)
+            idx = self.glue.get(gname)
+            if idx is None:
+                idx = self.glue[gname] = self._new_stage(gname, gname, st.GLUE)
+            self._switch(idx)
+
+    # ------------------------------------------------------------------------------------------- finish
+
+    def finish(self) -> None:
+        """Close the clock, unwind what is still open, convert op keys to names into the :class:`Trace`."""
+        if self.timing:
+            self.sync()
+            now = _perf()
+            self.stages[self.stage_idx].time_s += now - self.last_switch
+            for i in range(1, len(self.stack)):
+                if self.known[i]:
+                    key = (self.gid, self.stack[i])
+                    s = self.ctx_stats.setdefault(key, [0, 0.0])
+                    s[1] += now - self.starts[i]
+            self.trace.wall_time_s = now - self.t0
+        else:
+            for rec in self.stages:
+                rec.time_s = float("nan")
+        while self.explicit and self.nvtx_stages:
+            self.explicit.pop()
+            st.NVTX.pop()
+        if self.auto_open and self.nvtx_stages:
+            st.NVTX.pop()
+        cells: dict[tuple[int, int], dict[str, list[Any]]] = {}
+        for key, ops in self.cells.items():
+            if not ops:
+                continue
+            cells[key] = {str(func): vals for func, vals in ops.items()}
+        self.trace.cells = cells
+        self.trace.first_call = self.first_call
