@@ -152,14 +152,14 @@ PRESETS: dict[str, DeepseekOCRConfig] = {
     "deepseek-ocr-mini": DeepseekOCRConfig(
         name="deepseek-ocr-mini",
         sam=SamConfig(
-            embed_dim=96, depth=4, num_heads=2, out_chans=32, global_attn_indexes=(1, 3),
+            embed_dim=64, depth=2, num_heads=2, out_chans=32, global_attn_indexes=(1,),
             net_2_chans=64, net_3_chans=128,
         ),
         clip=ClipConfig(hidden_size=128, num_layers=2, num_heads=2, ffn_hidden_size=256),
-        projector=ProjectorConfig(input_dim=256, n_embed=128),
+        projector=ProjectorConfig(input_dim=256, n_embed=64),
         decoder=DecoderConfig(
-            hidden_size=128, intermediate_size=256, moe_intermediate_size=64, num_hidden_layers=3,
-            num_attention_heads=4, num_key_value_heads=4, n_routed_experts=16, n_shared_experts=2,
+            hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2,
+            num_attention_heads=2, num_key_value_heads=2, n_routed_experts=16, n_shared_experts=2,
             num_experts_per_tok=6,
         ),
     ),
