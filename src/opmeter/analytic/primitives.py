@@ -126,6 +126,7 @@ def sdpa_ops(
     mask_numel: int = 0,
     mask_dtype: int | None = None,
     impl: str = "fused",
+    seq_major: bool = False,
 ) -> list[Op]:
     """Ops of ``F.scaled_dot_product_attention``.
 
@@ -139,6 +140,9 @@ def sdpa_ops(
         ``bmm``, downcast.
     mask_numel
         Elements of an additive mask (0: no mask).
+    seq_major
+        q, k, v are ``[B, L, H, D]`` tensors viewed as ``[B, H, L, D]`` (a permute, as after a fused QKV projection).
+        The math path then copies each of them before its ``bmm`` when ``batch > 1``.
     """
     dv = head_dim if v_dim is None else v_dim
     bh = batch * heads
@@ -167,12 +171,17 @@ def sdpa_ops(
         ops += [copy("_to_copy", nq, dtype, FP32), copy("_to_copy", nk, dtype, FP32), copy("_to_copy", nv, dtype, FP32)]
     ops.append(pointwise("mul", nq, ELEMENTWISE_FLOPS, [nq * c], c))
     ops.append(pointwise("mul", nk, ELEMENTWISE_FLOPS, [nk * c], c))
+    relayout = seq_major and batch > 1
+    if relayout:
+        ops += [copy("clone", nq, c, c), copy("clone", nk, c, c)]
     ops.append(gemm("bmm", q_len, kv_len, head_dim, batch=bh, a=c, b=c, out=c))
     if mask_numel:
         ops.append(pointwise("add", scores, ELEMENTWISE_FLOPS, [scores * c, mask_numel * mdt], c))
     ops.append(softmax_op(scores, c, "_safe_softmax"))
     if up:
         ops.append(copy("_to_copy", scores, FP32, dtype))
+    if relayout:
+        ops.append(copy("clone", nv, c, c))
     ops.append(gemm("bmm", q_len, dv, kv_len, batch=bh, a=c, b=c, out=c))
     if up:
         ops.append(copy("_to_copy", nout, FP32, dtype))

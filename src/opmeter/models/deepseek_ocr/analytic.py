@@ -183,12 +183,15 @@ class Attention(Layer):
         b, h, w, nh, hd, d = self.batch, self.height, self.width, self.heads, self.head_dim, self.dtype
         t, c = self.tokens, self.dim
         bh, hw = b * nh, h * w
-        ops: list[Op] = [copy("clone", 3 * t * c, d, d)]  # qkv.reshape(3, B*heads, hw, hd) of a permuted view
+        ops: list[Op] = []
+        if b > 1:  # qkv.reshape(3, B*heads, hw, hd) of a permuted view is a copy unless B == 1
+            ops.append(copy("clone", 3 * t * c, d, d))
         mask = 0
         if self.use_rel_pos:
-            for axis_len, other in ((h, w), (w, h)):
+            for i, (axis_len, other) in enumerate(((h, w), (w, h))):
                 ops += rel_pos_ops(axis_len, self.rel_table, hd, d)
-                ops.append(copy("clone", bh * hw * hd, d, d))  # einsum permutes r_q, then copies it
+                if i == 0 or b == 1:  # einsum copies the permuted queries (the second one only if q is strided)
+                    ops.append(copy("clone", bh * hw * hd, d, d))
                 ops.append(
                     gemm("bmm", bh * other, axis_len, hd, batch=axis_len, a=d, b=d, b_numel=axis_len * axis_len * hd)
                 )
@@ -436,7 +439,7 @@ class NoTPAttention(Layer):
 
     def ops(self) -> Sequence[Op]:
         b, s, c, nh, d = self.batch, self.seq, self.hidden, self.heads, self.dtype
-        ops = sdpa_ops(b, nh, s, s, c // nh, dtype=d, impl=self.sdpa)
+        ops = sdpa_ops(b, nh, s, s, c // nh, dtype=d, impl=self.sdpa, seq_major=True)
         ops.append(copy("clone", b * s * c, d, d))
         return ops
 
@@ -769,58 +772,23 @@ class MoEGate(Layer):
         return self.experts * self.hidden * self.dtype
 
 
-@attrs.frozen(repr=False)
-class RoutedExperts(Layer):
-    """The routed experts of one MoE call, aggregated: ``pairs`` token-expert pairs over ``active`` called experts.
-
-    The child name is ``experts`` (the ``ModuleList``); each called expert reads its weights once. FLOPs depend only
-    on ``pairs``.
-    """
-
-    pairs: int
-    active: int
-    total_experts: int = 64
-    hidden: int = 1280
-    intermediate: int = 896
-    dtype: int = BF16
-    class_name: str = "ModuleList"
-
-    def _expert(self, tokens: int) -> DeepseekV2MLP:
-        return DeepseekV2MLP(tokens, self.hidden, self.intermediate, self.dtype)
-
-    def children(self) -> Sequence[tuple[str, Layer]]:
-        return []
-
-    def ops(self) -> Sequence[Op]:
-        whole = list(self._expert(self.pairs).all_ops())
-        w_one = self._expert(1).weight_bytes()
-        extra = (self.active - 1) * w_one  # every called expert reads its own weights
-        out: list[Op] = []
-        for _, op in whole:
-            if op.weights_read:
-                share = op.weights_read / max(w_one, 1)
-                add = round(extra * share)
-                op = attrs.evolve(op, bytes_read=op.bytes_read + add, weights_read=op.weights_read + add)
-            out.append(op)
-        return out
-
-    def own_weight_bytes(self) -> int:
-        return self.total_experts * self._expert(1).weight_bytes()
-
-    def activation_bytes(self) -> int:
-        per = max(1, self.pairs // max(self.active, 1))
-        return self._expert(per).activation_bytes()
-
-
 def balanced_active_experts(tokens: int, top_k: int, experts: int) -> int:
     """Experts called under the reference's shape-only policy (token ``t`` to ``(t*k + j) mod E``)."""
     return min(experts, tokens * top_k)
 
 
+def balanced_expert_tokens(tokens: int, top_k: int, experts: int) -> list[int]:
+    """Tokens per expert under the balanced policy: the pair ids ``t*k + j`` are ``0 .. T*k - 1``, so expert ``i``
+    gets ``T*k // E`` pairs plus one when ``i < T*k mod E``."""
+    pairs = tokens * top_k
+    base, extra = divmod(pairs, experts)
+    return [base + (1 if i < extra else 0) for i in range(experts)]
+
+
 @attrs.frozen(repr=False)
 class DeepseekV2MoE(Layer):
-    """MoE over ``tokens``: ``gate``; pair bookkeeping (count, ``argsort``, gather); routed ``experts``
-    (``top_k`` pairs per token); ``cat``, ``index_put``, fp32 weighting and sum; ``shared_experts``; residual add
+    """MoE over ``tokens``: ``gate``; pair bookkeeping (count, ``argsort``, gather); the called ``experts.i``
+    (``top_k`` pairs per token in all); ``cat``, ``index_put``, fp32 weighting and sum; ``shared_experts``; residual add
     of the two paths."""
 
     tokens: int
@@ -829,8 +797,8 @@ class DeepseekV2MoE(Layer):
     top_k: int = 6
     moe_intermediate: int = 896
     shared: int = 2
-    active: int | None = None
-    """Experts called; default: the balanced policy ``min(E, T*k)``."""
+    expert_tokens: tuple[int, ...] | None = None
+    """Tokens routed to each expert (sums to ``tokens * top_k``); default: the balanced policy."""
     dtype: int = BF16
     class_name: str = "DeepseekV2MoE"
 
@@ -841,25 +809,36 @@ class DeepseekV2MoE(Layer):
 
     def children(self) -> Sequence[tuple[str, Layer]]:
         t, h, d = self.tokens, self.hidden, self.dtype
-        active = self.active if self.active is not None else balanced_active_experts(t, self.top_k, self.experts)
-        return [
-            ("gate", MoEGate(t, h, self.experts, self.top_k, d)),
-            ("experts", RoutedExperts(self.pairs, active, self.experts, h, self.moe_intermediate, d)),
-            ("shared_experts", DeepseekV2MLP(t, h, self.moe_intermediate * self.shared, d)),
+        counts = self.expert_tokens
+        if counts is None:
+            counts = tuple(balanced_expert_tokens(t, self.top_k, self.experts))
+        kids: list[tuple[str, Layer]] = [("gate", MoEGate(t, h, self.experts, self.top_k, d))]
+        # Only experts that received tokens are called (the ModuleList itself never is).
+        kids += [
+            (f"experts.{i}", DeepseekV2MLP(n, h, self.moe_intermediate, d)) for i, n in enumerate(counts) if n
         ]
+        kids.append(("shared_experts", DeepseekV2MLP(t, h, self.moe_intermediate * self.shared, d)))
+        return kids
+
+    def weight_bytes(self) -> int:
+        # every expert is resident, called or not
+        one = DeepseekV2MLP(1, self.hidden, self.moe_intermediate, self.dtype).weight_bytes()
+        gate = MoEGate(1, self.hidden, self.experts, self.top_k, self.dtype).weight_bytes()
+        shared = DeepseekV2MLP(1, self.hidden, self.moe_intermediate * self.shared, self.dtype).weight_bytes()
+        return self.experts * one + gate + shared
 
     def ops(self) -> Sequence[Op]:
         t, h, e, d = self.tokens, self.hidden, self.experts, self.dtype
         p = self.pairs
         return [
-            Op("new_zeros", bytes_written=t * e * INT64),
+            Op("new_zeros", bytes_read=p * INT64, bytes_written=t * e * INT64),  # reads its template (topk ids)
             Op("scatter_", bytes_read=2 * p * INT64, bytes_written=p * INT64),  # scalar source: index-sized
             reduction("sum", t * e, e, INT64),
             Op("sort", bytes_read=p * INT64, bytes_written=2 * p * INT64),
             _ew("floor_divide", p, [p * INT64], INT64),
             Op("index", bytes_read=p * h * d + p * INT64, bytes_written=p * h * d),
             copy("cat", p * h, d, d),
-            Op("empty_like", bytes_written=p * h * d),
+            Op("empty_like", bytes_read=p * h * d, bytes_written=p * h * d),
             Op("index_put_", bytes_read=p * h * d + p * INT64, bytes_written=p * h * d),
             copy("_to_copy", p * h, d, FP32),
             _ew("mul", p * h, [p * h * FP32, p * FP32], FP32),
@@ -1016,7 +995,7 @@ def vision_calls(
         gl = grids[0]
         local = rows * gl * cols * gl
         if cols > 1:
-            glue.append(copy("clone", local, d, d))  # view/permute/reshape of the crop grid
+            glue.append(copy("clone", local * n, d, d))  # view/permute/reshape of the crop grid
         lrows = rows * gl
         glue.append(Op("cat", bytes_read=(local + lrows) * n * d, bytes_written=(local + lrows) * n * d,
                        weights_read=lrows * n * d))
@@ -1057,6 +1036,8 @@ class DeepseekOCRModel(Layer):
         calls, glue = vision_calls(self.config, self.vision, self.variant, self.dtype)
         h = self.config.decoder.hidden_size
         glue.append(masked_scatter_op(self.seq, self.vision.image_tokens, h, self.dtype))
+        # images_spatial_crop[idx] read on the host: two ``.item()`` calls on int64 scalars
+        glue = [Op("_local_scalar_dense", bytes_read=INT64), Op("_local_scalar_dense", bytes_read=INT64), *glue]
         return calls, glue
 
     def decoder_ops(self) -> list[Op]:
@@ -1332,9 +1313,9 @@ __all__ = [
     "NoTPTransformerBlock",
     "PatchEmbed",
     "Prediction",
-    "RoutedExperts",
     "VitModel",
     "balanced_active_experts",
+    "balanced_expert_tokens",
     "clip_layer",
     "decoder_layer",
     "parameter_footprint",
