@@ -36,12 +36,14 @@ class CountingMode(TorchDispatchMode):
     def __init__(self, recorder: Recorder) -> None:
         super().__init__()
         self.rec = recorder
-        self.infos: dict[Any, OpInfo] = {}
+        self.infos: dict[int, OpInfo] = {}
+        self.funcs: dict[int, Any] = {}
         self.formula_errors: dict[str, str] = {}
 
     def learn(self, func: Any) -> OpInfo:
         info = compile_op(func)
-        self.infos[func] = info
+        self.infos[id(func)] = info
+        self.funcs[id(func)] = func
         return info
 
     def _cost(self, info: OpInfo, func: Any, args: Any, kwargs: Any, out: Any) -> tuple[int, float, int, int]:
@@ -52,7 +54,8 @@ class CountingMode(TorchDispatchMode):
             return 0, 0.0, 0, 0
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        info = self.infos.get(func)
+        key = id(func)  # OpOverload.__hash__ is a Python function; id() is not
+        info = self.infos.get(key)
         if info is None:
             info = self.learn(func)
         if info.decompose:
@@ -66,17 +69,18 @@ class CountingMode(TorchDispatchMode):
             out = func(*args)
             kwargs = _EMPTY
         rec = self.rec
-        if info.is_view:
-            ft = br = bw = 0
-            fc = 0.0
-        else:
-            try:
-                ft, fc, br, bw = info.cost(args, kwargs, out)
-            except Exception:
-                ft, fc, br, bw = self._cost(info, func, args, kwargs, out)
-        acc = rec.cell.get(func)
+        cell = rec.cell
+        acc = cell.get(key)
         if acc is None:
-            acc = rec.cell[func] = [0, 0, 0.0, 0, 0, 0.0]
+            acc = cell[key] = [0, 0, 0.0, 0, 0, 0.0]
+        if info.is_view:
+            acc[0] += 1
+            rec.stage_tot[0] += 1
+            return out
+        try:
+            ft, fc, br, bw = info.cost(args, kwargs, out)
+        except Exception:
+            ft, fc, br, bw = self._cost(info, func, args, kwargs, out)
         acc[0] += 1
         acc[1] += ft
         acc[2] += fc
@@ -103,7 +107,7 @@ class FullMode(CountingMode):
         self.log = log
         self.buffer: list[bytes] = []
         self.seq = 0
-        self.shapes: dict[tuple[int, int, Any], dict[str, int]] = {}
+        self.shapes: dict[tuple[int, int, int], dict[str, int]] = {}
 
     def flush(self) -> None:
         if self.log is not None and self.buffer:
@@ -111,7 +115,8 @@ class FullMode(CountingMode):
             self.buffer.clear()
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        info = self.infos.get(func)
+        key = id(func)
+        info = self.infos.get(key)
         if info is None:
             info = self.learn(func)
         if info.decompose:
@@ -136,9 +141,9 @@ class FullMode(CountingMode):
             ft, fc, br, bw = 0, 0.0, 0, 0
         else:
             ft, fc, br, bw = self._cost(info, func, args, kwargs, out)
-        acc = rec.cell.get(func)
+        acc = rec.cell.get(key)
         if acc is None:
-            acc = rec.cell[func] = [0, 0, 0.0, 0, 0, 0.0]
+            acc = rec.cell[key] = [0, 0, 0.0, 0, 0, 0.0]
         acc[0] += 1
         acc[1] += ft
         acc[2] += fc
@@ -155,10 +160,10 @@ class FullMode(CountingMode):
         if self.record_shapes or self.log is not None:
             sig = _shape_sig(args)
             if self.record_shapes:
-                key = (rec.gid, rec.stack[-1], func)
-                d = self.shapes.get(key)
+                skey = (rec.gid, rec.stack[-1], key)
+                d = self.shapes.get(skey)
                 if d is None:
-                    d = self.shapes[key] = {}
+                    d = self.shapes[skey] = {}
                 if sig in d or len(d) < _SHAPES_PER_KEY:
                     d[sig] = d.get(sig, 0) + 1
             if self.log is not None:

@@ -409,30 +409,70 @@ _PER_IN: dict[str, float] = {
 _ZERO_FLOP_ELEMENTWISE = frozenset({"real", "imag", "conj_physical", "triu", "tril"})
 
 
-def _family_formula(packet_name: str, category: str) -> tuple[FlopFormula | None, bool]:
-    """Default CUDA-core formula for an op without a registered formula."""
+def _family(packet_name: str, category: str) -> tuple[str | None, float, bool]:
+    """Default CUDA-core family of an op without a registered formula: ``(basis, per_element, exact)``.
+
+    ``basis`` is ``"out"`` (per output element), ``"in"`` (per element of the first tensor input) or ``None``
+    (no FLOPs).
+    """
     base = packet_name.rstrip("_") or packet_name
     if category in (cat.DATA_MOVEMENT, cat.EMBEDDING):
-        return None, True
+        return None, 0.0, True
     if base in _PER_OUT:
-        c = _PER_OUT[base]
-        return (lambda a, k, o: (0, _out_numel(o) * c)), False
+        return "out", _PER_OUT[base], False
     if base in _PER_IN:
-        c = _PER_IN[base]
-        return (lambda a, k, o: (0, _in_numel(a) * c)), False
+        return "in", _PER_IN[base], False
     if category == cat.ACTIVATION:
-        return (lambda a, k, o: (0, _out_numel(o) * cv.ELEMENTWISE_FLOPS)), False
+        return "out", cv.ELEMENTWISE_FLOPS, False
     if category == cat.ELEMENTWISE:
         if base in _ZERO_FLOP_ELEMENTWISE:
-            return None, True
-        return (lambda a, k, o: (0, _out_numel(o) * cv.ELEMENTWISE_FLOPS)), False
+            return None, 0.0, True
+        return "out", cv.ELEMENTWISE_FLOPS, False
     if category == cat.NORMALIZATION:
-        return (lambda a, k, o: (0, _in_numel(a) * cv.LAYER_NORM_FLOPS)), False
+        return "in", cv.LAYER_NORM_FLOPS, False
     if category == cat.REDUCTION:
-        return (lambda a, k, o: (0, _in_numel(a) * cv.REDUCTION_FLOPS)), False
-    if category in (cat.MOE_ROUTING, cat.RNG_SAMPLING, cat.OTHER):
-        return None, False
-    return None, False
+        return "in", cv.REDUCTION_FLOPS, False
+    return None, 0.0, False
+
+
+def _basis_flops(basis: str, c: float) -> FlopFormula:
+    if basis == "out":
+        return lambda a, k, o: (0, _out_numel(o) * c)
+    return lambda a, k, o: (0, _in_numel(a) * c)
+
+
+def _fused_cost(basis: str | None, c: float) -> CostFn:
+    """One function computing FLOPs and bytes in a single pass over the arguments (the hot path)."""
+
+    def cost(a: tuple[Any, ...], k: dict[str, Any], o: Any) -> tuple[int, float, int, int]:
+        n = 0
+        first = None
+        for x in a:
+            if isinstance(x, Tensor):
+                n += x.nbytes
+                if first is None:
+                    first = x
+            elif isinstance(x, (list, tuple)):
+                for y in x:
+                    if isinstance(y, Tensor):
+                        n += y.nbytes
+                        if first is None:
+                            first = y
+        if k:
+            n += read_bytes((), k)
+        if isinstance(o, Tensor):
+            w = o.nbytes
+            t = o
+        else:
+            w = written_bytes(o)
+            t = _first_tensor(o)
+        if basis is None:
+            return 0, 0.0, n, w
+        if basis == "out":
+            return 0, (t.numel() * c if t is not None else 0.0), n, w
+        return 0, (first.numel() * c if first is not None else 0.0), n, w
+
+    return cost
 
 
 # ----------------------------------------------------------------------------------------------- bytes
@@ -560,12 +600,6 @@ def compile_op(func: Any) -> OpInfo:
     is_view = _schema_is_view(func) or packet_name in _VIEW_EXTRA
     decompose = _has_composite_implicit(func) and getattr(func, "namespace", "aten") == "aten"
     registered = _lookup(_FLOPS, func)
-    if registered is not None:
-        flops_fn, exact = registered
-    else:
-        flops_fn, exact = _family_formula(packet_name, category)
-    if category == cat.UNCLASSIFIED:
-        exact = False
     bytes_fn = _lookup(_BYTES, func)
     out_names = _out_arg_names(func)
     if bytes_fn is None and out_names:
@@ -574,25 +608,26 @@ def compile_op(func: Any) -> OpInfo:
             return read_bytes(a, {n: v for n, v in k.items() if n not in out_names}), written_bytes(o)
 
     cost: CostFn
+    basis: str | None = None
+    per = 0.0
+    if registered is not None:
+        flops_fn, exact = registered
+    else:
+        basis, per, exact = _family(packet_name, category)
+        flops_fn = _basis_flops(basis, per) if basis is not None else None
+    if category == cat.UNCLASSIFIED:
+        exact = False
     if is_view:
         cost = _zero_cost
-    elif flops_fn is None and bytes_fn is None:
-
-        def cost(a: tuple[Any, ...], k: dict[str, Any], o: Any) -> tuple[int, float, int, int]:
-            return 0, 0.0, read_bytes(a, k), written_bytes(o)
-
-    elif bytes_fn is None:
-        ff = flops_fn
-
-        def cost(a: tuple[Any, ...], k: dict[str, Any], o: Any) -> tuple[int, float, int, int]:
-            ft, fc = ff(a, k, o)  # type: ignore[misc]
-            return ft, fc, read_bytes(a, k), written_bytes(o)
-
+    elif registered is None and bytes_fn is None:
+        cost = _fused_cost(basis, per)
     else:
-        ff2, bf = flops_fn, bytes_fn
+        ff, bf = flops_fn, bytes_fn
 
         def cost(a: tuple[Any, ...], k: dict[str, Any], o: Any) -> tuple[int, float, int, int]:
-            ft, fc = ff2(a, k, o) if ff2 is not None else (0, 0.0)
+            ft, fc = ff(a, k, o) if ff is not None else (0, 0.0)
+            if bf is None:
+                return ft, fc, read_bytes(a, k), written_bytes(o)
             br, bw = bf(a, k, o)
             return ft, fc, br, bw
 

@@ -45,7 +45,7 @@ class Recorder:
         self.objs: list[Any] = [None]
         self.starts: list[float] = [0.0]
         self.known: list[bool] = [False]
-        self.cells: dict[tuple[int, int], dict[Any, list[Any]]] = {}
+        self.cells: dict[tuple[int, int], dict[int, list[Any]]] = {}
         self.ctx_stats: dict[tuple[int, int], list[Any]] = trace.ctx_stats
         self.groups: list[str] = trace.groups
         self.group_ids: dict[str, int] = {}
@@ -63,7 +63,7 @@ class Recorder:
         self.spans = trace.spans_raw
         self.gid = 0
         self.stage_idx = -1
-        self.cell: dict[Any, list[Any]] = {}
+        self.cell: dict[int, list[Any]] = {}
         self.stage_tot: list[Any] = [0, 0, 0.0, 0, 0, 0.0]
         self._switch(self._new_stage(st.SETUP, st.SETUP, st.GLUE))
         self.glue[st.SETUP] = self.stage_idx
@@ -84,7 +84,7 @@ class Recorder:
         self.stages.append(rec)
         return rec.index
 
-    def _cell_for(self, gid: int, ctx: int) -> dict[Any, list[Any]]:
+    def _cell_for(self, gid: int, ctx: int) -> dict[int, list[Any]]:
         key = (gid, ctx)
         cell = self.cells.get(key)
         if cell is None:
@@ -261,7 +261,7 @@ class Recorder:
 
     # ------------------------------------------------------------------------------------------- finish
 
-    def finish(self) -> None:
+    def finish(self, names: dict[int, str]) -> None:
         """Close the clock, unwind what is still open, convert op keys to names into the :class:`Trace`."""
         if self.timing:
             self.sync()
@@ -285,6 +285,6 @@ class Recorder:
         for key, ops in self.cells.items():
             if not ops:
                 continue
-            cells[key] = {str(func): vals for func, vals in ops.items()}
+            cells[key] = {names.get(k, str(k)): vals for k, vals in ops.items()}
         self.trace.cells = cells
         self.trace.first_call = self.first_call

@@ -232,7 +232,7 @@ class OpTracer:
     def _finish(self, mode: CountingMode | None, exc_type: Any, exc: Any) -> None:
         trace, rec = self.trace, self._recorder
         assert trace is not None and rec is not None
-        rec.finish()
+        rec.finish({k: info.name for k, info in mode.infos.items()} if mode is not None else {})
         trace._stage_ctl = None
         if mode is not None:
             for info in mode.infos.values():
@@ -241,7 +241,7 @@ class OpTracer:
             trace.formula_errors = dict(mode.formula_errors)
             if isinstance(mode, FullMode):
                 trace.formula_errors.update(mode.formula_errors)
-                trace.shapes_raw = {(g, c, str(f)): d for (g, c, f), d in mode.shapes.items()}
+                trace.shapes_raw = {(g, c, mode.infos[k].name): d for (g, c, k), d in mode.shapes.items()}
                 try:
                     mode.flush()
                 except OSError as exc_:  # pragma: no cover
