@@ -460,6 +460,7 @@ def _fused_cost(basis: str | None, c: float) -> CostFn:
                             first = y
         if k:
             n += read_bytes((), k)
+        t: Tensor | None
         if isinstance(o, Tensor):
             w = o.nbytes
             t = o

@@ -1,0 +1,57 @@
+"""``opmeter demo``: trace a small built-in transformer's ``generate()`` and write the trace and its tables."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+NAME = "demo"
+HELP = "trace a small built-in demo transformer (prefill + decode) and write trace.json, CSV tables, call graph"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("reports/demo"), help="output directory (reports/demo)")
+    parser.add_argument("--prompt-tokens", type=int, default=16, help="prompt length (16)")
+    parser.add_argument("--new-tokens", type=int, default=8, help="tokens to generate (8)")
+    parser.add_argument("--timing", action="store_true", help="also time modules, stages and ops (spans.json)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    from opmeter.errors import OpmeterError
+
+    if args.prompt_tokens < 2 or args.new_tokens < 1:
+        raise OpmeterError("--prompt-tokens must be >= 2 and --new-tokens >= 1")
+    import torch
+
+    from opmeter.io import atomic_write_text
+    from opmeter.trace import OpTracer
+    from opmeter.trace.demo import DemoConfig, DemoTransformer
+    from opmeter.trace.render import print_trace, terminal
+
+    cfg = DemoConfig()
+    if args.prompt_tokens + args.new_tokens > cfg.max_seq:
+        raise OpmeterError(f"--prompt-tokens + --new-tokens must be <= {cfg.max_seq}")
+    torch.manual_seed(args.seed)
+    model = DemoTransformer(cfg).eval()
+    ids = torch.randint(0, cfg.vocab_size, (1, args.prompt_tokens))
+    meta = {"workload": {"id": "opmeter-demo", "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens}}
+    with OpTracer(model, timing=args.timing, metadata=meta) as trace:
+        model.generate(ids, max_new_tokens=args.new_tokens)
+    out: Path = args.out
+    trace.save(out / "trace.json")
+    atomic_write_text(out / "modules.csv", trace.by_module().to_csv(index=False))
+    atomic_write_text(out / "operators.csv", trace.by_operator().to_csv(index=False))
+    atomic_write_text(out / "module_operators.csv", trace.by_module_and_operator().to_csv(index=False))
+    atomic_write_text(out / "stages.csv", trace.stages().to_csv(index=False))
+    atomic_write_text(out / "edges.csv", trace.edges().to_csv(index=False))
+    atomic_write_text(out / "callgraph.dot", trace.to_dot())
+    atomic_write_text(out / "callgraph.mmd", trace.to_mermaid())
+    if args.timing:
+        trace.to_chrome_trace(out / "spans.json")
+    console = terminal()
+    print_trace(trace, console)
+    console.print(f"wrote {out}/: trace.json, modules.csv, operators.csv, module_operators.csv, stages.csv, "
+                  f"edges.csv, callgraph.dot, callgraph.mmd{', spans.json' if args.timing else ''}")
+    return 0
+
