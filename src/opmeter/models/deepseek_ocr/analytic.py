@@ -926,7 +926,9 @@ def _sdpa_impl(variant: str) -> str:
     return "fused" if variant == "flash" else "math"
 
 
-def sam_layer(cfg: DeepseekOCRConfig, batch: int, side: int, variant: str = "normal", dtype: int = BF16) -> Layer:
+def sam_layer(
+    cfg: DeepseekOCRConfig, batch: int, side: int, variant: str = "normal", dtype: int = BF16
+) -> ImageEncoderViT:
     """``ImageEncoderViT`` of a preset on ``batch`` views of ``side`` pixels."""
     c = cfg.sam
     return ImageEncoderViT(
@@ -936,7 +938,9 @@ def sam_layer(cfg: DeepseekOCRConfig, batch: int, side: int, variant: str = "nor
     )
 
 
-def clip_layer(cfg: DeepseekOCRConfig, batch: int, grid: int, variant: str = "normal", dtype: int = BF16) -> Layer:
+def clip_layer(
+    cfg: DeepseekOCRConfig, batch: int, grid: int, variant: str = "normal", dtype: int = BF16
+) -> VitModel:
     """``VitModel`` of a preset on ``batch`` views whose SAM output grid is ``grid``."""
     c = cfg.clip
     return VitModel(
