@@ -73,20 +73,20 @@ class Component:
 
 
 DEEPSEEK_OCR_COMPONENTS: tuple[Component, ...] = (
-    Component("SAM encoder", r"(^|\.)sam_model$"),
-    Component("CLIP tower", r"(^|\.)vision_model$"),
-    Component("projector", r"(^|\.)projector$"),
-    Component("token embedding", r"(^|\.)embed_tokens$"),
-    Component("decoder attention", r"(^|\.)layers\.\d+\.self_attn$"),
-    Component("decoder norms", r"(^|\.)layers\.\d+\.(input_layernorm|post_attention_layernorm)$"),
-    Component("decoder residual adds", r"(^|\.)layers\.\d+$"),
-    Component("dense MLP", r"(^|\.)layers\.\d+\.mlp$", "DeepseekV2MLP"),
-    Component("MoE dispatch/combine", r"(^|\.)layers\.\d+\.mlp$"),
-    Component("MoE gate", r"(^|\.)layers\.\d+\.mlp\.gate$"),
-    Component("routed experts", r"(^|\.)layers\.\d+\.mlp\.experts$"),
-    Component("shared experts", r"(^|\.)layers\.\d+\.mlp\.shared_experts$"),
-    Component("final norm", r"(^|\.)model\.norm$"),
-    Component("LM head", r"(^|\.)lm_head$"),
+    Component("SAM encoder", r"^model\.sam_model$"),
+    Component("CLIP tower", r"^model\.vision_model$"),
+    Component("projector", r"^model\.projector$"),
+    Component("token embedding", r"^model\.embed_tokens$"),
+    Component("decoder attention", r"^model\.layers\.\d+\.self_attn$"),
+    Component("decoder norms", r"^model\.layers\.\d+\.(input_layernorm|post_attention_layernorm)$"),
+    Component("decoder residual adds", r"^model\.layers\.\d+$"),
+    Component("dense MLP", r"^model\.layers\.\d+\.mlp$", "DeepseekV2MLP"),
+    Component("MoE dispatch/combine", r"^model\.layers\.\d+\.mlp$"),
+    Component("MoE gate", r"^model\.layers\.\d+\.mlp\.gate$"),
+    Component("routed experts", r"^model\.layers\.\d+\.mlp\.experts$"),
+    Component("shared experts", r"^model\.layers\.\d+\.mlp\.shared_experts$"),
+    Component("final norm", r"^model\.norm$"),
+    Component("LM head", r"^lm_head$"),
 )
 """DeepSeek-OCR components, by vendor attribute paths (the reference model uses the same ones)."""
 
@@ -332,10 +332,14 @@ class Joined:
     def unclassified_summary(self) -> dict[str, float]:
         """Shares of FLOPs, bytes and time in glue and in ops of no category (and both together)."""
         df = self.unclassified()
+        timed = math.isfinite(float(self.totals_.get("time_s", math.nan))) and bool(self.totals_.get("time_s"))
         out: dict[str, float] = {}
         for kind in ("glue", "no_category"):
             part = df[df["kind"] == kind]
             for share in ("flops_share", "bytes_share", "time_share"):
+                if share == "time_share" and not timed:
+                    out[f"{kind}_{share}"] = math.nan
+                    continue
                 out[f"{kind}_{share}"] = float(part[share].sum()) if len(part) else 0.0
         for share in ("flops_share", "bytes_share", "time_share"):
             out[f"unclassified_{share}"] = out[f"glue_{share}"] + out[f"no_category_{share}"]
@@ -453,7 +457,7 @@ def load_joined(path: str | Path) -> Joined:
         unclassified_ops=frame("unclassified_ops"),
         edges=frame("edges"),
         component_category=frame("component_category"),
-        totals_=dict(data["totals"]),
+        totals_={k: (math.nan if v is None else float(v)) for k, v in dict(data["totals"]).items()},
         metadata=dict(data["metadata"]),
         runtime=data.get("runtime"),
         hardware=data.get("hardware"),
@@ -494,6 +498,7 @@ def join(
     hardware: Mapping[str, Any] | None = None,
     operator_times: pd.DataFrame | None = None,
     metadata: Mapping[str, Any] | None = None,
+    timing_trace: Any = None,
 ) -> Joined:
     """Join a trace with the analytic prediction of the same run.
 
@@ -519,6 +524,9 @@ def join(
         The profiler operator table (:func:`opmeter.runtime.operator_table`) for category time shares.
     metadata
         Extra run metadata merged over the trace's.
+    timing_trace
+        A module-timing trace of the same run (``OpTracer(count_ops=False, timing=True)``): its per-module and
+        per-stage times replace the counts trace's (which has none, or inflated ones, when it counted ops).
     """
     meta: dict[str, Any] = dict(getattr(trace, "metadata", {}) or {})
     meta.update(metadata or {})
@@ -540,6 +548,13 @@ def join(
         modules["parent"] = modules["module"].map(_parent)
     if "depth" not in modules:
         modules["depth"] = modules["module"].map(lambda p: 0 if p in (ROOT, OUTSIDE) else str(p).count(".") + 1)
+    if timing_trace is not None:
+        tm = _call(timing_trace, "by_module")
+        if not tm.empty and "time_s" in tm:
+            times = tm.set_index("module")
+            for col in ("time_s", "self_time_s"):
+                if col in times:
+                    modules[col] = modules["module"].map(times[col]).fillna(0.0).astype(float)
     modules = _with_bytes(modules)
     modules = _with_bytes(modules, "self_")
     modules["component"] = assign_components(modules, components)
@@ -548,6 +563,13 @@ def join(
 
     for stage in ("prefill", "decode"):
         per_stage = _stage_modules(trace, stage)
+        if timing_trace is not None and not per_stage.empty:
+            timed_stage = _stage_modules(timing_trace, stage)
+            if not timed_stage.empty:
+                tcols = [c for c in timed_stage.columns if c.endswith("time_s")]
+                per_stage = per_stage.drop(columns=[c for c in tcols if c in per_stage]).merge(
+                    timed_stage[["module", *tcols]], on="module", how="left"
+                )
         if not per_stage.empty:
             modules = modules.merge(per_stage, on="module", how="left")
             for c in per_stage.columns:
@@ -593,13 +615,17 @@ def join(
     ]
 
     totals = _totals(trace, modules)
+    if timing_trace is not None:
+        totals["time_s"] = _totals(timing_trace, modules)["time_s"]
     categories = _categories(trace, totals, operator_times)
     operators = _call(trace, "by_operator")
     if not operators.empty:
         operators = _shares(_with_bytes(operators), totals)
     unclassified_ops = _call(trace, "unclassified")
+    if "reason" in unclassified_ops:  # ops outside every module are glue already (the <outside> module row)
+        unclassified_ops = unclassified_ops[unclassified_ops["reason"] == "no category"].reset_index(drop=True)
     edges = _call(trace, "edges")
-    comp_cat = _component_category(trace, modules)
+    comp_cat = _component_category(trace, modules, components)
 
     joined = Joined(
         modules=modules,
@@ -615,7 +641,7 @@ def join(
         hardware=dict(hardware) if hardware else None,
         component_order=tuple(dict.fromkeys(c.name for c in components)),
     )
-    stages = _stages(trace, joined, predicted_stages, runtime)
+    stages = _stages(trace, joined, predicted_stages, runtime, timing_trace)
     return attrs.evolve(joined, stages=stages)
 
 
@@ -670,23 +696,57 @@ def _categories(trace: Any, totals: Mapping[str, float], operator_times: pd.Data
     return out.assign(_k=sort_key).sort_values("_k", ascending=False).drop(columns="_k").reset_index(drop=True)
 
 
-def _component_category(trace: Any, modules: pd.DataFrame) -> pd.DataFrame:
-    mo = _call(trace, "by_module_and_operator")
-    cols = ["component", "category", "calls", "flops_tensor", "flops_cuda", "bytes"]
-    if mo.empty or "module" not in mo:
-        return pd.DataFrame(columns=cols)
-    if "category" not in mo:
-        ops = _call(trace, "by_operator")
-        if "op" in mo and not ops.empty and "category" in ops:
-            mo = mo.merge(ops[["op", "category"]], on="op", how="left")
+def _component_roots(modules: pd.DataFrame, components: Sequence[Component]) -> dict[str, tuple[str, str | None]]:
+    """Component roots: ``path -> (component, nearest enclosing root path or None)``."""
+    classes = dict(zip(modules["module"], modules["class_name"], strict=True))
+    own: dict[str, str] = {}
+    for path, cls in classes.items():
+        name = next((c.name for c in components if c.matches(str(path), str(cls))), None)
+        if name is not None and path not in (ROOT, OUTSIDE):
+            own[str(path)] = name
+    out: dict[str, tuple[str, str | None]] = {}
+    for path, name in own.items():
+        parent = next((a for a in _ancestors(path)[1:] if a in own), None)
+        out[path] = (name, parent)
+    return out
+
+
+def _component_category(trace: Any, modules: pd.DataFrame, components: Sequence[Component]) -> pd.DataFrame:
+    """Component x category from inclusive per-(module, category) numbers: a component root's inclusive work minus
+    the inclusive work of the component roots nested directly inside it; glue = category total - top-level roots."""
+    cols = ["calls", "flops_tensor", "flops_cuda", "bytes"]
+    mc = _call(trace, "by_module_and_category")
+    cats = _call(trace, "by_category")
+    if mc.empty or "module" not in mc or cats.empty:
+        return pd.DataFrame(columns=["component", "category", *cols])
+    mc = _with_bytes(mc)
+    cats = _with_bytes(cats)
+    roots = _component_roots(modules, components)
+    acc: dict[tuple[str, str], list[float]] = {}
+
+    def add(component: str, category: str, values: Sequence[float], sign: float) -> None:
+        row = acc.setdefault((component, category), [0.0] * len(cols))
+        for i, v in enumerate(values):
+            row[i] += sign * float(v)
+
+    for rec in mc.to_dict("records"):
+        path = str(rec["module"])
+        if path not in roots:
+            continue
+        name, parent = roots[path]
+        values = [float(rec.get(c, 0.0) or 0.0) for c in cols]
+        add(name, str(rec["category"]), values, 1.0)
+        if parent is not None:
+            add(roots[parent][0], str(rec["category"]), values, -1.0)
         else:
-            mo["category"] = "?"
-    comp = dict(zip(modules["module"], modules["component"], strict=True))
-    mo = _with_bytes(mo)
-    mo["component"] = mo["module"].map(lambda p: comp.get(p, GLUE))
-    for c in ("calls", "flops_tensor", "flops_cuda", "bytes"):
-        mo[c] = _num(mo, c)
-    return mo.groupby(["component", "category"], as_index=False, sort=False)[cols[2:]].sum()
+            add(GLUE, str(rec["category"]), values, -1.0)
+    for rec in cats.to_dict("records"):
+        add(GLUE, str(rec["category"]), [float(rec.get(c, 0.0) or 0.0) for c in cols], 1.0)
+    rows = [{"component": comp, "category": cat_, **dict(zip(cols, vals, strict=True))}
+            for (comp, cat_), vals in acc.items()]
+    out = pd.DataFrame(rows, columns=["component", "category", *cols])
+    keep = (out[cols].abs() > 1e-9).any(axis=1)
+    return out[keep].reset_index(drop=True)
 
 
 def _stage_frame(trace: Any) -> pd.DataFrame:
@@ -698,9 +758,15 @@ def _stage_frame(trace: Any) -> pd.DataFrame:
     return df
 
 
-def _stages(trace: Any, joined: Joined, predicted: pd.DataFrame | None, runtime: Any) -> pd.DataFrame:
+def _stages(
+    trace: Any, joined: Joined, predicted: pd.DataFrame | None, runtime: Any, timing_trace: Any = None
+) -> pd.DataFrame:
     """Measured (trace) and predicted stage rows; measured times from the runtime profile when executed."""
     st = _stage_frame(trace)
+    if timing_trace is not None and not st.empty:
+        tst = _stage_frame(timing_trace)
+        if not tst.empty and "time_s" in tst:
+            st = st.drop(columns=["time_s"], errors="ignore").merge(tst[["stage", "time_s"]], on="stage", how="left")
     rows: dict[str, dict[str, Any]] = {}
 
     def add(stage: str, **values: float) -> None:
@@ -708,36 +774,41 @@ def _stages(trace: Any, joined: Joined, predicted: pd.DataFrame | None, runtime:
         for k, v in values.items():
             row[k] = row.get(k, 0.0) + float(v)
 
-    # vision: the vision components during prefill
+    names = [str(n) for n in st["stage"]] if not st.empty else []
+    explicit_vision = [n for n in names if n == "vision" or n.startswith("vision[")]
     mods = joined.by_module()
-    prefill_cols = {m: f"prefill_self_{m}" for m in METRICS}
-    vision_mask = mods["component"].isin(VISION_COMPONENTS)
-    if prefill_cols["flops_tensor"] in mods:
-        vis = {m: float(_num(mods[vision_mask], c).sum()) for m, c in prefill_cols.items()}
-    else:
-        vis = {m: float(_num(mods[vision_mask], f"self_{m}").sum()) for m in METRICS}
-    add("vision", **{m: vis[m] for m in METRICS})
+    vis = {m: 0.0 for m in METRICS}
+    if not explicit_vision:
+        # vision = the vision components' work during prefill (the tracer's prefill stage includes it)
+        vision_mask = mods["component"].isin(VISION_COMPONENTS)
+        src = "prefill_self_" if "prefill_self_flops_tensor" in mods else "self_"
+        vis = {m: float(_num(mods[vision_mask], f"{src}{m}").sum()) for m in METRICS}
+        add("vision", **vis)
     decode_steps: list[str] = []
-    if not st.empty:
-        for rec in st.to_dict("records"):
-            name = str(rec["stage"])
-            vals = {m: float(rec.get(m, 0.0) or 0.0) for m in METRICS}
-            if name == "prefill":
-                add("prefill", **{m: vals[m] - vis[m] for m in METRICS})
-            elif name.startswith("decode["):
-                decode_steps.append(name)
-                add(name, **vals)
-                add("decode", **vals)
-            elif name not in ("decode", "total"):
-                add(name, **vals)
+    for rec in st.to_dict("records") if not st.empty else []:
+        name = str(rec["stage"])
+        vals = {m: float(rec.get(m, 0.0) or 0.0) for m in METRICS}
+        if name in explicit_vision:
+            add("vision", **vals)
+        elif name == "prefill":
+            add("prefill", **{m: vals[m] - vis[m] for m in METRICS})
+        elif name.startswith("decode["):
+            decode_steps.append(name)
+            add(name, **vals)
+            add("decode", **vals)
+        elif name not in ("decode", "total"):
+            add(name, **vals)
+    rows.setdefault("vision", {"stage": "vision"})
     rows.setdefault("prefill", {"stage": "prefill"})
     rows.setdefault("decode", {"stage": "decode"})
-    ordered = ["vision", "prefill", *decode_steps, "decode"]
+    head = [s for s in ("setup",) if s in rows]
+    ordered = [*head, "vision", "prefill", *[s for s in ("prefill.glue",) if s in rows], *decode_steps, "decode"]
     ordered += [s for s in rows if s not in ordered]
     out = pd.DataFrame([rows[s] for s in ordered])
     for m in METRICS:
         out[m] = _num(out, m)
-    total = {m: float(out[out["stage"].isin(["vision", "prefill", "decode"])][m].sum()) for m in METRICS}
+    parts = out[~out["stage"].str.startswith("decode[")]
+    total = {m: float(parts[m].sum()) for m in METRICS}
     out = pd.concat([out, pd.DataFrame([{"stage": "total", **total}])], ignore_index=True)
     out = _with_bytes(out)
     out["flops"] = out["flops_tensor"] + out["flops_cuda"]
@@ -765,7 +836,10 @@ def _stages(trace: Any, joined: Joined, predicted: pd.DataFrame | None, runtime:
         name = c if c == "predicted_time_s" else f"pred_{c}"
         if name not in out:
             out[name] = math.nan
-    out["pred_bytes"] = out["pred_bytes_read"] + out["pred_bytes_written"]
+    if predicted is not None and "bytes" in predicted:
+        out = out.merge(predicted[["stage", "bytes"]].rename(columns={"bytes": "pred_bytes"}), on="stage", how="left")
+    else:
+        out["pred_bytes"] = out["pred_bytes_read"] + out["pred_bytes_written"]
     out["pred_flops"] = out["pred_flops_tensor"] + out["pred_flops_cuda"]
     for m in ("flops_tensor", "flops_cuda", "bytes"):
         out[f"rel_{m}"] = [rel_diff(a, b) for a, b in zip(out[m], out[f"pred_{m}"], strict=True)]

@@ -474,22 +474,3 @@ def nvtx_range(name: str) -> Iterator[None]:
         yield
     finally:
         _nvtx_pop()
-
-
-def roofline_seconds(
-    tensor_flops: float,
-    cuda_flops: float,
-    io_bytes: float,
-    tensor_peak: float | None,
-    cuda_peak: float | None,
-    bandwidth: float | None,
-) -> float | None:
-    """Roofline time: ``max(tensor/peak_tc + cuda/peak_cc, bytes/bandwidth)``; ``None`` when a peak is unknown.
-
-    Tensor-core and CUDA-core work share the SMs, so their times add; memory traffic overlaps with compute, so the
-    slower of compute and memory bounds the stage.
-    """
-    if not tensor_peak or not bandwidth:
-        return None
-    compute = tensor_flops / tensor_peak + (cuda_flops / cuda_peak if cuda_peak else 0.0)
-    return max(compute, io_bytes / bandwidth)

@@ -147,8 +147,9 @@ def _stages(joined: Joined) -> list[str]:
     df = joined.by_stage()
     steps = df[df["stage"].str.startswith("decode[")]
     keep = df[~df["stage"].str.startswith("decode[")]
-    if len(steps) > 4:  # first two and last decode steps, the rest in the exports
-        keep = pd.concat([keep.iloc[:2], steps.iloc[:2], steps.iloc[-1:], keep.iloc[2:]], ignore_index=True)
+    if len(steps) > 4:  # first two and last decode steps (before the decode total), the rest in the exports
+        at = int((keep["stage"] == "decode").to_numpy().argmax()) if (keep["stage"] == "decode").any() else len(keep)
+        keep = pd.concat([keep.iloc[:at], steps.iloc[:2], steps.iloc[-1:], keep.iloc[at:]], ignore_index=True)
     else:
         keep = df
     cols = ["stage", "flops_tensor", "flops_cuda", "bytes", "pred_flops_tensor", "rel_flops_tensor", "rel_bytes",
@@ -175,6 +176,8 @@ def _stages(joined: Joined) -> list[str]:
     ]
     if len(steps) > 4:
         lines += [f"*{len(steps)} decode steps; all in `joined.json` (`stages`).*", ""]
+    if joined.metadata.get("time_ratio"):
+        lines += [f"*Measured / predicted: {joined.metadata['time_ratio']}.*", ""]
     lines += ["![Time by stage](time_by_stage.svg)", ""]
     return lines
 
@@ -194,7 +197,7 @@ def _runtime(joined: Joined) -> list[str]:
     ]
     if len(df):
         def cell(v: Any) -> str:
-            return "—" if v is None else f"{v:.4g}"
+            return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
 
         lines += [fmt.table(df, ["metric", "mean", "std", "n"], {"mean": cell, "std": cell}), ""]
     ops = rt.get("operator_table")

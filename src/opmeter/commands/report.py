@@ -1,0 +1,93 @@
+"""``opmeter report``: trace a DeepSeek-OCR run, join it with the analytic model, write the report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from opmeter.errors import OpmeterError
+
+NAME = "report"
+HELP = (
+    "Trace a DeepSeek-OCR inference (shape-only on meta without a GPU, or executed with --device cpu|cuda), join it "
+    "with the analytic model and write report.md, JSON, CSV, SVG and call graphs into --out."
+)
+
+
+def _positive_int(minimum: int) -> type:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "int"
+    return parse  # type: ignore[return-value]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the options of ``opmeter report``."""
+    from opmeter.models.deepseek_ocr.config import FULL_SIZE
+
+    parser.add_argument("--workload", default="dsocr-standard-v1", help="workload id (default: %(default)s)")
+    parser.add_argument(
+        "--model", default="reference", help="'reference' (embedded implementation) or 'vendor:PATH' (local "
+        "deepseek-ai/DeepSeek-OCR checkout; default: %(default)s)",
+    )
+    parser.add_argument("--preset", default=FULL_SIZE, help="reference-model preset (default: %(default)s)")
+    parser.add_argument(
+        "--device", default="auto", help="auto | cpu | cuda | meta (default auto: cuda when available, else meta = "
+        "shape-only)",
+    )
+    parser.add_argument("--decode-tokens", type=_positive_int(1), default=None,
+                        help="decode budget (default: the workload's, 512 for the standard one)")
+    parser.add_argument("--repeats", type=_positive_int(1), default=3,
+                        help="timed repeats when executing (default: %(default)s)")
+    parser.add_argument("--hardware", default=None,
+                        help="hardware entry for predicted times and MFU (default: detected GPU, else H100-SXM)")
+    parser.add_argument("--out", default="reports/latest", help="output directory (default: %(default)s)")
+    parser.add_argument("--image", default=None, help="use this image file instead of the workload's image")
+    parser.add_argument("--trace", default=None, metavar="TRACE_JSON",
+                        help="report from a saved trace.json instead of running the model")
+    parser.add_argument("--trace-json", choices=("full", "none"), default="full",
+                        help="write trace.json into --out (default: %(default)s)")
+    parser.add_argument("--no-profiler", action="store_true", help="skip the torch.profiler operator table")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the report; prints where it went and the headline numbers."""
+    from opmeter.report.run import ReportOptions, run_report
+
+    started = time.perf_counter()
+    opts = ReportOptions(
+        workload=args.workload,
+        model=args.model,
+        preset=args.preset,
+        device=args.device,
+        decode_tokens=args.decode_tokens,
+        repeats=args.repeats,
+        hardware=args.hardware,
+        out=args.out,
+        image=args.image,
+        trace_path=args.trace,
+        write_trace_json=args.trace_json == "full",
+        profiler=not args.no_profiler,
+        progress=not args.no_progress and sys.stderr.isatty(),
+        command="opmeter report " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["report"] else "opmeter report",
+    )
+    result = run_report(opts)
+    elapsed = time.perf_counter() - started
+    print(f"report written to {result.out_dir / 'report.md'} in {elapsed:.1f} s")
+    for line in result.headline:
+        print(f"  {line}")
+    phases = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
+    print(f"  phases: {phases}")
+    return 0
+
+
+__all__ = ["HELP", "NAME", "OpmeterError", "add_arguments", "run"]

@@ -1,0 +1,674 @@
+"""The report pipeline behind ``opmeter report``: validate, trace, predict, (time), join, write.
+
+Everything is computed before anything is written, and every file is written atomically, so a failure at any point
+leaves an existing report directory as it was (a finished run replaces files one by one).
+
+Runs, in order:
+
+1. the counts trace (``OpTracer(count_ops=True)``) of ``model.infer()`` on the workload (meta = shape-only);
+2. the analytic prediction of the same workload (per module, per stage) and the roofline times at ``--hardware``;
+3. when executing (``--device cpu|cuda``): ``--repeats`` timed runs after one warm-up (:mod:`opmeter.runtime`), one
+   module-timing trace (``count_ops=False, timing=True``: per-module time, Chrome trace) and, unless disabled, one
+   ``torch.profiler`` run for the operator table;
+4. the join, then the files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pandas as pd
+import torch
+
+from opmeter.errors import OpmeterError
+
+DEVICES = ("auto", "cpu", "cuda", "meta")
+DEFAULT_HARDWARE = "H100-SXM"
+"""Hardware entry for predicted times when no GPU is detected and ``--hardware`` is not given."""
+
+
+@attrs.frozen
+class ReportOptions:
+    """Options of one report (the CLI flags)."""
+
+    workload: str = "dsocr-standard-v1"
+    model: str = "reference"
+    preset: str = "deepseek-ocr-v1-base"
+    device: str = "auto"
+    decode_tokens: int | None = None
+    repeats: int = 3
+    hardware: str | None = None
+    out: str | Path = "reports/latest"
+    image: str | Path | None = None
+    trace_path: str | Path | None = None
+    write_trace_json: bool = True
+    profiler: bool = True
+    progress: bool = False
+    command: str = "opmeter report"
+
+
+@attrs.frozen
+class ReportResult:
+    """What a report produced."""
+
+    out_dir: Path
+    files: tuple[str, ...]
+    headline: tuple[str, ...]
+    seconds: dict[str, float]
+    joined: Any
+
+
+# -- validation --------------------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``meta``; reject unknown or unavailable devices."""
+    name = str(device).strip().lower()
+    if name not in DEVICES:
+        raise OpmeterError(f"unsupported device {device!r}; choose one of {', '.join(DEVICES)}")
+    cuda = torch.cuda.is_available()
+    if name == "auto":
+        return "cuda" if cuda else "meta"
+    if name == "cuda" and not cuda:
+        raise OpmeterError("--device cuda requested but no CUDA device is available (torch.cuda.is_available() is "
+                           "False); use --device meta (shape-only) or cpu")
+    return name
+
+
+def check_out_dir(out: str | Path) -> Path:
+    """Create ``out`` if needed and prove it is writable (a probe file, removed again)."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise OpmeterError(f"output directory {path} exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".opmeter-probe.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OpmeterError(f"output directory {path} is not writable: {exc.strerror or exc}") from None
+    return path
+
+
+def check_image(image: str | Path) -> Path:
+    """The image must exist and decode (Pillow ``verify``)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(image)
+    if not path.is_file():
+        raise OpmeterError(f"image file {path} not found")
+    try:
+        with Image.open(path) as img:
+            img.verify()
+        with Image.open(path) as img:
+            img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise OpmeterError(f"image file {path} is not a readable image ({exc.__class__.__name__}: {exc})") from None
+    return path
+
+
+def parse_model_spec(spec: str) -> tuple[str, Path | None]:
+    """``reference`` or ``vendor:PATH`` (the directory must exist and hold the remote code)."""
+    if spec == "reference":
+        return "reference", None
+    if spec.startswith("vendor:"):
+        path = Path(spec.removeprefix("vendor:")).expanduser()
+        if not str(path) or not path.is_dir():
+            raise OpmeterError(f"vendor model directory {str(path) or '(empty)'!r} does not exist; pass "
+                               "--model vendor:PATH with a local deepseek-ai/DeepSeek-OCR checkout")
+        if not (path / "config.json").is_file():
+            raise OpmeterError(f"vendor model directory {path} has no config.json; is it a DeepSeek-OCR checkout?")
+        return "vendor", path
+    raise OpmeterError(f"unknown --model {spec!r}; use 'reference' or 'vendor:PATH'")
+
+
+# -- progress ----------------------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """rich progress bars (or nothing): one task per long phase, advanced per forward of the root module."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._progress: Any = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                transient=False,
+            )
+
+    def __enter__(self) -> _Progress:
+        if self._progress is not None:
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    @contextlib.contextmanager
+    def forwards(self, description: str, model: torch.nn.Module, total: int) -> Iterator[None]:
+        """A task advanced by every call of ``model.forward``."""
+        if self._progress is None:
+            yield
+            return
+        task = self._progress.add_task(description, total=total)
+        handle = model.register_forward_hook(lambda *_: self._progress.advance(task))
+        try:
+            yield
+        finally:
+            handle.remove()
+            self._progress.update(task, completed=total)
+
+    def step(self, description: str, total: int) -> Callable[[int], None]:
+        """A task advanced explicitly (the returned callable sets the completed count)."""
+        if self._progress is None:
+            return lambda _n: None
+        task = self._progress.add_task(description, total=total)
+        return lambda n: self._progress.update(task, completed=n)
+
+
+# -- the pipeline ------------------------------------------------------------------------------------------------
+
+
+def _param_bytes(model: torch.nn.Module) -> dict[str, int]:
+    """Own parameter + buffer bytes per module path (tracer naming: the root is ``<root>``)."""
+    from opmeter.join import ROOT
+
+    out: dict[str, int] = {}
+    seen: set[int] = set()
+    for name, mod in model.named_modules():
+        total = 0
+        for t in [*mod.parameters(recurse=False), *mod.buffers(recurse=False)]:
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+        out[name or ROOT] = total
+    return out
+
+
+def run_report(opts: ReportOptions) -> ReportResult:
+    """Produce the report described by ``opts``; see the module docstring."""
+    return _Pipeline(opts).run()
+
+
+def timed(seconds: dict[str, float], key: str) -> contextlib.AbstractContextManager[None]:
+    """Context manager adding the wall time of a block to ``seconds[key]``."""
+
+    @contextlib.contextmanager
+    def block() -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - start
+
+    return block()
+
+
+def frame_or_empty(obj: Any) -> pd.DataFrame:
+    """A DataFrame from ``obj`` (``None`` -> empty)."""
+    if obj is None:
+        return pd.DataFrame()
+    return obj if isinstance(obj, pd.DataFrame) else pd.DataFrame(obj)
+
+
+# -- the pipeline ------------------------------------------------------------------------------------------------
+
+VISION_MODULES = ("model.sam_model", "model.vision_model", "model.projector")
+"""Timed as the ``vision`` part of prefill (paths as in the vendor code and the reference model)."""
+
+
+def predicted_frames(
+    analytic: Any, vision: Any, text_tokens: int, decode_steps: int, hardware: Any
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, float]]:
+    """Per-module and per-stage predictions of prefill + ``decode_steps`` decode steps, with roofline times.
+
+    Decode costs are affine in the KV length, so the per-module decode frame is built from two evaluated steps
+    (``steps * first + steps*(steps-1)/2 * (second - first)``) instead of walking every step's layer tree; the
+    per-step stage rows use the same interpolation. Exact for the additive quantities.
+
+    Returns
+    -------
+    modules, stages, headline
+        ``layer_frame`` layout per module; one row per stage (``vision``, ``prefill`` = first forward minus vision,
+        ``decode[i]``, ``decode``, ``total``) with ``predicted_time_s``; predicted TTFT / TPOT.
+    """
+    from opmeter.analytic.base import layer_frame
+    from opmeter.hardware import roofline
+
+    root = analytic.prefill(vision, text_tokens)
+    seq = root.seq
+    prefill = layer_frame(root)
+    additive = ["calls", "flops_tensor", "flops_cuda", "bytes_read", "bytes_written", "self_flops_tensor",
+                "self_flops_cuda", "self_bytes_read", "self_bytes_written"]
+    frames = [prefill]
+    if decode_steps > 0:
+        first = layer_frame(analytic.decode_step(seq)).set_index("module")
+        second = layer_frame(analytic.decode_step(seq + 1)).set_index("module") if decode_steps > 1 else first
+        tri = decode_steps * (decode_steps - 1) / 2
+        dec = first.copy()
+        for col in additive:
+            dec[col] = decode_steps * first[col] + tri * (second[col] - first[col])
+        dec["kv_cache_bytes"] = first["kv_cache_bytes"] + (decode_steps - 1) * (
+            second["kv_cache_bytes"] - first["kv_cache_bytes"]
+        )
+        dec["activation_bytes"] = pd.concat([first["activation_bytes"], second["activation_bytes"]], axis=1).max(axis=1)
+        frames.append(dec.reset_index())
+    both = pd.concat(frames, ignore_index=True)
+    agg = {c: "sum" for c in additive} | {"class_name": "first", "weight_bytes": "max", "activation_bytes": "max",
+                                          "kv_cache_bytes": "last"}
+    modules = both.groupby("module", sort=False).agg(agg).reset_index()
+
+    pred = analytic.predict(vision, text_tokens, decode_steps)
+    st = pred.stages
+
+    def row(stage: str, tensor: float, cuda: float, nbytes: float, act: float, kv: float) -> dict[str, Any]:
+        rt = roofline(tensor, cuda, nbytes, hardware) if hardware is not None else None
+        return {
+            "stage": stage, "flops_tensor": tensor, "flops_cuda": cuda, "bytes": nbytes,
+            "activation_bytes": act, "kv_cache_bytes": kv,
+            "predicted_time_s": rt.time_s if rt is not None else float("nan"),
+            "predicted_bound": rt.bound if rt is not None and rt.time_s == rt.time_s else None,
+        }
+
+    def from_cost(stage: str, cost: Any) -> dict[str, Any]:
+        return row(stage, cost.flops_tensor_tflops * 1e12, cost.flops_cuda_tflops * 1e12, cost.io_tb * 1e12 / 8,
+                   cost.activations_gb * 1e9, cost.kv_gb * 1e9)
+
+    rows = []
+    # vision = the vision modules' calls only (as measured: the model's own glue around them is prefill)
+    vis_rows = prefill[prefill["module"].isin(VISION_MODULES)]
+    vt, vc = float(vis_rows["flops_tensor"].sum()), float(vis_rows["flops_cuda"].sum())
+    vb = float((vis_rows["bytes_read"] + vis_rows["bytes_written"]).sum())
+    if len(vis_rows):
+        act = st["vision"].activations_gb * 1e9 if "vision" in st else float(vis_rows["activation_bytes"].max())
+        rows.append(row("vision", vt, vc, vb, act, 0.0))
+    pf = st["prefill"]
+    rows.append(row("prefill", pf.flops_tensor_tflops * 1e12 - vt, pf.flops_cuda_tflops * 1e12 - vc,
+                    pf.io_tb * 1e12 / 8 - vb, pf.activations_gb * 1e9, pf.kv_gb * 1e9))
+    if decode_steps > 0:
+        from opmeter.analytic.stage_cost import StageCost
+
+        a = StageCost.from_layer("decode_step", analytic.decode_step(seq))
+        b = StageCost.from_layer("decode_step", analytic.decode_step(seq + 1)) if decode_steps > 1 else a
+        for i in range(decode_steps):
+            def lin(f: str, i: int = i) -> float:
+                return float(getattr(a, f) + i * (getattr(b, f) - getattr(a, f)))
+
+            rows.append(row(f"decode[{i}]", lin("flops_tensor_tflops") * 1e12, lin("flops_cuda_tflops") * 1e12,
+                            lin("io_tb") * 1e12 / 8, lin("activations_gb") * 1e9, lin("kv_gb") * 1e9))
+        dec_rows = pd.DataFrame(rows[-decode_steps:])
+        d = from_cost("decode", st["decode"])
+        d["predicted_time_s"] = float(dec_rows["predicted_time_s"].sum())  # sum of per-step rooflines
+        rows.append(d)
+    stages = pd.DataFrame(rows)
+    parts = stages[stages["stage"].isin(["vision", "prefill", "decode"])]
+    total = from_cost("total", st["total"])
+    total["predicted_time_s"] = float(parts["predicted_time_s"].sum())
+    stages = pd.concat([stages, pd.DataFrame([total])], ignore_index=True)
+    ttft = float(parts[parts["stage"].isin(["vision", "prefill"])]["predicted_time_s"].sum())
+    tpot = float(parts[parts["stage"] == "decode"]["predicted_time_s"].sum()) / decode_steps if decode_steps else 0.0
+    headline = {"predicted_ttft_s": ttft, "predicted_tpot_s": tpot,
+                "parameters": float(pred.parameters.parameters), "parameter_bytes": float(pred.parameters.bytes),
+                "prefill_length": float(seq), "image_tokens": float(pred.image_tokens)}
+    return modules, stages, headline
+
+
+class _Pipeline:
+    """One report run (see :func:`run_report`)."""
+
+    def __init__(self, opts: ReportOptions) -> None:
+        self.opts = opts
+        self.seconds: dict[str, float] = {}
+
+    # inputs ------------------------------------------------------------------------------------------------------
+    def _workload(self, preset: str, image: Path | None) -> Any:
+        from opmeter.models.deepseek_ocr.workloads import load_workload
+
+        try:
+            workload = load_workload(self.opts.workload)
+        except OpmeterError:
+            raise
+        except Exception as exc:  # a loader that raises KeyError & co. still gives one clear line
+            raise OpmeterError(f"unknown workload id {self.opts.workload!r} ({exc})") from None
+        workload = workload.for_config(preset)
+        if self.opts.decode_tokens is not None:
+            workload = attrs.evolve(workload, max_new_tokens=self.opts.decode_tokens)
+        if image is not None:
+            from PIL import Image
+
+            with Image.open(image) as img:
+                width, height = img.size
+            workload = attrs.evolve(workload, width=width, height=height)
+        return workload
+
+    def _model(self, kind: str, vendor_path: Path | None, device: str) -> tuple[Any, Any, str]:
+        from opmeter.models.deepseek_ocr.tokenizer import BuiltinTokenizer
+
+        if kind == "reference":
+            from opmeter.models.deepseek_ocr.config import get_config
+            from opmeter.models.deepseek_ocr.model import build_reference
+
+            get_config(self.opts.preset)  # one clear line for an unknown preset
+            return build_reference(self.opts.preset, device=device), BuiltinTokenizer(), self.opts.preset
+        try:
+            from opmeter.models.deepseek_ocr.vendor import load_vendor
+        except ImportError as exc:
+            raise OpmeterError(f"the vendor loader is not available in this installation ({exc})") from None
+        loaded = load_vendor(str(vendor_path), device=device)  # type: ignore[call-arg,unused-ignore]
+        model, tokenizer = loaded if isinstance(loaded, tuple) else (loaded, None)
+        if tokenizer is None:
+            try:
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(str(vendor_path), trust_remote_code=True)
+            except Exception:
+                tokenizer = BuiltinTokenizer()
+        from opmeter.models.deepseek_ocr.config import FULL_SIZE
+
+        return model, tokenizer, FULL_SIZE
+
+    def _hardware(self, device: str) -> tuple[Any, Any]:
+        """(hardware for predicted times, hardware for MFU)."""
+        from opmeter.hardware import HARDWARE, detect_hardware, lookup
+
+        detected = detect_hardware(None if device == "cuda" else "cpu")
+        if self.opts.hardware:
+            predict = lookup(self.opts.hardware)
+        elif detected.known:
+            predict = detected
+        else:
+            predict = HARDWARE[DEFAULT_HARDWARE]
+        mfu_hw = predict if (device == "cuda" and self.opts.hardware) else detected
+        return predict, mfu_hw
+
+    # run -----------------------------------------------------------------------------------------------------------
+    def run(self) -> ReportResult:
+        o = self.opts
+        total_start = time.perf_counter()
+        out_dir = check_out_dir(o.out)
+        if o.trace_path is not None:
+            return self._from_saved_trace(out_dir, total_start)
+        device = resolve_device(o.device)
+        kind, vendor_path = parse_model_spec(o.model)
+        image = check_image(o.image) if o.image is not None else None
+        from opmeter.models.deepseek_ocr.config import get_config
+
+        get_config(o.preset)
+        workload = self._workload(o.preset, image)
+        with tempfile.TemporaryDirectory(prefix="opmeter-report-") as tmp, _Progress(o.progress) as progress:
+            with timed(self.seconds, "build_model"):
+                model, tokenizer, preset = self._model(kind, vendor_path, device)
+            image_file = image if image is not None else workload.save_image(tmp)
+            kwargs = workload.infer_kwargs(image_file)
+
+            def infer() -> Any:
+                return model.infer(tokenizer, **kwargs)
+
+            meta = {
+                "workload_id": workload.id, "workload": workload.summary(tokenizer), "preset": preset,
+                "model_spec": o.model, "device": device, "image_file": str(image) if image else "synthetic",
+                "decode_tokens": workload.max_new_tokens,
+            }
+            trace = self._trace(model, infer, meta, workload.max_new_tokens, progress, out_dir, device)
+            runtime = timing_trace = op_table = None
+            if device != "meta":
+                runtime, timing_trace, op_table = self._execute(model, infer, workload, trace, progress, device)
+            return self._finish(out_dir, trace, timing_trace, runtime, op_table, model, workload, preset, device,
+                                total_start)
+
+    def _trace(self, model: Any, infer: Callable[[], Any], meta: dict[str, Any], tokens: int, progress: _Progress,
+               out_dir: Path, device: str) -> Any:
+        from opmeter.trace import OpTracer
+
+        label = "tracing (shape-only)" if device == "meta" else "tracing (counts)"
+        tracer = OpTracer(model, count_ops=True, timing=False, metadata=meta)
+        try:
+            with timed(self.seconds, "trace"), progress.forwards(label, model, tokens), tracer as trace, \
+                    torch.inference_mode():
+                infer()
+        except BaseException as exc:
+            partial = tracer.trace
+            if partial is not None:
+                with contextlib.suppress(Exception):
+                    partial.save(out_dir / "trace.partial.json")
+            if isinstance(exc, (OpmeterError, KeyboardInterrupt)):
+                raise
+            raise OpmeterError(f"the traced inference failed: {type(exc).__name__}: {exc} (partial trace in "
+                               f"{out_dir / 'trace.partial.json'})") from exc
+        return trace
+
+    def _execute(self, model: Any, infer: Callable[[], Any], workload: Any, trace: Any, progress: _Progress,
+                 device: str) -> tuple[Any, Any, pd.DataFrame | None]:
+        from opmeter.runtime import operator_table, profile_runtime
+        from opmeter.trace import OpTracer
+        from opmeter.trace.categories import category_of_name
+
+        _, mfu_hw = self._hardware(device)
+        stages = trace.stages()
+        prefill_flops = float(stages.loc[stages["group"] == "prefill", ["flops_tensor", "flops_cuda"]].sum().sum())
+        decode_flops = float(stages.loc[stages["group"] == "decode", ["flops_tensor", "flops_cuda"]].sum().sum())
+        peak = mfu_hw.tensor_tflops * 1e12 if mfu_hw.known else None
+        vision = [(p, model.get_submodule(p)) for p in VISION_MODULES if _has_submodule(model, p)]
+        runs = 1 + self.opts.repeats
+        advance = progress.step(f"timing ({self.opts.repeats} repeats + warm-up)", runs)
+        with timed(self.seconds, "timing"):
+            runtime = profile_runtime(
+                infer, model, vision, device=device, repeats=self.opts.repeats, warmup=1, peak_flops=peak,
+                stage_flops={"prefill": prefill_flops, "decode": decode_flops}, progress=advance,
+            )
+        with timed(self.seconds, "module_timing"), progress.forwards(
+            "module timing", model, workload.max_new_tokens
+        ), OpTracer(model, count_ops=False, timing=True) as timing_trace, torch.inference_mode():
+            infer()
+        op_table = None
+        if self.opts.profiler:
+            with timed(self.seconds, "profiler"), progress.forwards("torch.profiler", model, workload.max_new_tokens):
+                op_table = operator_table(infer, device=device, categorize=category_of_name)
+        return runtime, timing_trace, op_table
+
+    def _from_saved_trace(self, out_dir: Path, total_start: float) -> ReportResult:
+        from opmeter.trace import load_trace
+
+        path = Path(self.opts.trace_path or "")
+        if not path.is_file():
+            raise OpmeterError(f"trace file {path} not found")
+        try:
+            trace = load_trace(path)
+        except OpmeterError:
+            raise
+        except Exception as exc:
+            raise OpmeterError(f"{path} is not an opmeter trace JSON ({type(exc).__name__}: {exc})") from None
+        meta = dict(trace.metadata or {})
+        preset = str(meta.get("preset") or self.opts.preset)
+        wid = meta.get("workload_id")
+        opts = self.opts
+        if wid and wid != opts.workload:
+            opts = attrs.evolve(opts, workload=str(wid))
+        decode = meta.get("decode_tokens")
+        if decode and opts.decode_tokens is None:
+            opts = attrs.evolve(opts, decode_tokens=int(decode))
+        self.opts = opts
+        workload = self._workload(preset, None)
+        wmeta = meta.get("workload") or {}
+        if wmeta.get("image_width") and wmeta.get("image_height"):
+            workload = attrs.evolve(workload, width=int(wmeta["image_width"]), height=int(wmeta["image_height"]))
+        return self._finish(out_dir, trace, None, None, None, None, workload, preset, str(meta.get("device", "?")),
+                            total_start)
+
+    def _finish(self, out_dir: Path, trace: Any, timing_trace: Any, runtime: Any, op_table: pd.DataFrame | None,
+                model: Any, workload: Any, preset: str, device: str, total_start: float) -> ReportResult:
+        from opmeter.join import join
+        from opmeter.models.deepseek_ocr.analytic import DeepseekOCRAnalytic
+        from opmeter.models.deepseek_ocr.config import get_config
+
+        predict_hw, _ = self._hardware(device if device in ("cuda", "cpu", "meta") else "meta")
+        meta = dict(trace.metadata or {})
+        dtype_name = str(meta.get("dtype") or "bfloat16").removeprefix("torch.")
+        from opmeter.analytic.base import dtype_bytes
+
+        try:
+            dsize = dtype_bytes(dtype_name)
+        except ValueError:
+            dsize = 2
+        attn = str(meta.get("attn_implementation", "eager"))
+        variant = "flash" if "flash" in attn else "normal"
+        with timed(self.seconds, "predict"):
+            analytic = DeepseekOCRAnalytic(get_config(preset), variant=variant, dtype=dsize)
+            vision = workload.vision(get_config(preset))
+            text_tokens = workload.text_tokens()
+            pred_modules, pred_stages, pred_head = predicted_frames(
+                analytic, vision, text_tokens, workload.decode_steps, predict_hw
+            )
+        hw = {"name": predict_hw.name, "tensor_tflops": predict_hw.tensor_tflops,
+              "cuda_tflops": predict_hw.cuda_tflops, "bandwidth_gbps": predict_hw.bandwidth_gbps,
+              "source": predict_hw.source}
+        with timed(self.seconds, "join"):
+            joined = join(
+                trace, pred_modules, pred_stages, param_bytes=_param_bytes(model) if model is not None else None,
+                runtime=runtime, hardware=hw, operator_times=op_table, timing_trace=timing_trace,
+                metadata={"predicted": pred_head, "analytic_variant": variant},
+            )
+            if runtime is not None and op_table is not None:
+                rt = dict(joined.runtime or {})
+                rt["operator_table"] = [
+                    {k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+                    for r in op_table.head(200).to_dict("records")
+                ]
+                joined = attrs.evolve(joined, runtime=rt)
+        if runtime is not None and not self._comparable(device):
+            # predicted times are for another machine than the one measured: no ratio, say so in the report
+            st = joined.by_stage()
+            st["measured_over_predicted"] = float("nan")
+            joined = attrs.evolve(joined, stages=st)
+            joined.metadata["time_ratio"] = (
+                f"not computed: measured on {device}, predicted for {predict_hw.name}; set OPMETER_PEAK_TFLOPS and "
+                "OPMETER_BW_GBPS to predict for this machine"
+            )
+        return self._write(out_dir, joined, trace, timing_trace, workload, preset, device, pred_head, total_start)
+
+    def _comparable(self, device: str) -> bool:
+        """Whether predicted times are for the machine that measured (GPU detected or peaks given)."""
+        from opmeter.hardware import detect_hardware
+
+        if self.opts.hardware and device != "cuda":
+            return False
+        return detect_hardware(None if device == "cuda" else "cpu").known
+
+    def _write(self, out_dir: Path, joined: Any, trace: Any, timing_trace: Any, workload: Any, preset: str,
+               device: str, pred_head: dict[str, float], total_start: float) -> ReportResult:
+        from opmeter.io import atomic_write_text
+        from opmeter.report import exporters, markdown, plots
+        from opmeter.report import format as fmt
+
+        o = self.opts
+        files: list[str] = []
+        with timed(self.seconds, "write"):
+            if o.write_trace_json and o.trace_path is None:
+                trace.save(out_dir / "trace.json")
+                files.append("trace.json")
+            joined.save(out_dir / "joined.json")
+            files.append("joined.json")
+            for stem, df in (("modules", joined.by_module()), ("operators", joined.by_operator()),
+                             ("stages", joined.by_stage()), ("components", joined.by_component()),
+                             ("categories", joined.by_category()), ("classes", joined.by_class())):
+                files += [p.name for p in exporters.write_table(df, out_dir, stem)]
+            files += [p.name for p in exporters.write_callgraph(trace, out_dir)]
+            if timing_trace is not None:
+                chrome = exporters.write_chrome_trace(timing_trace, out_dir / "chrome_trace.json")
+                if chrome is not None:
+                    files.append(chrome.name)
+            comp = joined.by_component()
+            plots.flops_by_component(comp, out_dir / "flops_by_component.svg")
+            plots.categories(joined.by_category(), out_dir / "categories.svg")
+            stages = joined.by_stage()
+            plots.time_by_stage(stages[~stages["stage"].str.startswith("decode[")], out_dir / "time_by_stage.svg")
+            files += ["flops_by_component.svg", "categories.svg", "time_by_stage.svg"]
+            mermaid = trace.to_mermaid() if hasattr(trace, "to_mermaid") else None
+            summary = workload.summary()
+            context = {
+                "title": f"{workload.id} on {preset}",
+                "command": f"`{o.command}`",
+                "model": o.model,
+                "preset": preset,
+                "workload": f"{workload.id}: {summary['description']}",
+                "device": device + (" (shape-only: meta tensors, nothing executed)" if device == "meta" else ""),
+                "dtype": joined.metadata.get("dtype"),
+                "hardware": f"{(joined.hardware or {}).get('name')} (predicted times) — "
+                            f"{(joined.hardware or {}).get('source')}",
+                "shape_only": device == "meta",
+                "predicted_ttft_s": pred_head.get("predicted_ttft_s"),
+                "predicted_tpot_s": pred_head.get("predicted_tpot_s"),
+                "extra": {
+                    "image": f"{summary['image_width']} x {summary['image_height']} px, crop grid "
+                             f"{summary['crop_grid'][0]} x {summary['crop_grid'][1]}, {summary['image_tokens']} image "
+                             f"tokens",
+                    "prompt": f"{summary['prefill_length']} positions ({summary['text_tokens']} text + "
+                              f"{summary['image_tokens']} image); {summary['max_new_tokens']} new tokens "
+                              f"(1 prefill + {summary['decode_steps']} decode steps)",
+                    "parameters": f"{fmt.integer(pred_head.get('parameters'))} "
+                                  f"({fmt.nbytes(pred_head.get('parameter_bytes'))} at {joined.metadata.get('dtype')})",
+                    "opmeter / torch": f"{_version()} / {torch.__version__}",
+                },
+            }
+            files.append("report.md")
+            text = markdown.render(joined, context, mermaid=mermaid, files=sorted(set(files)))
+            elapsed = time.perf_counter() - total_start
+            text += f"\n*Generated by `{o.command}` in {elapsed:.1f} s.*\n"
+            atomic_write_text(out_dir / "report.md", text)
+        headline = _headline_lines(joined, pred_head)
+        return ReportResult(out_dir=out_dir, files=tuple(sorted(set(files))), headline=tuple(headline),
+                            seconds=dict(self.seconds), joined=joined)
+
+
+def _version() -> str:
+    from opmeter import __version__
+
+    return __version__
+
+
+def _has_submodule(model: torch.nn.Module, path: str) -> bool:
+    try:
+        model.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+def _headline_lines(joined: Any, pred_head: dict[str, float]) -> list[str]:
+    from opmeter.report import format as fmt
+
+    tot = joined.totals()
+    unc = joined.unclassified_summary()
+    st = joined.by_stage().set_index("stage")
+    lines = [
+        f"FLOPs: {fmt.flops(tot.get('flops_tensor'))} tensor-core + {fmt.flops(tot.get('flops_cuda'))} CUDA-core; "
+        f"bytes {fmt.nbytes(tot.get('bytes'))}",
+        f"attributed FLOPs {fmt.pct(unc['attributed_flops_share'], 3)}; unclassified "
+        f"{fmt.pct(unc['unclassified_flops_share'], 3)} FLOPs / {fmt.pct(unc['unclassified_bytes_share'], 3)} bytes",
+    ]
+    if "total" in st.index:
+        rel = fmt.rel(st.loc["total", "rel_flops_tensor"])
+        lines.append(f"measured vs analytic tensor-core FLOPs (whole run): {rel}")
+    hw = (joined.hardware or {}).get("name")
+    lines.append(f"predicted on {hw}: TTFT {fmt.seconds(pred_head.get('predicted_ttft_s'))}, TPOT "
+                 f"{fmt.seconds(pred_head.get('predicted_tpot_s'))}")
+    rt = joined.runtime
+    if rt:
+        m = rt.get("metrics", {})
+        ttft = fmt.seconds((m.get("prefill_s") or {}).get("mean"))
+        tpot = fmt.seconds((m.get("tpot_s") or {}).get("mean"))
+        tps = (m.get("tokens_per_s") or {}).get("mean") or 0.0
+        lines.append(f"measured ({rt.get('device')}, {rt.get('repeats')} repeats): TTFT {ttft}, TPOT {tpot}, "
+                     f"{tps:.3g} tokens/s")
+    return lines

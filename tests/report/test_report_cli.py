@@ -1,0 +1,152 @@
+"""``opmeter report`` end to end on the toy preset, and every bad input as one clear line with a non-zero exit."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pandas as pd
+import pytest
+import torch
+
+from opmeter.cli import main
+
+TOY = ["--preset", "deepseek-ocr-toy"]
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(["report", *argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def cpu_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cpu-report")
+    code = main(["report", *TOY, "--device", "cpu", "--decode-tokens", "3", "--repeats", "2", "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def test_executed_report_writes_every_file(cpu_report: Path) -> None:
+    names = {p.name for p in cpu_report.iterdir()}
+    expected = {"report.md", "trace.json", "joined.json", "modules.csv", "operators.csv", "stages.csv",
+                "components.csv", "categories.csv", "classes.csv", "callgraph.dot", "callgraph.mmd",
+                "flops_by_component.svg", "categories.svg", "time_by_stage.svg", "chrome_trace.json"}
+    assert expected <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    text = (cpu_report / "report.md").read_text()
+    for section in ("## Headline numbers", "## Components", "## Stages", "## Runtime", "## Module hierarchy",
+                    "## Module classes", "## Call graph", "## Operator categories", "## Unclassified",
+                    "## Verification"):
+        assert section in text, section
+    assert "Shape-only run" not in text
+    assert "TTFT measured" in text and "unknown peak" in text  # CPU: MFU honestly unknown
+    joined = orjson.loads((cpu_report / "joined.json").read_bytes())
+    assert joined["runtime"]["repeats"] == 2
+    assert len(joined["runtime"]["runs"][0]["decode_step_s"]) == 2
+    stages = {s["stage"]: s for s in joined["stages"]}
+    assert stages["prefill"]["measured_time_s"] > 0 and stages["decode"]["measured_time_s"] > 0
+    assert stages["total"]["measured_over_predicted"] is None  # CPU measured vs H100 predicted: not compared
+    modules = pd.read_csv(cpu_report / "modules.csv")
+    assert modules["self_time_s"].notna().any()  # module timing merged from the timing trace
+    assert joined["unclassified_summary"]["unclassified_time_share"] is not None
+    chrome = orjson.loads((cpu_report / "chrome_trace.json").read_bytes())
+    assert chrome
+
+
+def test_shape_only_report_says_so_at_the_top(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run([*TOY, "--device", "meta", "--decode-tokens", "2", "--out", str(tmp_path)], capsys)
+    assert code == 0
+    assert "report written to" in out
+    text = (tmp_path / "report.md").read_text()
+    assert "**Shape-only run**" in text.split("## Headline numbers")[0]
+    assert not (tmp_path / "chrome_trace.json").exists()
+    # a second report from the saved trace gives the same numbers
+    again = tmp_path / "again"
+    code, _, _ = _run(["--trace", str(tmp_path / "trace.json"), "--out", str(again)], capsys)
+    assert code == 0
+    a = orjson.loads((tmp_path / "joined.json").read_bytes())["totals"]
+    b = orjson.loads((again / "joined.json").read_bytes())["totals"]
+    assert a["flops_tensor"] == b["flops_tensor"]
+
+
+def _corrupt_image(tmp: Path) -> str:
+    p = tmp / "broken.png"
+    p.write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    return str(p)
+
+
+def _blocked_out(tmp: Path) -> str:
+    blocker = tmp / "a-file"
+    blocker.write_text("x")
+    return str(blocker / "sub")
+
+
+def _other_schema_trace(tmp: Path) -> str:
+    p = tmp / "other.json"
+    p.write_bytes(orjson.dumps({"schema_version": "someone-else/7", "modules": []}))
+    return str(p)
+
+
+def _not_json_trace(tmp: Path) -> str:
+    p = tmp / "trace.json"
+    p.write_text("{ definitely not json")
+    return str(p)
+
+
+def _vendor_without_config(tmp: Path) -> str:
+    d = tmp / "vendor"
+    d.mkdir()
+    return f"vendor:{d}"
+
+
+@pytest.mark.parametrize(
+    ("make_args", "message"),
+    [
+        (lambda t: ["--image", str(t / "missing.png")], "image file .* not found"),
+        (lambda t: ["--image", _corrupt_image(t)], "not a readable image"),
+        (lambda t: ["--workload", "dsocr-nonsense-v9"], "dsocr-nonsense-v9"),
+        (lambda t: ["--model", f"vendor:{t / 'nowhere'}"], "does not exist"),
+        (lambda t: ["--model", _vendor_without_config(t)], "no config.json"),
+        (lambda t: ["--model", "mystery"], "unknown --model"),
+        (lambda t: ["--device", "tpu"], "unsupported device 'tpu'"),
+        (lambda t: ["--preset", "deepseek-ocr-huge"], "unknown DeepSeek-OCR preset"),
+        (lambda t: ["--trace", _other_schema_trace(t)], "schema"),
+        (lambda t: ["--trace", _not_json_trace(t)], "trace"),
+        (lambda t: ["--trace", str(t / "absent.json")], "not found"),
+        (lambda t: ["--hardware", "abacus"], "unknown hardware"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_nothing_is_corrupted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make_args: Any, message: str
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.md").write_text("previous report")
+    args = make_args(tmp_path)
+    if "--trace" not in args:
+        args = [*TOY, "--device", "meta", "--decode-tokens", "2", *args]
+    code, _, err = _run([*args, "--out", str(out)], capsys)
+    assert code != 0
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("opmeter report: error:")
+    assert re.search(message, lines[0]), lines[0]
+    assert (out / "report.md").read_text() == "previous report"
+    assert sorted(p.name for p in out.iterdir()) == ["report.md"]
+
+
+def test_unwritable_output_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run([*TOY, "--device", "meta", "--out", _blocked_out(tmp_path)], capsys)
+    assert code == 1
+    assert "output directory" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_requested_without_a_gpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run([*TOY, "--device", "cuda", "--out", str(tmp_path)], capsys)
+    assert code == 1
+    assert "no CUDA device" in err and len(err.strip().splitlines()) == 1
