@@ -77,6 +77,8 @@ class Op:
         The part of ``bytes_read`` that is parameters or buffers (not activations).
     workspace
         Transient bytes beyond inputs and outputs (for the activation-peak estimate only).
+    kv_bytes
+        The part of ``bytes_read + bytes_written`` that is KV cache (resident state, not activations).
     """
 
     name: str
@@ -86,11 +88,12 @@ class Op:
     bytes_written: int = 0
     weights_read: int = 0
     workspace: int = 0
+    kv_bytes: int = 0
 
     @property
     def activation_peak(self) -> int:
-        """Live activation bytes while this op runs: activation inputs, outputs and workspace."""
-        return self.bytes_read - self.weights_read + self.bytes_written + self.workspace
+        """Live activation bytes while this op runs: activation inputs, outputs and workspace (no weights, no KV)."""
+        return self.bytes_read - self.weights_read + self.bytes_written + self.workspace - self.kv_bytes
 
     def times(self, n: int) -> Op:
         """The same op executed ``n`` times (costs scale, the peak does not)."""
@@ -101,6 +104,7 @@ class Op:
             bytes_read=self.bytes_read * n,
             bytes_written=self.bytes_written * n,
             weights_read=self.weights_read * n,
+            kv_bytes=self.kv_bytes * n,
         )
 
 

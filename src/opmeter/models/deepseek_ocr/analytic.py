@@ -680,14 +680,16 @@ class LlamaAttention(Layer):
             ncache = b * self.kv_heads * self.past * self.head_dim
             nall = b * self.kv_heads * self.kv_len * self.head_dim
             for _ in range(2):
-                ops.append(Op("cat", bytes_read=(ncache + nk) * d, bytes_written=nall * d))
+                ops.append(Op("cat", bytes_read=(ncache + nk) * d, bytes_written=nall * d,
+                              kv_bytes=(ncache + nall) * d))
         return ops
 
     def _core_ops(self) -> list[Op]:
         b, s, lk, nh, hd, d = self.batch, self.q_len, self.kv_len, self.heads, self.head_dim, self.dtype
         scores = b * nh * s * lk
+        kv = b * self.kv_heads * lk * hd * d if self.past else 0  # K and V come from the cache in decode
         ops = [
-            gemm("bmm", s, lk, hd, batch=b * nh, a=d, b=d),
+            attrs.evolve(gemm("bmm", s, lk, hd, batch=b * nh, a=d, b=d), kv_bytes=kv),
             _ew("div", scores, [scores * d], d),
         ]
         if self.masked:
@@ -696,7 +698,7 @@ class LlamaAttention(Layer):
             copy("_to_copy", scores, d, FP32),
             softmax_op(scores, FP32),
             copy("_to_copy", scores, FP32, d),
-            gemm("bmm", s, hd, lk, batch=b * nh, a=d, b=d),
+            attrs.evolve(gemm("bmm", s, hd, lk, batch=b * nh, a=d, b=d), kv_bytes=kv),
         ]
         if s > 1:
             ops.append(copy("clone", b * s * nh * hd, d, d))  # attn_output.transpose(1, 2).contiguous()
@@ -719,7 +721,9 @@ class LlamaFlashAttention2(LlamaAttention):
 
     def _core_ops(self) -> list[Op]:
         b, s, lk, nh, hd, d = self.batch, self.q_len, self.kv_len, self.heads, self.head_dim, self.dtype
-        return sdpa_ops(b, nh, s, lk, hd, dtype=d, impl="fused")
+        ops = sdpa_ops(b, nh, s, lk, hd, dtype=d, impl="fused")
+        kv = 2 * b * self.kv_heads * lk * hd * d if self.past else 0
+        return [attrs.evolve(op, kv_bytes=kv) for op in ops]
 
 
 @attrs.frozen(repr=False)
