@@ -390,12 +390,17 @@ class Joined:
         }
 
     def to_json(self) -> bytes:
-        """``joined.json`` content (orjson; NaN become ``null``)."""
-        return orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+        """``joined.json`` content (orjson, compact; NaN become ``null``)."""
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
 
     def save(self, path: str | Path) -> Path:
-        """Write ``joined.json`` atomically."""
-        return atomic_write_bytes(path, self.to_json())
+        """Write ``joined.json`` atomically (gzipped when the name ends in ``.gz``)."""
+        data = self.to_json()
+        if str(path).endswith(".gz"):
+            from opmeter.report.exporters import gzip_bytes
+
+            data = gzip_bytes(data)
+        return atomic_write_bytes(path, data)
 
 
 def _clean(value: Any) -> Any:
@@ -424,12 +429,15 @@ def load_joined(path: str | Path) -> Joined:
     OpmeterError
         When the file is missing, not JSON, of another schema or of an unsupported version.
     """
+    import gzip
+
     p = Path(path)
     try:
-        data = orjson.loads(p.read_bytes())
+        raw = p.read_bytes()
+        data = orjson.loads(gzip.decompress(raw) if p.name.endswith(".gz") else raw)
     except FileNotFoundError:
         raise OpmeterError(f"{p}: no such file") from None
-    except orjson.JSONDecodeError as exc:
+    except (orjson.JSONDecodeError, OSError, EOFError) as exc:
         raise OpmeterError(f"{p}: not valid JSON ({exc})") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA_NAME:
         found = data.get("schema") if isinstance(data, dict) else None

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from opmeter.cli import main
+from opmeter.join import load_joined
 
 TOY = ["--preset", "deepseek-ocr-toy"]
 
@@ -64,13 +65,24 @@ def test_shape_only_report_says_so_at_the_top(tmp_path: Path, capsys: pytest.Cap
     text = (tmp_path / "report.md").read_text()
     assert "**Shape-only run**" in text.split("## Headline numbers")[0]
     assert not (tmp_path / "chrome_trace.json").exists()
-    # a second report from the saved trace gives the same numbers
+    # a second report from the saved trace gives the same numbers; --compress gzips the machine-readable files
     again = tmp_path / "again"
-    code, _, _ = _run(["--trace", str(tmp_path / "trace.json"), "--out", str(again)], capsys)
+    code, _, _ = _run(["--trace", str(tmp_path / "trace.json"), "--compress", "--out", str(again)], capsys)
     assert code == 0
     a = orjson.loads((tmp_path / "joined.json").read_bytes())["totals"]
-    b = orjson.loads((again / "joined.json").read_bytes())["totals"]
-    assert a["flops_tensor"] == b["flops_tensor"]
+    assert load_joined(again / "joined.json.gz").totals()["flops_tensor"] == a["flops_tensor"]
+    assert pd.read_csv(again / "modules.csv.gz")["flops_tensor"].max() == a["flops_tensor"]
+    assert not (again / "trace.json").exists() and not (again / "trace.json.gz").exists()
+
+
+def test_compressed_trace_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, _ = _run([*TOY, "--device", "meta", "--decode-tokens", "2", "--compress", "--out", str(tmp_path)],
+                      capsys)
+    assert code == 0
+    assert (tmp_path / "trace.json.gz").is_file() and not (tmp_path / "trace.json").exists()
+    code, _, err = _run(["--trace", str(tmp_path / "trace.json.gz"), "--out", str(tmp_path / "b")], capsys)
+    assert code == 0, err
+    assert "Shape-only run" in (tmp_path / "b" / "report.md").read_text()
 
 
 def _corrupt_image(tmp: Path) -> str:

@@ -55,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="report from a saved trace.json instead of running the model")
     parser.add_argument("--trace-json", choices=("full", "none"), default="full",
                         help="write trace.json into --out (default: %(default)s)")
+    parser.add_argument("--compress", action="store_true",
+                        help="gzip trace.json, joined.json and the CSV tables (*.gz; for committed examples)")
     parser.add_argument("--no-profiler", action="store_true", help="skip the torch.profiler operator table")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -76,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         image=args.image,
         trace_path=args.trace,
         write_trace_json=args.trace_json == "full",
+        compress=args.compress,
         profiler=not args.no_profiler,
         progress=not args.no_progress and sys.stderr.isatty(),
         command="opmeter report " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["report"] else "opmeter report",

@@ -5,6 +5,7 @@ Every file is written atomically (:mod:`opmeter.io`), so an interrupted report n
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import io
 from pathlib import Path
@@ -20,9 +21,40 @@ def parquet_available() -> bool:
     return importlib.util.find_spec("pyarrow") is not None
 
 
-def write_csv(df: pd.DataFrame, path: str | Path) -> Path:
-    """Write ``df`` as CSV (no index) atomically."""
-    return atomic_write_text(path, df.to_csv(index=False))
+def gzip_bytes(data: bytes) -> bytes:
+    """Deterministic gzip (no file name, mtime 0), so committed example files diff cleanly."""
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=9) as fh:
+        fh.write(data)
+    return buf.getvalue()
+
+
+def write_maybe_gzip(path: str | Path, data: bytes, compress: bool) -> Path:
+    """Write ``data`` to ``path`` (or gzipped to ``path.gz``) atomically."""
+    if compress:
+        return atomic_write_bytes(f"{path}.gz", gzip_bytes(data))
+    return atomic_write_bytes(path, data)
+
+
+def write_csv(df: pd.DataFrame, path: str | Path, compress: bool = False) -> Path:
+    """Write ``df`` as CSV (no index) atomically; gzipped to ``<path>.gz`` when ``compress``."""
+    return write_maybe_gzip(path, df.to_csv(index=False).encode("utf-8"), compress)
+
+
+def write_trace_json(trace: Any, path: str | Path, compress: bool = False) -> Path:
+    """The trace as JSON (``Trace.save``), or gzipped to ``<path>.gz``."""
+    if not compress:
+        return Path(trace.save(path))
+    import orjson
+
+    data = orjson.dumps(trace.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+    return write_maybe_gzip(path, data, True)
+
+
+def read_maybe_gzip(path: str | Path) -> bytes:
+    """File content, transparently gunzipped when the name ends in ``.gz``."""
+    raw = Path(path).read_bytes()
+    return gzip.decompress(raw) if str(path).endswith(".gz") else raw
 
 
 def write_parquet(df: pd.DataFrame, path: str | Path) -> Path | None:
@@ -38,10 +70,10 @@ def write_parquet(df: pd.DataFrame, path: str | Path) -> Path | None:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def write_table(df: pd.DataFrame, out_dir: str | Path, stem: str) -> list[Path]:
-    """``<stem>.csv`` and, when possible, ``<stem>.parquet`` in ``out_dir``."""
+def write_table(df: pd.DataFrame, out_dir: str | Path, stem: str, compress: bool = False) -> list[Path]:
+    """``<stem>.csv`` (``.csv.gz`` when ``compress``) and, when possible, ``<stem>.parquet`` in ``out_dir``."""
     out = Path(out_dir)
-    written = [write_csv(df, out / f"{stem}.csv")]
+    written = [write_csv(df, out / f"{stem}.csv", compress)]
     pq = write_parquet(df, out / f"{stem}.parquet")
     if pq is not None:
         written.append(pq)

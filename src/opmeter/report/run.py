@@ -49,6 +49,8 @@ class ReportOptions:
     image: str | Path | None = None
     trace_path: str | Path | None = None
     write_trace_json: bool = True
+    compress: bool = False
+    """Write trace.json, joined.json and the CSV tables gzipped (``*.gz``): for committed example reports."""
     profiler: bool = True
     progress: bool = False
     command: str = "opmeter report"
@@ -484,7 +486,15 @@ class _Pipeline:
         if not path.is_file():
             raise OpmeterError(f"trace file {path} not found")
         try:
-            trace = load_trace(path)
+            if path.name.endswith(".gz"):
+                import orjson
+
+                from opmeter.report.exporters import read_maybe_gzip
+                from opmeter.trace import Trace
+
+                trace = Trace.from_dict(orjson.loads(read_maybe_gzip(path)))
+            else:
+                trace = load_trace(path)
         except OpmeterError:
             raise
         except Exception as exc:
@@ -574,15 +584,15 @@ class _Pipeline:
         o = self.opts
         files: list[str] = []
         with timed(self.seconds, "write"):
+            gz = ".gz" if o.compress else ""
             if o.write_trace_json and o.trace_path is None:
-                trace.save(out_dir / "trace.json")
-                files.append("trace.json")
-            joined.save(out_dir / "joined.json")
-            files.append("joined.json")
+                files.append(exporters.write_trace_json(trace, out_dir / "trace.json", o.compress).name)
+            joined.save(out_dir / f"joined.json{gz}")
+            files.append(f"joined.json{gz}")
             for stem, df in (("modules", joined.by_module()), ("operators", joined.by_operator()),
                              ("stages", joined.by_stage()), ("components", joined.by_component()),
                              ("categories", joined.by_category()), ("classes", joined.by_class())):
-                files += [p.name for p in exporters.write_table(df, out_dir, stem)]
+                files += [p.name for p in exporters.write_table(df, out_dir, stem, o.compress)]
             files += [p.name for p in exporters.write_callgraph(trace, out_dir)]
             if timing_trace is not None:
                 chrome = exporters.write_chrome_trace(timing_trace, out_dir / "chrome_trace.json")
