@@ -8,6 +8,7 @@ import threading
 import orjson
 import pytest
 import torch
+from tests.trace.conftest import MLP, Nested, global_state
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -15,7 +16,6 @@ from opmeter import OpTracer
 from opmeter.errors import OpmeterError
 from opmeter.trace import OUTSIDE, ROOT, stage
 from opmeter.trace.demo import DemoConfig, DemoTransformer
-from tests.trace.conftest import MLP, Nested, global_state
 
 pytestmark = pytest.mark.usefixtures("clean_globals")
 
@@ -100,7 +100,7 @@ def test_outside_ops_and_unknown_modules() -> None:
 
 
 def test_custom_op_passes_through_unclassified() -> None:
-    lib = torch.library.Library("opmeter_test", "FRAGMENT")  # noqa: TID251
+    lib = torch.library.Library("opmeter_test", "FRAGMENT")
     lib.define("twice(Tensor x) -> Tensor")
     lib.impl("twice", lambda x: x * 2, "CompositeExplicitAutograd")
 
@@ -314,7 +314,7 @@ def test_metadata_merge_and_bad_arguments() -> None:
         model(torch.randn(1, 4))
     assert trace.metadata["routing"] == "shape-only" and trace.metadata["workload"] == "w1"
     assert trace.metadata["model_class"] == "MLP" and trace.metadata["torch_version"] == torch.__version__
-    with pytest.raises(OpmeterError, match="nn.Module"):
+    with pytest.raises(OpmeterError, match=r"nn\.Module"):
         OpTracer(lambda x: x)  # type: ignore[arg-type]
     with pytest.raises(OpmeterError, match="nvtx"):
         OpTracer(model, nvtx="yes")
