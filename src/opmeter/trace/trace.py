@@ -17,7 +17,7 @@ distinct (call path, op) pairs, not the number of ops.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -669,11 +669,6 @@ def load_trace(path: str | Path) -> Trace:
     except orjson.JSONDecodeError as exc:
         raise OpmeterError(f"{p} is not a JSON trace: {exc}") from exc
     return Trace.from_dict(data)
-
-
-def iter_groups(trace: Trace) -> Iterable[str]:
-    """The stage groups of a trace, in first-seen order."""
-    return iter(trace.groups)
 
 
 __all__ = ["NUMERIC", "OUTSIDE", "ROOT", "SCHEMA_VERSION", "SPAN_CAP", "StageRecord", "Trace", "load_trace"]

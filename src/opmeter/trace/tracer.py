@@ -236,8 +236,7 @@ class OpTracer:
         trace._stage_ctl = None
         if mode is not None:
             for info in mode.infos.values():
-                if not info.decompose:
-                    trace.op_info[info.name] = (info.category, info.exact)
+                trace.op_info[info.name] = (info.category, info.exact)
             trace.formula_errors = dict(mode.formula_errors)
             if isinstance(mode, FullMode):
                 trace.formula_errors.update(mode.formula_errors)
