@@ -56,6 +56,11 @@ def _ew(name: str, numel: int, reads: Sequence[int], out: int, weights_read: int
     return pointwise(name, numel, ELEMENTWISE_FLOPS, reads, out, weights_read=weights_read)
 
 
+def _cast(numel: int, src: int, dst: int) -> list[Op]:
+    """``tensor.to(dtype)``: a ``_to_copy`` unless the element size (dtype) does not change (then no op at all)."""
+    return [] if src == dst else [copy("_to_copy", numel, src, dst)]
+
+
 def upsample_op(name: str, c: int, src: int, dst: int, size: int = FP32) -> Op:
     """An interpolation (``_upsample_bicubic2d_aa``, ``upsample_linear1d``): data movement, no FLOPs counted."""
     return Op(name, bytes_read=c * src * size, bytes_written=c * dst * size)
@@ -123,9 +128,9 @@ def rel_pos_ops(size: int, table: int, head_dim: int, dtype: int) -> list[Op]:
     ops: list[Op] = []
     if table != need:
         ops += [
-            copy("_to_copy", table * c, d, FP32),
+            *_cast(table * c, d, FP32),
             upsample_op("upsample_linear1d", c, table, need),
-            copy("_to_copy", need * c, FP32, d),
+            *_cast(need * c, FP32, d),
         ]
     ops += [
         Op("arange", bytes_written=n * INT64),
@@ -134,7 +139,7 @@ def rel_pos_ops(size: int, table: int, head_dim: int, dtype: int) -> list[Op]:
         _ew("mul", n, [n * INT64], FP32),
         _ew("sub", n * n, [n * FP32, n * FP32], FP32),
         _ew("add", n * n, [n * n * FP32], FP32),
-        copy("_to_copy", n * n, FP32, INT64),
+        *_cast(n * n, FP32, INT64),
         Op("index", bytes_read=n * n * c * d + n * n * INT64, bytes_written=n * n * c * d),  # gathers rows
     ]
     return ops
@@ -363,9 +368,9 @@ class ImageEncoderViT(Layer):
         pos_w = 0
         if g != ng:
             ops += [
-                copy("_to_copy", c * ng * ng, d, FP32),
+                *_cast(c * ng * ng, d, FP32),
                 upsample_op("_upsample_bicubic2d_aa", c, ng * ng, g * g),
-                copy("_to_copy", c * g * g, FP32, d),
+                *_cast(c * g * g, FP32, d),
             ]
         else:
             pos_w = c * g * g * d
@@ -408,9 +413,9 @@ class CLIPVisionEmbeddings(Layer):
         if g != ng:
             ops += [
                 copy("clone", ng * ng * c, d, d),
-                copy("_to_copy", ng * ng * c, d, FP32),
+                *_cast(ng * ng * c, d, FP32),
                 upsample_op("_upsample_bicubic2d_aa", c, ng * ng, g * g),
-                copy("_to_copy", g * g * c, FP32, d),
+                *_cast(g * g * c, FP32, d),
                 copy("cat", seq * c, d, d),
             ]
         ops.append(_ew("add", b * seq * c, [b * seq * c * d, seq * c * d], d))
@@ -606,15 +611,15 @@ class LlamaRotaryEmbedding(Layer):
         half = hd // 2
         n = b * s * hd
         return [
-            copy("_to_copy", b * s, INT64, FP32),
+            *_cast(b * s, INT64, FP32),
             gemm("bmm", half, s, 1, batch=b, a=FP32, b=FP32, out=FP32),
             copy("cat", n, FP32, FP32),
             _ew("cos", n, [n * FP32], FP32),
             _ew("sin", n, [n * FP32], FP32),
             _ew("mul", n, [n * FP32], FP32),
             _ew("mul", n, [n * FP32], FP32),
-            copy("_to_copy", n, FP32, d),
-            copy("_to_copy", n, FP32, d),
+            *_cast(n, FP32, d),
+            *_cast(n, FP32, d),
         ]
 
     def own_weight_bytes(self) -> int:
@@ -695,9 +700,9 @@ class LlamaAttention(Layer):
         if self.masked:
             ops.append(_ew("add", scores, [scores * d, b * s * lk * d], d))
         ops += [
-            copy("_to_copy", scores, d, FP32),
+            *_cast(scores, d, FP32),
             softmax_op(scores, FP32),
-            copy("_to_copy", scores, FP32, d),
+            *_cast(scores, FP32, d),
             attrs.evolve(gemm("bmm", s, hd, lk, batch=b * nh, a=d, b=d), kv_bytes=kv),
         ]
         if s > 1:
@@ -764,8 +769,8 @@ class MoEGate(Layer):
     def ops(self) -> Sequence[Op]:
         t, h, e, k, d = self.tokens, self.hidden, self.experts, self.top_k, self.dtype
         return [
-            copy("_to_copy", t * h, d, FP32),
-            attrs.evolve(copy("_to_copy", e * h, d, FP32), weights_read=e * h * d),
+            *_cast(t * h, d, FP32),
+            *(attrs.evolve(op, weights_read=e * h * d) for op in _cast(e * h, d, FP32)),
             gemm("mm", t, e, h, a=FP32, b=FP32, out=FP32),
             softmax_op(t * e, FP32),
             Op("topk", bytes_read=t * e * FP32, bytes_written=t * k * (FP32 + INT64)),
@@ -844,10 +849,10 @@ class DeepseekV2MoE(Layer):
             copy("cat", p * h, d, d),
             Op("empty_like", bytes_read=p * h * d, bytes_written=p * h * d),
             Op("index_put_", bytes_read=p * h * d + p * INT64, bytes_written=p * h * d),
-            copy("_to_copy", p * h, d, FP32),
+            *_cast(p * h, d, FP32),
             _ew("mul", p * h, [p * h * FP32, p * FP32], FP32),
             reduction("sum", p * h, t * h, FP32),
-            copy("_to_copy", t * h, FP32, d),
+            *_cast(t * h, FP32, d),
             _ew("add", t * h, [t * h * d, t * h * d], d),
         ]
 
@@ -1119,7 +1124,7 @@ class DeepseekOCRForCausalLM(Layer):
         return [("model", self.model()), ("lm_head", self.lm_head())]
 
     def ops(self) -> Sequence[Op]:
-        return [copy("_to_copy", self.batch * self.seq * self.config.decoder.vocab_size, self.dtype, FP32)]
+        return _cast(self.batch * self.seq * self.config.decoder.vocab_size, self.dtype, FP32)
 
 
 def parameter_footprint(cfg: DeepseekOCRConfig, dtype: int = BF16) -> ParameterFootprint:
