@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from opmeter.errors import OpmeterError
+from opmeter.fast_meta import fast_meta_kernels
 from opmeter.models.deepseek_ocr.config import DeepseekOCRConfig, get_config
 from opmeter.models.deepseek_ocr.decoder import (
     DeepseekV2Model,
@@ -60,6 +61,13 @@ class CausalLMOutput:
 
     logits: torch.Tensor
     past_key_values: KVCache | None = None
+
+
+def _shape_only_context(probe: torch.Tensor | None) -> contextlib.AbstractContextManager[None]:
+    """Fast meta kernels while running shape-only on the meta device (the op stream is unchanged)."""
+    if probe is not None and probe.device.type == "meta":
+        return fast_meta_kernels()
+    return contextlib.nullcontext()
 
 
 def _crop_shape(crop_shape: Any) -> tuple[int, int]:
@@ -198,16 +206,18 @@ class DeepseekOCRForCausalLM(nn.Module):
         """
         if use_cache and past_key_values is None:
             past_key_values = KVCache()
-        hidden_states = self.model(
-            input_ids=input_ids,
-            images=images,
-            images_seq_mask=images_seq_mask,
-            images_spatial_crop=images_spatial_crop,
-            past_key_values=past_key_values,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-        )
-        logits = self.lm_head(hidden_states).float()  # every position, fp32
+        probe = input_ids if input_ids is not None else inputs_embeds
+        with _shape_only_context(probe):
+            hidden_states = self.model(
+                input_ids=input_ids,
+                images=images,
+                images_seq_mask=images_seq_mask,
+                images_spatial_crop=images_spatial_crop,
+                past_key_values=past_key_values,
+                position_ids=position_ids,
+                inputs_embeds=inputs_embeds,
+            )
+            logits = self.lm_head(hidden_states).float()  # every position, fp32
         return CausalLMOutput(logits=logits, past_key_values=past_key_values if use_cache else None)
 
     @torch.no_grad()
@@ -238,10 +248,30 @@ class DeepseekOCRForCausalLM(nn.Module):
         eos = self.config.decoder.eos_token_id if eos_token_id is None else eos_token_id
         batch = input_ids.shape[0]
         cache = KVCache() if use_cache else None
+        unfinished = torch.ones((batch, 1), dtype=torch.long, device=input_ids.device)
+        with _shape_only_context(input_ids):
+            return self._greedy_loop(
+                input_ids, images, images_seq_mask, images_spatial_crop, max_new_tokens, ignore_eos, eos, cache,
+                unfinished, shape_only, use_cache,
+            )
+
+    def _greedy_loop(
+        self,
+        input_ids: torch.Tensor,
+        images: Sequence[ImagePair] | None,
+        seq_mask: torch.Tensor | None,
+        images_spatial_crop: Any,
+        max_new_tokens: int,
+        ignore_eos: bool,
+        eos: int,
+        cache: KVCache | None,
+        unfinished: torch.Tensor,
+        shape_only: bool,
+        use_cache: bool,
+    ) -> torch.Tensor:
+        batch = input_ids.shape[0]
         sequences = input_ids
         step_input = input_ids
-        seq_mask = images_seq_mask
-        unfinished = torch.ones((batch, 1), dtype=torch.long, device=input_ids.device)
         for _ in range(max_new_tokens):
             out = self(
                 input_ids=step_input,

@@ -1,0 +1,190 @@
+"""Faster meta-device kernels for common elementwise and reduction ops, for shape-only execution.
+
+On the meta device most elementwise aten ops run PyTorch's Python reference decompositions (``torch._refs``), at
+100-250 us per op; a full-size DeepSeek-OCR decode step has ~500 of them. :func:`fast_meta_kernels` registers, for
+the duration of a ``with`` block, lean ``Meta`` kernels that compute the output shape (broadcasting), dtype (type
+promotion) and a contiguous layout directly. They only take the fast path when every tensor input is contiguous
+(then the reference result is contiguous too, so shapes, dtypes and strides are identical); otherwise they call the
+reference decomposition. The op stream seen by a dispatch-mode tracer above is unchanged: only the meta kernels
+underneath are faster. Set ``OPMETER_FAST_META=0`` to disable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+_lock = threading.Lock()
+_depth = 0
+_lib: torch.library.Library | None = None
+
+_INT_TO_FLOAT_UNARY = ("rsqrt", "cos", "sin", "sigmoid", "sqrt", "exp")
+
+
+def _row_major(t: torch.Tensor) -> bool:
+    """Contiguous, or dense-ordered with gaps (e.g. a slice of the last dim): strides strictly decrease."""
+    if t.is_contiguous():
+        return True
+    last = None
+    for size, stride in zip(t.shape, t.stride(), strict=True):
+        if size == 1:
+            continue
+        if stride <= 0 or (last is not None and stride >= last):
+            return False
+        last = stride
+    return True
+
+
+def _fast_ok(*args: Any) -> bool:
+    """Every tensor input is row-major ordered, so the reference output layout is plain contiguous."""
+    return all(_row_major(a) for a in args if isinstance(a, torch.Tensor))
+
+
+def _empty(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(tuple(shape), dtype=dtype, device="meta")
+
+
+def _binary(ref: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    def kernel(x: Any, y: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if not _fast_ok(x, y) or kwargs.get("rounding_mode") is not None:
+            return ref(x, y, *args, **kwargs)
+        xs = x.shape if isinstance(x, torch.Tensor) else ()
+        ys = y.shape if isinstance(y, torch.Tensor) else ()
+        dtype = torch.result_type(x, y)
+        if ref is torch._refs.div and not (dtype.is_floating_point or dtype.is_complex):
+            dtype = torch.get_default_dtype()  # true division of integers
+        return _empty(torch.broadcast_shapes(xs, ys), dtype)
+
+    return kernel
+
+
+def _inplace_binary(ref: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    def kernel(x: torch.Tensor, y: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        ys = y.shape if isinstance(y, torch.Tensor) else ()
+        if not _fast_ok(x, y) or torch.broadcast_shapes(x.shape, ys) != x.shape:
+            return ref(x, y, *args, **kwargs)
+        if not torch.can_cast(torch.result_type(x, y), x.dtype):
+            return ref(x, y, *args, **kwargs)
+        return x
+
+    return kernel
+
+
+def _unary(ref: Callable[..., torch.Tensor], float_only: bool) -> Callable[..., torch.Tensor]:
+    def kernel(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if args or kwargs or not _fast_ok(x) or (float_only and not x.dtype.is_floating_point):
+            return ref(x, *args, **kwargs)
+        return _empty(x.shape, x.dtype)
+
+    return kernel
+
+
+def _pow_tensor_scalar(x: torch.Tensor, exponent: Any) -> torch.Tensor:
+    if not _fast_ok(x) or not x.dtype.is_floating_point or isinstance(exponent, complex):
+        return torch._refs.pow(x, exponent)
+    return _empty(x.shape, x.dtype)
+
+
+def _reduced_shape(x: torch.Tensor, dim: Any, keepdim: bool) -> list[int]:
+    nd = x.dim()
+    dims = list(range(nd)) if dim is None or (isinstance(dim, Sequence) and len(dim) == 0) else dim
+    if isinstance(dims, int):
+        dims = [dims]
+    wrapped = {d % nd if nd else 0 for d in dims}
+    if keepdim:
+        return [1 if i in wrapped else s for i, s in enumerate(x.shape)]
+    return [s for i, s in enumerate(x.shape) if i not in wrapped]
+
+
+def _reduction(ref: Callable[..., torch.Tensor], integer_to_long: bool) -> Callable[..., torch.Tensor]:
+    def kernel(x: torch.Tensor, dim: Any = None, keepdim: bool = False, *, dtype: torch.dtype | None = None):
+        if not _fast_ok(x) or x.dim() == 0 or x.dtype.is_complex:
+            return ref(x, dim, keepdim, dtype=dtype)
+        if dtype is None:
+            if x.dtype.is_floating_point:
+                dtype = x.dtype
+            elif integer_to_long:
+                dtype = torch.int64
+            else:  # mean of an integer tensor is an error in the reference: let it raise
+                return ref(x, dim, keepdim, dtype=dtype)
+        return _empty(_reduced_shape(x, dim, keepdim), dtype)
+
+    return kernel
+
+
+def _cat(tensors: Sequence[torch.Tensor], dim: int = 0) -> torch.Tensor:
+    ts = list(tensors)
+    nd = ts[0].dim() if ts else 0
+    if (
+        not ts
+        or nd == 0
+        or any(t.dim() != nd or not _row_major(t) for t in ts)
+        or any(t.shape[:dim % nd] + t.shape[dim % nd + 1 :] != ts[0].shape[:dim % nd] + ts[0].shape[dim % nd + 1 :]
+               for t in ts)
+    ):
+        return torch._refs.cat(ts, dim)
+    d = dim % nd
+    shape = list(ts[0].shape)
+    shape[d] = sum(t.shape[d] for t in ts)
+    dtype = ts[0].dtype
+    for t in ts[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return _empty(shape, dtype)
+
+
+def _kernels() -> dict[str, Callable[..., torch.Tensor]]:
+    refs = torch._refs
+    kernels: dict[str, Callable[..., torch.Tensor]] = {
+        "add.Tensor": _binary(refs.add),
+        "sub.Tensor": _binary(refs.sub),
+        "mul.Tensor": _binary(refs.mul),
+        "div.Tensor": _binary(refs.div),
+        "floor_divide": _binary(refs.floor_divide),
+        "mul.Scalar": _binary(refs.mul),
+        "add.Scalar": _binary(refs.add),
+        "cat": _cat,
+        "mul_.Tensor": _inplace_binary(refs.mul),
+        "pow.Tensor_Scalar": _pow_tensor_scalar,
+        "neg": _unary(refs.neg, float_only=False),
+        "mean.dim": _reduction(refs.mean, integer_to_long=False),
+        "sum.dim_IntList": _reduction(refs.sum, integer_to_long=True),
+    }
+    for name in _INT_TO_FLOAT_UNARY:
+        kernels[name] = _unary(getattr(refs, name), float_only=True)
+    return kernels
+
+
+def _enabled() -> bool:
+    return os.environ.get("OPMETER_FAST_META", "1") not in ("0", "false", "no")
+
+
+@contextlib.contextmanager
+def fast_meta_kernels() -> Iterator[None]:
+    """Install the fast meta kernels inside the block (re-entrant; restored on exit, also on errors)."""
+    global _depth, _lib
+    if not _enabled():
+        yield
+        return
+    with _lock:
+        if _depth == 0:
+            lib = torch.library.Library("aten", "IMPL")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for name, fn in _kernels().items():
+                    lib.impl(name, fn, "Meta")
+            _lib = lib
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0 and _lib is not None:
+                _lib._destroy()
+                _lib = None

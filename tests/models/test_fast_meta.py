@@ -1,0 +1,75 @@
+"""Fast meta kernels give the same shapes, dtypes and strides as PyTorch's, and the same traced op stream."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pandas as pd
+import pytest
+import torch
+
+from opmeter.fast_meta import fast_meta_kernels
+from opmeter.models.deepseek_ocr import BuiltinTokenizer, VisionWorkload, build_reference
+from opmeter.models.deepseek_ocr.preprocess import prepare_inputs_from_geometry
+
+M = {"device": "meta"}
+
+
+def _cases() -> dict[str, Callable[[], torch.Tensor]]:
+    a = torch.empty(1, 1, 1280, **M, dtype=torch.bfloat16)
+    f = torch.empty(1, 1, 1280, **M)
+    lng = torch.empty(5, 64, **M, dtype=torch.long)
+    q = torch.empty(1, 10, 7, 128, **M)
+    qs = q[..., 64:]
+    qt = torch.empty(1, 7, 10, 128, **M).transpose(1, 2)
+    ex = torch.empty(1280, **M).expand(3, 1280)
+    return {
+        "add": lambda: a + a, "mul_scalar": lambda: 1.702 * a, "add_eps": lambda: f + 1e-6, "pow": lambda: f.pow(2),
+        "mean": lambda: f.mean(-1, keepdim=True), "rsqrt": lambda: torch.rsqrt(f), "neg": lambda: -a,
+        "sum_long": lambda: lng.sum(dim=0), "sum_all": lambda: f.sum(), "mean_all": lambda: f.mean(),
+        "true_div_int": lambda: lng / 2, "floor_div": lambda: lng // 6, "floor_div_float": lambda: f // 2.0,
+        "mixed_dtype": lambda: f * a, "cpu_0d": lambda: a * torch.tensor(2.0), "cos": lambda: f.cos(),
+        "inplace": lambda: f.clone().mul_(f), "slice_neg": lambda: -qs, "slice_mul": lambda: qs * qs,
+        "transposed": lambda: qt * q, "transposed_slice": lambda: -qt[..., :64],
+        "cat_slices": lambda: torch.cat([-qs, qs], -1), "cat_transposed": lambda: torch.cat([qt, qt], -1),
+        "cat_dtypes": lambda: torch.cat([a, f], 0), "cat_seq": lambda: torch.cat([q, q], -2),
+        "cat_legacy_empty": lambda: torch.cat([torch.empty(0, **M), f.view(-1)]), "expanded": lambda: ex + ex,
+        "mul_Scalar_int_float": lambda: torch.ops.aten.mul.Scalar(lng, 1.5),
+        "bool_add": lambda: torch.empty(3, **M, dtype=torch.bool) + torch.empty(3, **M, dtype=torch.bool),
+        "mean_int_error": lambda: lng.mean(dim=0),
+    }
+
+
+def _info(fn: Callable[[], torch.Tensor]) -> object:
+    try:
+        out = fn()
+    except Exception as exc:  # the same error type is part of the contract
+        return type(exc).__name__
+    return tuple(out.shape), out.dtype, out.stride()
+
+
+def test_same_shapes_dtypes_strides() -> None:
+    cases = _cases()
+    ref = {k: _info(v) for k, v in cases.items()}
+    with fast_meta_kernels():
+        got = {k: _info(v) for k, v in cases.items()}
+    assert got == ref
+    assert _info(cases["add"]) == ref["add"]  # restored after the block
+
+
+def test_same_traced_op_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    tracer = pytest.importorskip("opmeter.trace")
+    model = build_reference("deepseek-ocr-toy", device="meta")
+    vw = VisionWorkload.from_grid(2, 1, base_size=256, image_size=128, config=model.config)
+    inp = prepare_inputs_from_geometry("<image>\nFree OCR.", BuiltinTokenizer(), vw, model.config)
+    kw = inp.model_kwargs("meta", torch.bfloat16)
+
+    def run() -> pd.DataFrame:
+        with tracer.OpTracer(model) as trace:
+            model.generate(**kw, max_new_tokens=3)
+        return trace.by_module_and_operator().drop(columns=["time_s"], errors="ignore")
+
+    fast = run()
+    monkeypatch.setenv("OPMETER_FAST_META", "0")
+    slow = run()
+    pd.testing.assert_frame_equal(fast, slow)
