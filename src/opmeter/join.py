@@ -712,6 +712,20 @@ def _component_roots(modules: pd.DataFrame, components: Sequence[Component]) -> 
         name = next((c.name for c in components if c.matches(str(path), str(cls))), None)
         if name is not None and path not in (ROOT, OUTSIDE):
             own[str(path)] = name
+    # a matched container that is never called itself (a ModuleList) is not on any call stack: its children are
+    calls = dict(zip(modules["module"], modules["calls"], strict=True))
+    children: dict[str, list[str]] = {}
+    for path in classes:
+        children.setdefault(_parent(str(path)), []).append(str(path))
+    pending = [p for p, _ in own.items() if not calls.get(p)]
+    while pending:
+        path = pending.pop()
+        name = own.pop(path)
+        for child in children.get(path, []):
+            if child not in own:
+                own[child] = name
+                if not calls.get(child):
+                    pending.append(child)
     out: dict[str, tuple[str, str | None]] = {}
     for path, name in own.items():
         parent = next((a for a in _ancestors(path)[1:] if a in own), None)

@@ -57,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write trace.json into --out (default: %(default)s)")
     parser.add_argument("--compress", action="store_true",
                         help="gzip trace.json, joined.json and the CSV tables (*.gz; for committed examples)")
+    parser.add_argument("--verify", action="store_true",
+                        help="also run the per-layer verification of the preset (opmeter verify) into the report")
     parser.add_argument("--no-profiler", action="store_true", help="skip the torch.profiler operator table")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -80,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         write_trace_json=args.trace_json == "full",
         compress=args.compress,
         profiler=not args.no_profiler,
+        verify=args.verify,
         progress=not args.no_progress and sys.stderr.isatty(),
         command="opmeter report " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["report"] else "opmeter report",
     )

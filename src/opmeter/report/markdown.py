@@ -344,7 +344,8 @@ def _unclassified(joined: Joined, top: int) -> list[str]:
             fmt.table(df, ["kind", "name", "class_name", "calls", "flops_tensor", "flops_cuda", "bytes", "flops_share",
                            "bytes_share"],
                       {**_flops_cols(), "calls": fmt.integer, "flops_share": fmt.pct, "bytes_share": fmt.pct},
-                      {"class_name": "class", "flops_tensor": "tensor-core", "flops_cuda": "CUDA-core"}, max_rows=top),
+                      {"class_name": "class", "flops_tensor": "tensor-core", "flops_cuda": "CUDA-core",
+                       "flops_share": "FLOPs %", "bytes_share": "bytes %"}, max_rows=top),
             "",
         ]
     else:
@@ -387,7 +388,9 @@ def _verification(joined: Joined, verify_table: pd.DataFrame | None) -> list[str
     else:
         lines += ["No analytic prediction was joined.", ""]
     if verify_table is not None and len(verify_table):
-        lines += ["Per-layer verification (`opmeter verify`):", "", fmt.table(verify_table), ""]
+        lines += ["Per-layer verification (`opmeter verify`: each analytic layer against the traced reference module "
+                  "at representative shapes; worst case per layer, all cases in `verification.csv`):", "",
+                  fmt.table(verify_table), ""]
     return lines
 
 
