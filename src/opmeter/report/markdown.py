@@ -78,8 +78,14 @@ def _headline(joined: Joined, context: Mapping[str, Any]) -> list[str]:
     items.append(("FLOPs attributed to named components and categories", fmt.pct(unc["attributed_flops_share"], 2)))
     items.append(("unclassified FLOPs (glue + no category)", fmt.pct(unc["unclassified_flops_share"], 3)))
     items.append(("unclassified bytes (glue + no category)", fmt.pct(unc["unclassified_bytes_share"], 3)))
-    if not math.isnan(unc.get("unclassified_time_share", math.nan)) and joined.totals_.get("time_s"):
-        items.append(("unclassified time", fmt.pct(unc["unclassified_time_share"], 2)))
+    if not math.isnan(unc.get("unclassified_time_share", math.nan)):
+        items.append(("measured time attributed to named components (module timing)",
+                      fmt.pct(unc["attributed_time_share"], 2)))
+        items.append(("unclassified time (glue + no category)", fmt.pct(unc["unclassified_time_share"], 2)))
+    cats = joined.by_category()
+    if "time_share" in cats and cats["time_share"].notna().any():
+        named = cats[cats["category"] != "unclassified"]["time_share"].sum()
+        items.append(("profiled op time in named categories (torch.profiler)", fmt.pct(named, 2)))
     for key, label in (("ttft", "TTFT predicted (vision + prefill)"), ("tpot", "TPOT predicted (decode step)")):
         if context.get(f"predicted_{key}_s") is not None:
             items.append((label, fmt.seconds(context[f"predicted_{key}_s"])))
@@ -102,7 +108,7 @@ def _headline(joined: Joined, context: Mapping[str, Any]) -> list[str]:
             ("tokens/s decode (1/TPOT)", ms("decode_tokens_per_s", "")),
             ("MFU prefill / decode", f"{fmt.pct((m.get('mfu_prefill') or {}).get('mean'), 2)} / "
                                       f"{fmt.pct((m.get('mfu_decode') or {}).get('mean'), 2)}"
-             + ("" if rt.get("peak_flops") else " (unknown peak: give --hardware or OPMETER_PEAK_TFLOPS)")),
+             + ("" if rt.get("peak_flops") else " (unknown peak: set OPMETER_PEAK_TFLOPS, or run on a GPU in the table)")),
         ]
     lines += ["| figure | value |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in items] + [""]
     return lines
@@ -115,8 +121,13 @@ def fmt_rel(measured: Any, predicted: Any) -> float:
     return rel_diff(measured, predicted)
 
 
+def _timed(df: pd.DataFrame, col: str = "time_s") -> bool:
+    return col in df and bool(pd.to_numeric(df[col], errors="coerce").fillna(0).abs().sum() > 0)
+
+
 def _components(joined: Joined) -> list[str]:
     df = joined.by_component()
+    timed = _timed(df)
     total = {"component": "**total**", **{c: df[c].sum() for c in df.columns if c != "component"
                                           and pd.api.types.is_numeric_dtype(df[c])}}
     total["rel_flops_tensor"] = fmt_rel(total["flops_tensor"], total.get("pred_flops_tensor"))
@@ -129,13 +140,13 @@ def _components(joined: Joined) -> list[str]:
         "",
         fmt.table(
             df,
-            ["component", "flops_tensor", "flops_cuda", "bytes", "flops_share", "bytes_share", "pred_flops_tensor",
-             "rel_flops_tensor", "weight_bytes"],
+            ["component", "flops_tensor", "flops_cuda", "bytes", "flops_share", "bytes_share",
+             *(["time_s", "time_share"] if timed else []), "pred_flops_tensor", "rel_flops_tensor", "weight_bytes"],
             {**_flops_cols(), "flops_share": fmt.pct, "bytes_share": fmt.pct, "pred_flops_tensor": fmt.flops,
-             "rel_flops_tensor": fmt.rel, "weight_bytes": fmt.nbytes},
+             "rel_flops_tensor": fmt.rel, "weight_bytes": fmt.nbytes, "time_s": fmt.seconds, "time_share": fmt.pct},
             {"flops_tensor": "tensor-core", "flops_cuda": "CUDA-core", "flops_share": "FLOPs %",
              "bytes_share": "bytes %", "pred_flops_tensor": "predicted tensor-core", "rel_flops_tensor": "Δ vs pred",
-             "weight_bytes": "params"},
+             "weight_bytes": "params", "time_s": "time (self)", "time_share": "time %"},
         ),
         "",
         "![FLOPs by component](flops_by_component.svg)",
@@ -227,12 +238,13 @@ def _hierarchy(joined: Joined, max_depth: int) -> list[str]:
         fmt.table(
             df,
             ["module", "class_name", "instances", "calls", "flops_tensor", "flops_cuda", "bytes", "self_flops_tensor",
-             "pred_flops_tensor", "rel_flops_tensor", "rel_flops_cuda"],
+             "pred_flops_tensor", "rel_flops_tensor", "rel_flops_cuda", *(["time_s"] if _timed(df) else [])],
             {**_flops_cols(), "self_flops_tensor": fmt.flops, "pred_flops_tensor": fmt.flops,
-             "rel_flops_tensor": fmt.rel, "rel_flops_cuda": fmt.rel, "calls": fmt.integer, "instances": fmt.integer},
+             "rel_flops_tensor": fmt.rel, "rel_flops_cuda": fmt.rel, "calls": fmt.integer, "instances": fmt.integer,
+             "time_s": fmt.seconds},
             {"class_name": "class", "flops_tensor": "tensor-core", "flops_cuda": "CUDA-core",
              "self_flops_tensor": "self tensor-core", "pred_flops_tensor": "predicted tensor-core",
-             "rel_flops_tensor": "Δ tensor", "rel_flops_cuda": "Δ CUDA"},
+             "rel_flops_tensor": "Δ tensor", "rel_flops_cuda": "Δ CUDA", "time_s": "time (incl.)"},
         ),
         "",
     ]
