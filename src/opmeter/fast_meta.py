@@ -103,7 +103,9 @@ def _reduced_shape(x: torch.Tensor, dim: Any, keepdim: bool) -> list[int]:
 
 
 def _reduction(ref: Callable[..., torch.Tensor], integer_to_long: bool) -> Callable[..., torch.Tensor]:
-    def kernel(x: torch.Tensor, dim: Any = None, keepdim: bool = False, *, dtype: torch.dtype | None = None):
+    def kernel(
+        x: torch.Tensor, dim: Any = None, keepdim: bool = False, *, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
         if not _fast_ok(x) or x.dim() == 0 or x.dtype.is_complex:
             return ref(x, dim, keepdim, dtype=dtype)
         if dtype is None:
