@@ -108,7 +108,7 @@ def _headline(joined: Joined, context: Mapping[str, Any]) -> list[str]:
             ("tokens/s decode (1/TPOT)", ms("decode_tokens_per_s", "")),
             ("MFU prefill / decode", f"{fmt.pct((m.get('mfu_prefill') or {}).get('mean'), 2)} / "
                                       f"{fmt.pct((m.get('mfu_decode') or {}).get('mean'), 2)}"
-             + ("" if rt.get("peak_flops") else " (unknown peak: set OPMETER_PEAK_TFLOPS, or run on a GPU in the table)")),
+             + ("" if rt.get("peak_flops") else " (unknown peak: set OPMETER_PEAK_TFLOPS or run on a listed GPU)")),
         ]
     lines += ["| figure | value |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in items] + [""]
     return lines
