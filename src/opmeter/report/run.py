@@ -369,7 +369,8 @@ class _Pipeline:
             from opmeter.models.deepseek_ocr.vendor import load_vendor
         except ImportError as exc:
             raise OpmeterError(f"the vendor loader is not available in this installation ({exc})") from None
-        loaded = load_vendor(str(vendor_path), device=device)  # type: ignore[call-arg,unused-ignore]
+        # on meta the vendor structure is built from config.json alone (no weights), as the loader requires
+        loaded = load_vendor(str(vendor_path), weights=device != "meta", device=device)
         model, tokenizer = loaded if isinstance(loaded, tuple) else (loaded, None)
         if tokenizer is None:
             try:
@@ -415,6 +416,12 @@ class _Pipeline:
                 model, tokenizer, preset = self._model(kind, vendor_path, device)
             image_file = image if image is not None else workload.save_image(tmp)
             kwargs = workload.infer_kwargs(image_file)
+            if kind == "vendor":  # the vendor infer() has no max_new_tokens / ignore_eos / crop_grid extensions
+                import inspect
+
+                accepted = inspect.signature(model.infer).parameters
+                if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+                    kwargs = {k: v for k, v in kwargs.items() if k in accepted}
 
             def infer() -> Any:
                 return model.infer(tokenizer, **kwargs)
