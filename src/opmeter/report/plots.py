@@ -90,7 +90,9 @@ def categories(by_category: pd.DataFrame, path: str | Path, title: str = "Operat
     return _save(fig, path)
 
 
-def time_by_stage(stages: pd.DataFrame, path: str | Path, title: str = "Time by stage") -> Path:
+def time_by_stage(
+    stages: pd.DataFrame, path: str | Path, title: str = "Time by stage", hardware: str | None = None
+) -> Path:
     """Bars of predicted (roofline) and measured time per stage.
 
     ``stages`` needs ``stage`` and at least one of ``predicted_time_s`` / ``measured_time_s``
@@ -102,7 +104,8 @@ def time_by_stage(stages: pd.DataFrame, path: str | Path, title: str = "Time by 
     df = stages
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(df) + 2), 4))
     width = 0.8 / len(cols)
-    labels = {"predicted_time_s": "predicted (roofline)", "measured_time_s": "measured"}
+    predicted = f"predicted (roofline, {hardware})" if hardware else "predicted (roofline)"
+    labels = {"predicted_time_s": predicted, "measured_time_s": "measured"}
     for i, col in enumerate(cols):
         xs = [x + (i - (len(cols) - 1) / 2) * width for x in range(len(df))]
         err = None

@@ -611,7 +611,8 @@ class _Pipeline:
             plots.flops_by_component(comp, out_dir / "flops_by_component.svg")
             plots.categories(joined.by_category(), out_dir / "categories.svg")
             stages = joined.by_stage()
-            plots.time_by_stage(stages[~stages["stage"].str.startswith("decode[")], out_dir / "time_by_stage.svg")
+            plots.time_by_stage(stages[~stages["stage"].str.startswith("decode[")], out_dir / "time_by_stage.svg",
+                                hardware=(joined.hardware or {}).get("name"))
             files += ["flops_by_component.svg", "categories.svg", "time_by_stage.svg"]
             verify_table = None
             if o.verify:
