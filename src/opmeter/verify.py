@@ -117,15 +117,51 @@ def run_case(case: Case) -> dict[str, Any]:
     return _row(case, trace.totals(), case.analytic())
 
 
+class _RoutingRecorder:
+    """Tokens per routed expert of the last call of every ``MoEGate`` (real tensors only)."""
+
+    def __init__(self, model: Any) -> None:
+        self.last: dict[int, tuple[Any, int]] = {}
+        for module in model.modules():
+            if type(module).__name__ == "MoEGate":
+                module.register_forward_hook(self._hook)
+
+    def _hook(self, module: Any, args: Any, output: Any) -> None:
+        # keep a reference only: any op here would run inside the traced call and be counted
+        self.last[id(module)] = (output[0], int(module.n_routed_experts))
+
+    def _gate_counts(self, module: Any) -> tuple[int, ...] | None:
+        import torch
+
+        gate = getattr(module, "gate", None) or getattr(getattr(module, "mlp", None), "gate", None)
+        rec = self.last.get(id(gate)) if gate is not None else None
+        if rec is None:
+            return None
+        topk_idx, experts = rec
+        counts = torch.bincount(topk_idx.reshape(-1), minlength=experts)
+        return tuple(int(c) for c in counts.tolist())
+
+    def single(self, module: Any) -> tuple[int, ...] | None:
+        """Routing of the last call of a ``DeepseekV2MoE`` or of the MoE inside a decoder layer."""
+        return self._gate_counts(module)
+
+    def per_layer(self, layers: Any) -> tuple[tuple[int, ...] | None, ...]:
+        """Routing of the last call of each decoder layer (``None`` for dense layers)."""
+        return tuple(self._gate_counts(layer) for layer in layers)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Cases for DeepSeek-OCR
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def deepseek_ocr_cases(preset: str, grid: tuple[int, int] | None = None) -> list[Case]:
+def deepseek_ocr_cases(preset: str, grid: tuple[int, int] | None = None, device: str = "meta") -> list[Case]:
     """Verification cases of every analytic layer of a preset, at the standard workload's shapes.
 
     ``grid`` is the crop grid ``(cols, rows)`` (default: ``(2, 3)``, the standard workload's A4 page).
+    ``device="meta"``: shape-only, bf16, SDPA math path, balanced routing. ``device="cpu"``: real tensors (fp32,
+    random weights and inputs), fused CPU SDPA, learned routing (recorded from the gates during the traced call and
+    given to the analytic layers), the vendor's host-side pixel checks; for the small presets.
     """
     import torch
 
@@ -137,17 +173,24 @@ def deepseek_ocr_cases(preset: str, grid: tuple[int, int] | None = None) -> list
     from opmeter.models.deepseek_ocr.preprocess import prepare_inputs_from_geometry
     from opmeter.models.deepseek_ocr.tokenizer import BuiltinTokenizer
 
-    model = build_reference(preset, device="meta")
+    if device not in ("meta", "cpu"):
+        raise OpmeterError(f"verify runs on 'meta' (shape-only) or 'cpu' (real tensors), not {device!r}")
+    model = build_reference(preset, device=device)
     cfg = model.config
-    dev, bf = torch.device("meta"), torch.bfloat16
-    dt = 2
+    dev, bf = torch.device(device), model.dtype
+    real = device != "meta"
+    dt = torch.empty((), dtype=bf).element_size()
+    gen = torch.Generator().manual_seed(0)
+    routing = _RoutingRecorder(model) if real else None
     cols, rows = grid or (2, 3)
     vw = VisionWorkload.from_grid(cols, rows, base_size=cfg.base_size, image_size=cfg.image_size, config=cfg)
     inputs = prepare_inputs_from_geometry(A.STANDARD_PROMPT, BuiltinTokenizer(), vw, cfg)
     seq = inputs.seq_len
-    ctx: dict[str, Any] = {"dt": dt, "sdpa": "math"}
+    ctx: dict[str, Any] = {"dt": dt, "sdpa": "fused" if real else "math", "host_checks": real}
 
     def empty(*shape: int, dtype: torch.dtype = bf) -> torch.Tensor:
+        if real:
+            return torch.randn(*shape, generator=gen, dtype=dtype).to(dev)
         return torch.empty(*shape, device=dev, dtype=dtype)
 
     cases: list[Case] = []
@@ -157,12 +200,12 @@ def deepseek_ocr_cases(preset: str, grid: tuple[int, int] | None = None) -> list
             **extra: Any) -> None:
         kw = kwargs or {}
         in_shapes = shapes if shapes is not None else [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
-        cases.append(
-            Case(
-                layer, desc, module, lambda: module(*args, **kw),
-                lambda: layer_for(module, in_shapes, path=path, **{**ctx, **extra}),
-            )
-        )
+        def analytic() -> Layer:
+            routed = routing.single(module) if routing is not None else None
+            more = {"expert_tokens": routed} if routed is not None else {}
+            return layer_for(module, in_shapes, path=path, **{**ctx, **extra, **more})
+
+        cases.append(Case(layer, desc, module, lambda: module(*args, **kw), analytic))
 
     ocr: Any = model.model
     sam, clip = ocr.sam_model, ocr.vision_model
@@ -261,25 +304,29 @@ def deepseek_ocr_cases(preset: str, grid: tuple[int, int] | None = None) -> list
         add("Embedding", tag, ocr.embed_tokens, [torch.zeros(1, q_len, dtype=torch.long, device=dev)])
     # ---- end to end
     kw = inputs.model_kwargs(dev, bf)
-    an = A.DeepseekOCRAnalytic(cfg)
+    an = A.DeepseekOCRAnalytic(cfg, dtype=dt, sdpa=ctx["sdpa"], host_checks=real)
     patches, image_ori = kw["images"][0]
     crop = kw["images_spatial_crop"][0]
 
     def vision_layer() -> Layer:
-        calls, glue = A.vision_calls(cfg, vw)
         from opmeter.analytic.base import Composite, Op
+        from opmeter.analytic.primitives import reduction
 
-        scalars = (Op("_local_scalar_dense", bytes_read=8), Op("_local_scalar_dense", bytes_read=8))
-        return Composite(tuple(calls), "vision", (*scalars, *glue))
+        calls, glue = A.vision_calls(cfg, vw, dtype=dt, sdpa=ctx["sdpa"])
+        pre = [Op("_local_scalar_dense", bytes_read=8), Op("_local_scalar_dense", bytes_read=8)]
+        if real:  # torch.sum(patches).item() in _image_features
+            pre += [reduction("sum", int(patches.numel()), 1, dt), Op("_local_scalar_dense", bytes_read=dt)]
+        return Composite(tuple(calls), "vision", (*pre, *glue))
 
     cases.append(Case("end-to-end", f"vision only, grid {cols}x{rows}, {vw.image_tokens} image tokens", ocr,
                       lambda: ocr._image_features(patches, image_ori, crop), vision_layer,
                       implementation="DeepseekOCRModel._image_features"))
-    state: dict[str, Any] = {}
+
+    def routed() -> tuple[tuple[int, ...] | None, ...] | None:
+        return routing.per_layer(ocr.layers) if routing is not None else None
 
     def prefill() -> Any:
-        state["cache"] = KVCache()
-        return model(**kw, past_key_values=state["cache"], use_cache=True)
+        return model(**kw, past_key_values=KVCache(), use_cache=True)
 
     dcache = KVCache()
     for _ in range(dc.num_hidden_layers):
@@ -291,17 +338,17 @@ def deepseek_ocr_cases(preset: str, grid: tuple[int, int] | None = None) -> list
         return model(input_ids=ids, past_key_values=dcache, use_cache=True)
 
     cases.append(Case("end-to-end", f"full prefill, {seq} tokens", model, prefill,
-                      lambda: an.prefill(vw, seq - vw.image_tokens)))
+                      lambda: an.prefill(vw, seq - vw.image_tokens, routed())))
     cases.append(Case("end-to-end", f"one decode step, KV length {seq}", model, decode,
-                      lambda: an.decode_step(seq)))
+                      lambda: an.decode_step(seq, routed())))
     return cases
 
 
 def verify(preset: str, grid: tuple[int, int] | None = None,
-           progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+           progress: Callable[[str], None] | None = None, device: str = "meta") -> pd.DataFrame:
     """Run every case of a preset; one row per case with :data:`COLUMNS`."""
     rows = []
-    for case in deepseek_ocr_cases(preset, grid):
+    for case in deepseek_ocr_cases(preset, grid, device):
         if progress is not None:
             progress(f"{case.layer} {case.case}")
         rows.append(run_case(case))
@@ -324,7 +371,7 @@ def _fmt_rel(value: Any) -> str:
     return "inf" if math.isinf(x) else f"{x:+.2e}" if x else "0"
 
 
-def to_markdown(df: pd.DataFrame, preset: str, seconds: float) -> str:
+def to_markdown(df: pd.DataFrame, preset: str, seconds: float, device: str = "meta") -> str:
     """Markdown report: tolerances, a pass/fail line, the worst row per layer and every row."""
 
     def table(d: pd.DataFrame) -> str:
@@ -345,7 +392,9 @@ def to_markdown(df: pd.DataFrame, preset: str, seconds: float) -> str:
     return "\n".join([
         f"# Verification: analytic layers vs traced reference modules ({preset})",
         "",
-        f"{len(df)} rows, {verdict}; traced shape-only (meta device, bf16) in {seconds:.1f} s.",
+        f"{len(df)} rows, {verdict}; traced "
+        + ("shape-only (meta device, bf16)" if device == "meta" else f"with real tensors on {device}")
+        + f" in {seconds:.1f} s.",
         f"Tolerances: tensor-core FLOPs {TOL_TENSOR:.0%}, CUDA-core FLOPs {TOL_CUDA:.0%}, bytes (read + written) "
         f"{TOL_BYTES:.0%}. `rel` = (analytic - measured) / measured.",
         "",
@@ -360,22 +409,21 @@ def to_markdown(df: pd.DataFrame, preset: str, seconds: float) -> str:
     ])
 
 
-def write_verification(df: pd.DataFrame, out: str | Path, preset: str, seconds: float) -> tuple[Path, Path]:
+def write_verification(
+    df: pd.DataFrame, out: str | Path, preset: str, seconds: float, device: str = "meta"
+) -> tuple[Path, Path]:
     """Write ``verification.csv`` and ``verification.md`` into ``out``."""
     out_dir = Path(out)
     csv = atomic_write_text(out_dir / "verification.csv", df.to_csv(index=False))
-    md = atomic_write_text(out_dir / "verification.md", to_markdown(df, preset, seconds))
+    md = atomic_write_text(out_dir / "verification.md", to_markdown(df, preset, seconds, device))
     return csv, md
 
 
 def run_verify(preset: str, out: str | Path, grid: tuple[int, int] | None = None,
-               progress: Callable[[str], None] | None = None) -> tuple[pd.DataFrame, float]:
+               progress: Callable[[str], None] | None = None, device: str = "meta") -> tuple[pd.DataFrame, float]:
     """Verify, write the files, return the table and the elapsed seconds."""
     t0 = time.perf_counter()
-    try:
-        df = verify(preset, grid, progress)
-    except OpmeterError:
-        raise
+    df = verify(preset, grid, progress, device)
     seconds = time.perf_counter() - t0
-    write_verification(df, out, preset, seconds)
+    write_verification(df, out, preset, seconds, device)
     return df, seconds

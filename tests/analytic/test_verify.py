@@ -38,8 +38,8 @@ def test_verify_fast_passes_and_writes_tables(toy_run: tuple[int, Path]) -> None
 def test_verify_exits_non_zero_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = V.deepseek_ocr_cases
 
-    def few(preset: str, grid: tuple[int, int] | None = None) -> list[V.Case]:
-        return [c for c in real(preset, grid) if c.layer == "MLPBlock"]
+    def few(preset: str, grid: tuple[int, int] | None = None, device: str = "meta") -> list[V.Case]:
+        return [c for c in real(preset, grid, device) if c.layer == "MLPBlock"]
 
     monkeypatch.setattr(V, "deepseek_ocr_cases", few)
     monkeypatch.setattr(V, "TOL_BYTES", -1.0)  # nothing can pass
@@ -51,3 +51,16 @@ def test_rel_diff() -> None:
     assert V.rel_diff(0, 0) == 0
     assert V.rel_diff(100, 101) == pytest.approx(0.01)
     assert V.rel_diff(0, 1) == float("inf")
+
+
+def test_verify_real_tensors_on_cpu(tmp_path: Path) -> None:
+    """fp32, fused CPU SDPA, learned routing recorded from the gates, host-side pixel checks: still exact."""
+    assert main(["verify", "--fast", "--device", "cpu", "--quiet", "--out", str(tmp_path)]) == 0
+    df = pd.read_csv(tmp_path / "verification.csv")
+    assert df["status"].str.startswith("pass").all()
+    assert df[["rel_tensor", "rel_cuda", "rel_bytes"]].abs().max().max() < 1e-9
+    assert "real tensors on cpu" in (tmp_path / "verification.md").read_text()
+
+
+def test_cpu_refuses_full_size(tmp_path: Path) -> None:
+    assert main(["verify", "--device", "cpu", "--out", str(tmp_path)]) == 1

@@ -39,6 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--grid", type=_grid, default=None, help="crop grid COLSxROWS (default: 2x3, the standard page)"
     )
+    parser.add_argument(
+        "--device", choices=("meta", "cpu"), default="meta",
+        help="meta: shape-only bf16 (any size, default); cpu: real fp32 tensors, fused SDPA, learned routing "
+        "(small presets: use with --fast or --preset deepseek-ocr-mini)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
@@ -50,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
     preset = "deepseek-ocr-toy" if args.fast else args.preset
     get_config(preset)  # validates the name
     progress = None if args.quiet else (lambda msg: print(f"  tracing {msg}", file=sys.stderr))
-    df, seconds = run_verify(preset, args.out, args.grid, progress)
+    if args.device == "cpu" and preset == "deepseek-ocr-v1-base":
+        raise OpmeterError("--device cpu runs the model for real: use --fast or --preset deepseek-ocr-mini")
+    df, seconds = run_verify(preset, args.out, args.grid, progress, args.device)
     if df.empty:
         raise OpmeterError("no verification cases ran")
     worst = worst_per_layer(df)

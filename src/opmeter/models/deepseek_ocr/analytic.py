@@ -205,7 +205,10 @@ class Attention(Layer):
             mask = bh * hw * h * w
             ops.append(_ew("add", mask, [bh * hw * h * d, bh * hw * w * d], d))
         ops += sdpa_ops(b, nh, hw, hw, hd, dtype=d, mask_numel=mask, impl=self.sdpa)
-        ops.append(copy("clone", t * c, d, d))  # x.view(...).permute(...).reshape(B, h, w, C)
+        if self.sdpa == "math" or b > 1:
+            # x.view(...).permute(...).reshape(B, h, w, C) copies a head-major output; a fused kernel writes its
+            # output in the layout of q, which is sequence-major (a view of the qkv output) when B == 1
+            ops.append(copy("clone", t * c, d, d))
         return ops
 
     def own_weight_bytes(self) -> int:
@@ -445,7 +448,8 @@ class NoTPAttention(Layer):
     def ops(self) -> Sequence[Op]:
         b, s, c, nh, d = self.batch, self.seq, self.hidden, self.heads, self.dtype
         ops = sdpa_ops(b, nh, s, s, c // nh, dtype=d, impl=self.sdpa, seq_major=True)
-        ops.append(copy("clone", b * s * c, d, d))
+        if self.sdpa == "math":  # a fused kernel's output follows q's sequence-major layout: the merge is a view
+            ops.append(copy("clone", b * s * c, d, d))
         return ops
 
 
@@ -880,6 +884,8 @@ class DeepseekV2DecoderLayer(Layer):
     moe_intermediate: int = 896
     shared: int = 2
     dtype: int = BF16
+    expert_tokens: tuple[int, ...] | None = None
+    """Tokens per routed expert (MoE layers); default: the balanced policy."""
     class_name: str = "DeepseekV2DecoderLayer"
 
     def children(self) -> Sequence[tuple[str, Layer]]:
@@ -889,7 +895,8 @@ class DeepseekV2DecoderLayer(Layer):
         attn = attn_cls(b, s, self.past, h, self.heads, self.kv_heads, self.head_dim, dtype=d)
         mlp: Layer
         if self.moe:
-            mlp = DeepseekV2MoE(t, h, self.experts, self.top_k, self.moe_intermediate, self.shared, dtype=d)
+            mlp = DeepseekV2MoE(t, h, self.experts, self.top_k, self.moe_intermediate, self.shared,
+                                expert_tokens=self.expert_tokens, dtype=d)
         else:
             mlp = DeepseekV2MLP(t, h, self.intermediate, d)
         return [
@@ -929,38 +936,42 @@ class LMHead(Layer):
 # =====================================================================================================================
 
 
-def _sdpa_impl(variant: str) -> str:
+def _sdpa_impl(variant: str, override: str | None = None) -> str:
     if variant not in VARIANTS:
         raise OpmeterError(f"unknown attention variant {variant!r}; use one of {', '.join(VARIANTS)}")
+    if override is not None:
+        if override not in SDPA_IMPLS:
+            raise OpmeterError(f"unknown SDPA implementation {override!r}; use one of {', '.join(SDPA_IMPLS)}")
+        return override
     return "fused" if variant == "flash" else "math"
 
 
 def sam_layer(
-    cfg: DeepseekOCRConfig, batch: int, side: int, variant: str = "normal", dtype: int = BF16
+    cfg: DeepseekOCRConfig, batch: int, side: int, variant: str = "normal", dtype: int = BF16, sdpa: str | None = None
 ) -> ImageEncoderViT:
     """``ImageEncoderViT`` of a preset on ``batch`` views of ``side`` pixels."""
     c = cfg.sam
     return ImageEncoderViT(
         batch, side, c.patch_size, c.embed_dim, c.depth, c.num_heads, int(c.embed_dim * c.mlp_ratio), c.window_size,
         tuple(c.global_attn_indexes), c.img_size // c.patch_size, c.out_chans, c.net_2_chans, c.net_3_chans,
-        c.in_chans, _sdpa_impl(variant), dtype,
+        c.in_chans, _sdpa_impl(variant, sdpa), dtype,
     )
 
 
 def clip_layer(
-    cfg: DeepseekOCRConfig, batch: int, grid: int, variant: str = "normal", dtype: int = BF16
+    cfg: DeepseekOCRConfig, batch: int, grid: int, variant: str = "normal", dtype: int = BF16, sdpa: str | None = None
 ) -> VitModel:
     """``VitModel`` of a preset on ``batch`` views whose SAM output grid is ``grid``."""
     c = cfg.clip
     return VitModel(
         batch, grid, c.hidden_size, c.num_layers, c.num_heads, c.ffn_hidden_size, c.image_size // c.patch_size,
-        _sdpa_impl(variant), dtype,
+        _sdpa_impl(variant, sdpa), dtype,
     )
 
 
 def decoder_layer(
     cfg: DeepseekOCRConfig, index: int, batch: int, q_len: int, past: int = 0, variant: str = "normal",
-    dtype: int = BF16,
+    dtype: int = BF16, expert_tokens: tuple[int, ...] | None = None,
 ) -> DeepseekV2DecoderLayer:
     """Decoder layer ``index`` (dense or MoE as the preset says) for ``q_len`` new tokens over ``past``."""
     d = cfg.decoder
@@ -968,12 +979,13 @@ def decoder_layer(
     return DeepseekV2DecoderLayer(
         batch, q_len, past, d.is_moe_layer(index), variant == "flash", d.hidden_size, d.num_attention_heads,
         d.num_key_value_heads, d.head_dim, d.intermediate_size, d.n_routed_experts, d.num_experts_per_tok,
-        d.moe_intermediate_size, d.n_shared_experts, dtype,
+        d.moe_intermediate_size, d.n_shared_experts, dtype, expert_tokens,
     )
 
 
 def vision_calls(
-    cfg: DeepseekOCRConfig, vision: VisionWorkload, variant: str = "normal", dtype: int = BF16
+    cfg: DeepseekOCRConfig, vision: VisionWorkload, variant: str = "normal", dtype: int = BF16,
+    sdpa: str | None = None,
 ) -> tuple[list[tuple[str, Layer]], list[Op]]:
     """Module calls (paths relative to ``DeepseekOCRModel``) and glue ops of the vision part of one image.
 
@@ -988,11 +1000,11 @@ def vision_calls(
     sam_c = cfg.sam.net_3_chans
     grids: list[int] = []
     for batch, side in vision.views:
-        sam = sam_layer(cfg, batch, side, variant, dtype)
+        sam = sam_layer(cfg, batch, side, variant, dtype, sdpa)
         assert isinstance(sam, ImageEncoderViT)
         g = sam.out_grid
         grids.append(g)
-        clip = clip_layer(cfg, batch, g, variant, dtype)
+        clip = clip_layer(cfg, batch, g, variant, dtype, sdpa)
         calls += [("sam_model", sam), ("vision_model", clip)]
         feats = batch * g * g
         glue.append(
@@ -1038,20 +1050,34 @@ class DeepseekOCRModel(Layer):
     past: int = 0
     vision: VisionWorkload | None = None
     variant: str = "normal"
+    sdpa: str | None = None
+    """Vision SDPA implementation override (``"math"`` / ``"fused"``); default from ``variant``."""
     batch: int = 1
     dtype: int = BF16
+    expert_tokens: tuple[tuple[int, ...] | None, ...] | None = None
+    """Per decoder layer, tokens per routed expert (measured routing); default: the balanced policy."""
+    host_checks: bool = False
+    """Real tensors: the vendor's "is there an image / are there crops" pixel sums read on the host."""
     class_name: str = "DeepseekOCRModel"
 
     def vision_parts(self) -> tuple[list[tuple[str, Layer]], list[Op]]:
         """Vision calls and glue (empty without an image)."""
         if self.vision is None:
             return [], []
-        calls, glue = vision_calls(self.config, self.vision, self.variant, self.dtype)
+        calls, glue = vision_calls(self.config, self.vision, self.variant, self.dtype, self.sdpa)
         h = self.config.decoder.hidden_size
         glue.append(masked_scatter_op(self.seq, self.vision.image_tokens, h, self.dtype))
         # images_spatial_crop[idx] read on the host: two ``.item()`` calls on int64 scalars
-        glue = [Op("_local_scalar_dense", bytes_read=INT64), Op("_local_scalar_dense", bytes_read=INT64), *glue]
-        return calls, glue
+        pre = [Op("_local_scalar_dense", bytes_read=INT64), Op("_local_scalar_dense", bytes_read=INT64)]
+        if self.host_checks:
+            # forward(): torch.sum(image_ori).item(); _image_features(): torch.sum(patches).item()
+            d, g = self.dtype, self.vision.global_view_size
+            n_ori = 3 * g * g
+            crops = self.vision.num_crops
+            n_patch = 3 * crops * self.vision.image_size**2 if crops else 3 * self.vision.base_size**2
+            check = [reduction("sum", n_ori, 1, d), Op("_local_scalar_dense", bytes_read=d)]
+            pre = [*check, *pre, reduction("sum", n_patch, 1, d), Op("_local_scalar_dense", bytes_read=d)]
+        return calls, [*pre, *glue]
 
     def decoder_ops(self) -> list[Op]:
         """Position ids and the causal mask built by ``DeepseekV2Model.decode``."""
@@ -1070,8 +1096,13 @@ class DeepseekOCRModel(Layer):
     def decoder_calls(self) -> list[tuple[str, Layer]]:
         """The decoder layers and the final norm."""
         d = self.config.decoder
+        routed = self.expert_tokens or ()
         calls: list[tuple[str, Layer]] = [
-            (f"layers.{i}", decoder_layer(self.config, i, self.batch, self.seq, self.past, self.variant, self.dtype))
+            (
+                f"layers.{i}",
+                decoder_layer(self.config, i, self.batch, self.seq, self.past, self.variant, self.dtype,
+                              routed[i] if i < len(routed) else None),
+            )
             for i in range(d.num_hidden_layers)
         ]
         calls.append(("norm", DeepseekV2RMSNorm(self.batch * self.seq, d.hidden_size, self.dtype)))
@@ -1092,9 +1123,10 @@ class DeepseekOCRModel(Layer):
         # Vision modules are not called in decode steps, but their parameters are resident.
         own = super().weight_bytes()
         if self.vision is None:
-            own += sam_layer(self.config, 1, self.config.base_size).weight_bytes()
-            own += clip_layer(self.config, 1, self.config.queries_per_side(self.config.base_size)).weight_bytes()
-            own += MlpProjector(1, self.config.projector.input_dim, self.config.projector.n_embed).weight_bytes()
+            cfg, d = self.config, self.dtype
+            own += sam_layer(cfg, 1, cfg.base_size, dtype=d).weight_bytes()
+            own += clip_layer(cfg, 1, cfg.queries_per_side(cfg.base_size), dtype=d).weight_bytes()
+            own += MlpProjector(1, cfg.projector.input_dim, cfg.projector.n_embed, d).weight_bytes()
         return own
 
 
@@ -1107,13 +1139,22 @@ class DeepseekOCRForCausalLM(Layer):
     past: int = 0
     vision: VisionWorkload | None = None
     variant: str = "normal"
+    sdpa: str | None = None
+    """Vision SDPA implementation override (``"math"`` / ``"fused"``); default from ``variant``."""
     batch: int = 1
     dtype: int = BF16
+    expert_tokens: tuple[tuple[int, ...] | None, ...] | None = None
+    """Per decoder layer, tokens per routed expert (measured routing); default: the balanced policy."""
+    host_checks: bool = False
+    """Real tensors: the vendor's "is there an image / are there crops" pixel sums read on the host."""
     class_name: str = "DeepseekOCRForCausalLM"
 
     def model(self) -> DeepseekOCRModel:
         """The ``model`` child."""
-        return DeepseekOCRModel(self.config, self.seq, self.past, self.vision, self.variant, self.batch, self.dtype)
+        return DeepseekOCRModel(
+            self.config, self.seq, self.past, self.vision, self.variant, self.sdpa, batch=self.batch, dtype=self.dtype,
+            expert_tokens=self.expert_tokens, host_checks=self.host_checks,
+        )
 
     def lm_head(self) -> LMHead:
         """The ``lm_head`` child."""
@@ -1204,24 +1245,44 @@ class DeepseekOCRAnalytic:
     variant: str = "normal"
     dtype: int = BF16
     batch: int = 1
+    host_checks: bool = False
+    """Model real tensors: add the vendor's host-side pixel-sum checks (absent in shape-only runs)."""
+    sdpa: str | None = None
+    """Vision ``F.scaled_dot_product_attention`` implementation: ``"math"`` (decomposed, scores in memory: meta
+    device, CPU/GPU without a fused kernel) or ``"fused"`` (CPU flash / GPU flash or memory-efficient kernels);
+    default: ``"math"`` for the ``normal`` variant, ``"fused"`` for ``flash``."""
 
     @classmethod
     def from_preset(cls, preset: str, variant: str = "normal", dtype: int = BF16) -> DeepseekOCRAnalytic:
         """Build from a preset name."""
         return cls(get_config(preset), variant, dtype)
 
-    def prefill(self, vision: VisionWorkload | None, text_tokens: int) -> DeepseekOCRForCausalLM:
-        """The root call of the prefill: ``text_tokens`` text positions plus the image tokens."""
-        seq = text_tokens + (vision.image_tokens if vision is not None else 0)
-        return DeepseekOCRForCausalLM(self.config, seq, 0, vision, self.variant, self.batch, self.dtype)
+    def prefill(
+        self, vision: VisionWorkload | None, text_tokens: int,
+        expert_tokens: tuple[tuple[int, ...] | None, ...] | None = None,
+    ) -> DeepseekOCRForCausalLM:
+        """The root call of the prefill: ``text_tokens`` text positions plus the image tokens.
 
-    def decode_step(self, past: int) -> DeepseekOCRForCausalLM:
+        ``expert_tokens``: per decoder layer, measured tokens per routed expert (default: balanced routing).
+        """
+        seq = text_tokens + (vision.image_tokens if vision is not None else 0)
+        return DeepseekOCRForCausalLM(
+            self.config, seq, 0, vision, self.variant, self.sdpa, batch=self.batch, dtype=self.dtype,
+            host_checks=self.host_checks, expert_tokens=expert_tokens,
+        )
+
+    def decode_step(
+        self, past: int, expert_tokens: tuple[tuple[int, ...] | None, ...] | None = None
+    ) -> DeepseekOCRForCausalLM:
         """The root call of one decode step after ``past`` cached positions."""
-        return DeepseekOCRForCausalLM(self.config, 1, past, None, self.variant, self.batch, self.dtype)
+        return DeepseekOCRForCausalLM(
+            self.config, 1, past, None, self.variant, self.sdpa, batch=self.batch, dtype=self.dtype,
+            host_checks=self.host_checks, expert_tokens=expert_tokens,
+        )
 
     def vision(self, vision: VisionWorkload) -> Composite:
         """The vision part of the prefill as a composite (paths relative to the root)."""
-        calls, glue = vision_calls(self.config, vision, self.variant, self.dtype)
+        calls, glue = vision_calls(self.config, vision, self.variant, self.dtype, self.sdpa)
         return Composite(tuple((f"model.{p}", layer) for p, layer in calls), "vision", tuple(glue))
 
     def kv_cache_bytes(self, positions: int) -> int:

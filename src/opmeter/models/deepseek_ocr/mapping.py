@@ -90,7 +90,8 @@ MAPPING: tuple[MappingEntry, ...] = (
         _impl("model", "DeepseekOCRForCausalLM", "*.modeling_deepseekocr.DeepseekOCRForCausalLM"),
         A.DeepseekOCRForCausalLM,
         {"config": "ctx['config']", "seq": "ctx['seq']", "past": "ctx.get('past', 0)", "vision": "ctx.get('vision')",
-         "variant": "ctx.get('variant', 'normal')", "dtype": "ctx['dt']"},
+         "variant": "ctx.get('variant', 'normal')", "sdpa": "ctx['sdpa']", "dtype": "ctx['dt']",
+         "expert_tokens": "ctx.get('expert_tokens')", "host_checks": "ctx.get('host_checks', False)"},
         note="needs the workload: config, seq (new tokens), past, vision (VisionWorkload or None)",
     ),
     MappingEntry(
@@ -98,7 +99,8 @@ MAPPING: tuple[MappingEntry, ...] = (
         _impl("model", "DeepseekOCRModel", "*.modeling_deepseekocr.DeepseekOCRModel"),
         A.DeepseekOCRModel,
         {"config": "ctx['config']", "seq": "ctx['seq']", "past": "ctx.get('past', 0)", "vision": "ctx.get('vision')",
-         "variant": "ctx.get('variant', 'normal')", "dtype": "ctx['dt']"},
+         "variant": "ctx.get('variant', 'normal')", "sdpa": "ctx['sdpa']", "dtype": "ctx['dt']",
+         "expert_tokens": "ctx.get('expert_tokens')", "host_checks": "ctx.get('host_checks', False)"},
         note="needs the workload, as DeepseekOCRForCausalLM",
     ),
     # ---- SAM -----------------------------------------------------------------------------------------------------
@@ -224,7 +226,7 @@ MAPPING: tuple[MappingEntry, ...] = (
          "moe_intermediate": "attr(m, 'mlp.experts.0.intermediate_size', 1)",
          "shared": "attr(m, 'mlp.shared_experts.intermediate_size', 0)"
                    " // attr(m, 'mlp.experts.0.intermediate_size', 1)",
-         "dtype": "ctx['dt']"},
+         "dtype": "ctx['dt']", "expert_tokens": "ctx.get('expert_tokens')"},
     ),
     MappingEntry(
         "LlamaAttention",
