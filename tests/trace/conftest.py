@@ -12,11 +12,15 @@ from torch.nn.modules import module as nn_module
 from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 from torch.utils.flop_counter import FlopCounterMode
 
+from opmeter.trace import callpatch
 
-def global_state() -> tuple[int, int, int, int]:
-    """Counts of everything a tracer may install globally: dispatch modes and global module hooks."""
+
+def global_state() -> tuple[Any, ...]:
+    """Everything a tracer may install globally: dispatch modes, ``nn.Module.__call__``, global module hooks."""
     return (
         len(_get_current_dispatch_mode_stack()),
+        nn.Module.__call__,
+        callpatch.is_installed(),
         len(nn_module._global_forward_pre_hooks),
         len(nn_module._global_forward_hooks),
         len(nn_module._global_forward_hooks_always_called),

@@ -225,6 +225,26 @@ def test_enter_twice_nested_and_repeated(nested: Nested) -> None:
     assert rows(again.by_module())["b"]["calls"] == 3
 
 
+def test_nested_tracers_exit_out_of_order_and_other_threads(nested: Nested) -> None:
+    before = global_state()
+    a, b = OpTracer(nested), OpTracer(nested.b)
+    ta = a.__enter__()
+    tb = b.__enter__()
+    nested(torch.randn(1, 8))
+    a.__exit__(None, None, None)  # the outer one first
+    nested(torch.randn(1, 8))  # still traced by b only
+    b.__exit__(None, None, None)
+    assert global_state() == before
+    assert rows(ta.by_module())["b"]["calls"] == 3
+    assert rows(tb.by_module())[ROOT]["calls"] == 6
+    seen: list[int] = []
+    with OpTracer(nested) as tt:
+        worker = threading.Thread(target=lambda: seen.append(int(nested(torch.randn(1, 8)).numel())))
+        worker.start()
+        worker.join()
+    assert seen == [8] and rows(tt.by_module())[ROOT]["calls"] == 0  # other threads are not traced
+
+
 def test_fake_tensor_and_meta_models() -> None:
     with FakeTensorMode():
         model = MLP(64, 256)

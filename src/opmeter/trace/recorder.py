@@ -7,6 +7,7 @@ switch those two references. Everything else is derived when the trace is querie
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -54,6 +55,8 @@ class Recorder:
         self.glue: dict[str, int] = {}
         self.explicit: list[tuple[int, int]] = []  # (stage index entered, stage index to restore)
         self.root_active = 0
+        self.closed = False
+        self.thread = threading.get_ident()
         self.auto_open = False
         self.prefill_seen = False
         self.n_decode = 0
@@ -201,8 +204,8 @@ class Recorder:
                     self.trace.spans_truncated = True
         self.cell = self._cell_for(self.gid, self.stack[-1])
 
-    def pre_hook(self, mod: Any, args: Any) -> None:
-        """Global forward pre-hook: push the module (the root is handled by :meth:`root_pre_hook`)."""
+    def enter(self, mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """A module call starts (see :mod:`opmeter.trace.callpatch`)."""
         idx = self.index.get(id(mod))
         if idx is None:
             # not in the tree (created on the fly, another model...): its ops go to the nearest known ancestor
@@ -210,19 +213,22 @@ class Recorder:
             self.objs.append(mod)
             self.starts.append(0.0)
             self.known.append(False)
-            return
-        if idx == ROOT_INDEX:
-            return
-        self._push(idx, mod)
+        elif idx == ROOT_INDEX:
+            self.root_pre_hook(mod, args, kwargs)
+        else:
+            self._push(idx, mod)
 
-    def post_hook(self, mod: Any, args: Any, out: Any) -> None:
-        """Global forward hook (``always_call=True``): pop the module, even when its forward raised."""
-        if mod is self.root:
+    def exit(self, mod: Any) -> None:
+        """A module call ends (normally or by an exception)."""
+        if self.closed:
             return
-        self._pop(mod)
+        if mod is self.root:
+            self.root_post_hook(mod, None, None)
+        else:
+            self._pop(mod)
 
     def root_pre_hook(self, mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Root forward pre-hook (with kwargs): a root-level call opens an automatic stage, then push the root."""
+        """The root's call starts: a root-level call opens an automatic stage, then push the root."""
         if self.root_active == 0 and not self.explicit:
             seq = st.sequence_length(args, kwargs or {})
             tokens, batch = (seq if seq is not None else (None, None))
@@ -243,7 +249,7 @@ class Recorder:
         self._push(ROOT_INDEX, mod)
 
     def root_post_hook(self, mod: Any, args: Any, out: Any) -> None:
-        """Root forward hook: pop the root; a root-level call ends its stage and opens the glue stage."""
+        """The root's call ends: pop the root; a root-level call ends its stage and opens the glue stage."""
         if self.root_active <= 0:
             return
         self._pop(mod)
@@ -263,6 +269,7 @@ class Recorder:
 
     def finish(self, names: dict[int, str]) -> None:
         """Close the clock, unwind what is still open, convert op keys to names into the :class:`Trace`."""
+        self.closed = True
         if self.timing:
             self.sync()
             now = _perf()

@@ -1,7 +1,8 @@
 """The public :class:`OpTracer` context manager.
 
 ``with OpTracer(model) as trace:`` installs, for the duration of the block, a ``TorchDispatchMode`` (every aten op)
-and global module forward hooks (the module stack); whatever Python code runs inside is traced. On exit, also on an
+and a wrapper around ``nn.Module.__call__`` (the module stack, see :mod:`opmeter.trace.callpatch`); whatever
+Python code runs inside is traced. On exit, also on an
 exception or Ctrl-C, every global it installed is removed, what was recorded is kept, and the trace is marked
 incomplete with the error text when the block raised.
 """
@@ -17,10 +18,10 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 import torch
-from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.utils._python_dispatch import _get_current_dispatch_mode_stack, _pop_mode, _push_mode
 
 from opmeter.errors import OpmeterError
+from opmeter.trace import callpatch
 from opmeter.trace import stages as st
 from opmeter.trace.dispatch import CountingMode, FullMode
 from opmeter.trace.modules import module_table
@@ -91,7 +92,7 @@ class OpTracer:
         self.trace: Trace | None = None
         self._active = False
         self._mode: CountingMode | None = None
-        self._handles: list[Any] = []
+        self._installed = False
         self._recorder: Recorder | None = None
         self._log: IO[bytes] | None = None
         self._t_start = 0.0
@@ -116,12 +117,8 @@ class OpTracer:
             if self.event_log is not None:
                 self.event_log.parent.mkdir(parents=True, exist_ok=True)
                 self._log = open(self._partial_log(), "wb")
-            self._handles = [
-                register_module_forward_pre_hook(rec.pre_hook),
-                register_module_forward_hook(rec.post_hook, always_call=True),
-                self.model.register_forward_pre_hook(rec.root_pre_hook, with_kwargs=True, prepend=True),
-                self.model.register_forward_hook(rec.root_post_hook, always_call=True),
-            ]
+            callpatch.install(rec)
+            self._installed = True
             if self.count_ops:
                 if self.timing or self.record_shapes or self._log is not None:
                     mode: CountingMode = FullMode(rec, timing=self.timing,
@@ -207,12 +204,12 @@ class OpTracer:
             self._pop_our_mode()
         except BaseException as exc:  # pragma: no cover - defensive
             errors.append(exc)
-        for h in self._handles:
+        if self._installed and self._recorder is not None:
             try:
-                h.remove()
+                callpatch.uninstall(self._recorder)
             except BaseException as exc:  # pragma: no cover - defensive
                 errors.append(exc)
-        self._handles = []
+            self._installed = False
         if self._recorder is not None and self._recorder in st.ACTIVE:
             st.ACTIVE.remove(self._recorder)
         if errors:  # pragma: no cover - defensive
