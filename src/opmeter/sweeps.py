@@ -234,6 +234,10 @@ def plot_sweep(name: str, df: pd.DataFrame, out: Path, cfg: SweepConfig) -> list
         fig, ax = plt.subplots(figsize=(8, 5))
         for i, (variant, d) in enumerate(df.groupby("variant", sort=False)):
             _scatter_labelled(ax, d, field, str(variant), "os"[i % 2], annotate=i == 0)
+        measured = _measured_series(df, field)
+        if measured is not None:
+            ax.scatter(measured[0], measured[1], marker="x", s=40, color="black", zorder=5,
+                       label="measured (traced, normal)")
         ax.set_xlabel("image tokens")
         ax.set_ylabel(_LABELS[field])
         ax.set_title(f"{name}: {_LABELS[field]} vs image tokens (labels: rows x cols)")
@@ -245,6 +249,12 @@ def plot_sweep(name: str, df: pd.DataFrame, out: Path, cfg: SweepConfig) -> list
         d = d.sort_values("image_tokens")
         ax.plot(d["image_tokens"], d["tensor_tflops"], marker="o", markersize=3, label=f"tensor core ({variant})")
         ax.plot(d["image_tokens"], d["cuda_tflops"], marker="s", markersize=3, label=f"CUDA core ({variant})")
+    if "measured_tensor_tflops" in df.columns:
+        m = df.dropna(subset=["measured_tensor_tflops"])
+        ax.scatter(m["image_tokens"], m["measured_tensor_tflops"], marker="x", s=40, color="black", zorder=5,
+                   label="measured tensor core")
+        ax.scatter(m["image_tokens"], m["measured_cuda_tflops"], marker="+", s=50, color="black", zorder=5,
+                   label="measured CUDA core")
     ax.set_yscale("log")
     ax.set_xlabel("image tokens")
     ax.set_ylabel("TFLOPs (log)")
@@ -265,6 +275,20 @@ def plot_sweep(name: str, df: pd.DataFrame, out: Path, cfg: SweepConfig) -> list
     if name in ("prefill", "decode"):
         paths.append(_plot_required(name, df, out))
     return paths
+
+
+def _measured_series(df: pd.DataFrame, field: str) -> tuple[pd.Series, pd.Series] | None:
+    """Measured points for a plotted field, when the sweep has a measured column for it."""
+    if "measured_tensor_tflops" not in df.columns:
+        return None
+    m = df.dropna(subset=["measured_tensor_tflops"])
+    if field == "flops_tflops":
+        return m["image_tokens"], m["measured_tensor_tflops"] + m["measured_cuda_tflops"]
+    if field == "io_tb":
+        return m["image_tokens"], m["measured_io_tb"]
+    if field == "arithmetic_intensity":
+        return m["image_tokens"], (m["measured_tensor_tflops"] + m["measured_cuda_tflops"]) / m["measured_io_tb"]
+    return None
 
 
 def _plot_required(name: str, df: pd.DataFrame, out: Path) -> Path:
