@@ -97,6 +97,8 @@ class RunTiming:
     decode_step_s: tuple[float, ...]
     forward_s: float = 0.0
     """Time inside forwards of the step module (the rest of ``total_s`` is host glue: preprocessing, sampling)."""
+    peak_memory_bytes: float | None = None
+    """Peak CUDA memory allocated during the run (``torch.cuda.max_memory_allocated``); ``None`` on CPU."""
 
     @property
     def decode_s(self) -> float:
@@ -307,6 +309,11 @@ class RuntimeProfile:
         ):
             st = self.stat(metric)
             rows.append({"metric": metric, "label": label, "mean": st.mean, "std": st.std, "n": st.n})
+        mem = [r.peak_memory_bytes for r in self.runs if r.peak_memory_bytes is not None]
+        if mem:
+            st = Stat.of(mem)
+            rows.append({"metric": "peak_memory_bytes", "label": "peak CUDA memory allocated (bytes)",
+                         "mean": st.mean, "std": st.std, "n": st.n})
         tps = Stat.of([r.generated_tokens / r.total_s for r in self.runs if r.total_s > 0])
         rows.append({"metric": "tokens_per_s", "label": "tokens/s, end to end", **attrs.asdict(tps)})
         dtps = Stat.of([1.0 / t for r in self.runs if (t := r.tpot_s)])
@@ -351,6 +358,7 @@ class RuntimeProfile:
                     "prefill_s": r.prefill_s,
                     "decode_step_s": list(r.decode_step_s),
                     "forward_s": r.forward_s,
+                    "peak_memory_bytes": r.peak_memory_bytes,
                 }
                 for r in self.runs
             ],
@@ -395,12 +403,18 @@ def profile_runtime(
     if repeats < 1:
         raise ValueError("repeats must be at least 1")
     runs: list[RunTiming] = []
+    cuda = str(device).startswith("cuda") and torch.cuda.is_available()
     for i in range(warmup + repeats):
         clock = StageClock(step_module, vision_modules, device=device, nvtx=nvtx)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
         with torch.inference_mode(), clock:
             run()
         if i >= warmup:
-            runs.append(clock.result())
+            result = clock.result()
+            if cuda:
+                result = attrs.evolve(result, peak_memory_bytes=float(torch.cuda.max_memory_allocated()))
+            runs.append(result)
         if progress is not None:
             progress(i + 1)
     return RuntimeProfile(runs=tuple(runs), device=str(device), peak_flops=peak_flops, stage_flops=stage_flops or {})
