@@ -203,6 +203,28 @@ def _baddbmm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[i
     return bmm_flops(args[1].shape, args[2].shape), 0.0
 
 
+def _mm_cost(a: tuple[Any, ...], k: dict[str, Any], o: Any) -> tuple[int, float, int, int]:
+    x, w = a[0], a[1]
+    m, kk = x.shape
+    return 2 * m * w.shape[-1] * kk, 0.0, x.nbytes + w.nbytes, o.nbytes
+
+
+def _addmm_cost(a: tuple[Any, ...], k: dict[str, Any], o: Any) -> tuple[int, float, int, int]:
+    b, x, w = a[0], a[1], a[2]
+    m, kk = x.shape
+    return 2 * m * w.shape[-1] * kk, 0.0, b.nbytes + x.nbytes + w.nbytes, o.nbytes
+
+
+def _bmm_cost(a: tuple[Any, ...], k: dict[str, Any], o: Any) -> tuple[int, float, int, int]:
+    x, w = a[0], a[1]
+    bb, m, kk = x.shape
+    return 2 * bb * m * w.shape[-1] * kk, 0.0, x.nbytes + w.nbytes, o.nbytes
+
+
+# Hot-path versions (FLOPs and bytes in one call) of the most frequent formulas; same numbers as above.
+_FUSED: dict[Any, CostFn] = {aten.mm.default: _mm_cost, aten.addmm.default: _addmm_cost, aten.bmm.default: _bmm_cost}
+
+
 @register_formula(_op("_scaled_mm"))
 def _scaled_mm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
     return mm_flops(args[0].shape, args[1].shape), 0.0
@@ -620,6 +642,8 @@ def compile_op(func: Any) -> OpInfo:
         exact = False
     if is_view:
         cost = _zero_cost
+    elif func in _FUSED and _FLOPS.get(packet, (None,))[0] in (_mm, _addmm, _bmm) and bytes_fn is None:
+        cost = _FUSED[func]
     elif registered is None and bytes_fn is None:
         cost = _fused_cost(basis, per)
     else:
