@@ -351,11 +351,17 @@ class ImageEncoderViT(Layer):
             )
             kids.append((f"blocks.{i}", blk))
         oc, g2 = self.out_chans, self._g2()
+        neck = Composite(
+            (
+                ("0", Conv2d(b, self.dim, oc, g, g, 1, bias=False, dtype=d)),
+                ("1", LayerNorm2d(b, oc, g, g, d)),
+                ("2", Conv2d(b, oc, oc, g, g, 3, padding=1, bias=False, dtype=d)),
+                ("3", LayerNorm2d(b, oc, g, g, d)),
+            ),
+            class_name="Sequential",
+        )
         kids += [
-            ("neck.0", Conv2d(b, self.dim, oc, g, g, 1, bias=False, dtype=d)),
-            ("neck.1", LayerNorm2d(b, oc, g, g, d)),
-            ("neck.2", Conv2d(b, oc, oc, g, g, 3, padding=1, bias=False, dtype=d)),
-            ("neck.3", LayerNorm2d(b, oc, g, g, d)),
+            ("neck", neck),
             ("net_2", Conv2d(b, oc, self.net_2_chans, g, g, 3, stride=2, padding=1, bias=False, dtype=d)),
             (
                 "net_3",

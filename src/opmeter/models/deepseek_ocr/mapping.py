@@ -345,7 +345,7 @@ MAPPING: tuple[MappingEntry, ...] = (
         ("torch.nn.modules.container.Sequential",),
         None,
         kind=CONTAINER,
-        note="its forward only calls the children; no ops of its own (modelled inside ImageEncoderViT as neck.i)",
+        note="called, but its forward only calls the children: a Composite of them in the analytic tree (SAM neck)",
     ),
     MappingEntry(
         "ModuleDict",
