@@ -36,3 +36,5 @@ def test_prefill_and_decode_match_every_module() -> None:
     assert set(predicted.index) == set(measured.index)
     diff = (predicted[COLS] - measured.loc[predicted.index, COLS]).abs()
     assert diff.to_numpy().max() == 0
+    names = measured.loc[predicted.index, "class_name"]
+    assert (predicted["class_name"] == names).all(), predicted[predicted["class_name"] != names]["class_name"]
