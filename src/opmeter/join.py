@@ -217,11 +217,11 @@ class Joined:
         df["pattern"] = df["module"].map(lambda p: re.sub(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.|$)", "*", str(p)))
         sums = ["calls", *[c for c in df.columns if c.startswith(("flops", "self_", "bytes", "time", "pred_"))]]
         sums = [c for c in dict.fromkeys(sums) if pd.api.types.is_numeric_dtype(df[c])]
-        first = df.groupby("pattern", sort=False).agg(
-            class_name=("class_name", "first"), depth=("depth", "first"), instances=("module", "size"),
-            component=("component", "first"),
+        keys = ["pattern", "class_name"]  # model.layers.*.mlp is a dense MLP in layer 0 and an MoE elsewhere
+        first = df.groupby(keys, sort=False).agg(
+            depth=("depth", "first"), instances=("module", "size"), component=("component", "first"),
         )
-        out = first.join(df.groupby("pattern", sort=False)[sums].sum(min_count=1)).reset_index()
+        out = first.join(df.groupby(keys, sort=False)[sums].sum(min_count=1)).reset_index()
         out = out.rename(columns={"pattern": "module"})
         for m in ("flops_tensor", "flops_cuda", "bytes"):
             if f"pred_{m}" in out:

@@ -227,7 +227,8 @@ def _runtime(joined: Joined) -> list[str]:
 
 def _hierarchy(joined: Joined, max_depth: int) -> list[str]:
     df = joined.hierarchy(max_depth=max_depth)
-    df = df.copy()
+    uncalled = df[(df["calls"] == 0) & ~df["module"].isin(["<root>"])]
+    df = df[(df["calls"] > 0) | (df["module"] == "<root>")].copy()
     df["module"] = [("&nbsp;&nbsp;" * int(d)) + str(m) for m, d in zip(df["module"], df["depth"], strict=True)]
     return [
         "## Module hierarchy",
@@ -247,7 +248,19 @@ def _hierarchy(joined: Joined, max_depth: int) -> list[str]:
              "rel_flops_tensor": "Δ tensor", "rel_flops_cuda": "Δ CUDA", "time_s": "time (incl.)"},
         ),
         "",
+        *_uncalled(uncalled),
     ]
+
+
+def _uncalled(df: pd.DataFrame) -> list[str]:
+    """Modules defined but never called (containers such as ``ModuleList`` are never called themselves)."""
+    if df.empty:
+        return []
+    containers = {"ModuleList", "ModuleDict", "ParameterList", "ParameterDict"}
+    real = df[~df["class_name"].isin(containers)]
+    names = ", ".join(f"`{m}` ({c})" for m, c in zip(real["module"], real["class_name"], strict=True))
+    line = f"Defined but never called: {names}." if len(real) else "Every module that computes was called."
+    return [line + f" ({len(df) - len(real)} container rows such as `ModuleList` omitted.)", ""]
 
 
 def _classes(joined: Joined) -> list[str]:
@@ -412,7 +425,7 @@ def render(
     mermaid: str | None = None,
     verify_table: pd.DataFrame | None = None,
     files: Sequence[str] = (),
-    hierarchy_depth: int = 5,
+    hierarchy_depth: int = 6,
     top: int = 25,
 ) -> str:
     """The whole ``report.md`` as a string.
