@@ -144,6 +144,7 @@ def test_prefill_decode_stages_and_glue() -> None:
     assert trace.by_module(stage="decode")["ops"].iloc[0] == st[st["group"] == "decode"]["ops"].sum()
     with pytest.raises(OpmeterError, match="unknown stage group 'vision'"):
         trace.by_module(stage="vision")
+    assert trace.by_module(stage="other")["ops"].sum() == 0  # a standard group absent from this run: empty
 
 
 def test_explicit_stages_nest_and_override() -> None:

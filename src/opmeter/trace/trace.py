@@ -38,6 +38,8 @@ NUMERIC: Final = ("ops", "flops_tensor", "flops_cuda", "bytes_read", "bytes_writ
 _N = 6  # cell list length: calls, ft, fc, br, bw, op_time
 
 NAN = math.nan
+_STANDARD_GROUPS: Final = frozenset({"prefill", "decode", "other", "setup", "prefill.glue", "decode.glue",
+                                     "other.glue"})
 _OP_COLS: Final = ("op", "category", "calls", "flops_tensor", "flops_cuda", "bytes_read", "bytes_written", "time_s",
                    "exact")
 
@@ -110,6 +112,8 @@ class Trace:
         for w in wanted:
             if w in self.groups:
                 ids.add(self.groups.index(w))
+            elif w in _STANDARD_GROUPS:
+                continue  # a standard group this run did not have (no decode step...): selects nothing
             else:
                 known = ", ".join(self.groups) or "none"
                 raise OpmeterError(f"unknown stage group {w!r}; this trace has: {known}")
@@ -569,6 +573,7 @@ class Trace:
                 "class_edges": _records(self.edges(level="class")),
                 "ops": _records(self.by_operator()),
                 "categories": _records(self.by_category()),
+                "module_categories": _records(self.by_module_and_category()),
                 "stages": _records(self.stages()),
                 "unclassified": _records(self.unclassified()),
                 "uncalled_modules": _records(self.uncalled_modules()),
