@@ -140,6 +140,18 @@ def _cat(tensors: Sequence[torch.Tensor], dim: int = 0) -> torch.Tensor:
     return _empty(shape, dtype)
 
 
+def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
+        raise RuntimeError(f"mm: incompatible operands {tuple(a.shape)} and {tuple(b.shape)}")
+    return _empty((a.shape[0], b.shape[1]), a.dtype)  # as meta_mm: a fresh contiguous tensor of a's dtype
+
+
+def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if a.dim() != 3 or b.dim() != 3 or a.shape[0] != b.shape[0] or a.shape[2] != b.shape[1] or a.dtype != b.dtype:
+        raise RuntimeError(f"bmm: incompatible operands {tuple(a.shape)} {a.dtype} and {tuple(b.shape)} {b.dtype}")
+    return _empty((a.shape[0], a.shape[1], b.shape[2]), a.dtype)
+
+
 def _kernels() -> dict[str, Callable[..., torch.Tensor]]:
     refs = torch._refs
     kernels: dict[str, Callable[..., torch.Tensor]] = {
@@ -151,6 +163,8 @@ def _kernels() -> dict[str, Callable[..., torch.Tensor]]:
         "mul.Scalar": _binary(refs.mul),
         "add.Scalar": _binary(refs.add),
         "cat": _cat,
+        "mm": _mm,
+        "bmm": _bmm,
         "mul_.Tensor": _inplace_binary(refs.mul),
         "pow.Tensor_Scalar": _pow_tensor_scalar,
         "neg": _unary(refs.neg, float_only=False),

@@ -37,6 +37,13 @@ def _cases() -> dict[str, Callable[[], torch.Tensor]]:
         "mul_Scalar_int_float": lambda: torch.ops.aten.mul.Scalar(lng, 1.5),
         "bool_add": lambda: torch.empty(3, **M, dtype=torch.bool) + torch.empty(3, **M, dtype=torch.bool),
         "mean_int_error": lambda: lng.mean(dim=0),
+        "mm": lambda: f.view(1, 1280) @ torch.empty(1280, 7, **M), "mm_t": lambda: q[0, 0] @ q[0, 0].t(),
+        "bmm": lambda: torch.bmm(q[0], q[0].transpose(1, 2)), "linear": lambda: torch.nn.functional.linear(
+            a, torch.empty(64, 1280, **M, dtype=torch.bfloat16)),
+        "matmul_4d": lambda: torch.matmul(qt, q.transpose(2, 3)), "mm_bad": lambda: f.view(1, 1280) @ f.view(1, 1280),
+        "mm_dtype": lambda: a.view(1, 1280) @ torch.empty(1280, 2, **M),
+        "bmm_dtype": lambda: torch.bmm(q[0], q[0].transpose(1, 2).to(torch.bfloat16)), "silu": lambda: torch.nn.functional.silu(a),
+        "silu_slice": lambda: torch.nn.functional.silu(qs),
     }
 
 
