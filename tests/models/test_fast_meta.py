@@ -42,7 +42,8 @@ def _cases() -> dict[str, Callable[[], torch.Tensor]]:
             a, torch.empty(64, 1280, **M, dtype=torch.bfloat16)),
         "matmul_4d": lambda: torch.matmul(qt, q.transpose(2, 3)), "mm_bad": lambda: f.view(1, 1280) @ f.view(1, 1280),
         "mm_dtype": lambda: a.view(1, 1280) @ torch.empty(1280, 2, **M),
-        "bmm_dtype": lambda: torch.bmm(q[0], q[0].transpose(1, 2).to(torch.bfloat16)), "silu": lambda: torch.nn.functional.silu(a),
+        "bmm_dtype": lambda: torch.bmm(q[0], q[0].transpose(1, 2).to(torch.bfloat16)),
+        "silu": lambda: torch.nn.functional.silu(a),
         "silu_slice": lambda: torch.nn.functional.silu(qs),
     }
 
