@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trace-json", choices=("full", "none"), default="full",
                         help="write trace.json into --out (default: %(default)s)")
     parser.add_argument("--compress", action="store_true",
-                        help="gzip trace.json, joined.json and the CSV tables (*.gz; for committed examples)")
+                        help="gzip large machine-readable files (trace.json, joined.json, CSVs > 64 KiB) to *.gz")
     parser.add_argument("--verify", action="store_true",
                         help="also run the per-layer verification of the preset (opmeter verify) into the report")
     parser.add_argument("--no-profiler", action="store_true", help="skip the torch.profiler operator table")

@@ -29,11 +29,21 @@ def gzip_bytes(data: bytes) -> bytes:
     return buf.getvalue()
 
 
+COMPRESS_MIN_BYTES = 64 * 1024
+"""With ``compress``, only files larger than this are gzipped (small tables stay readable in a browser)."""
+
+
 def write_maybe_gzip(path: str | Path, data: bytes, compress: bool) -> Path:
-    """Write ``data`` to ``path`` (or gzipped to ``path.gz``) atomically."""
-    if compress:
-        return atomic_write_bytes(f"{path}.gz", gzip_bytes(data))
-    return atomic_write_bytes(path, data)
+    """Write ``data`` to ``path``, or gzipped to ``path.gz`` when ``compress`` and larger than
+    :data:`COMPRESS_MIN_BYTES`; the other variant left by an earlier run is removed, so one format remains."""
+    plain, packed = Path(path), Path(f"{path}.gz")
+    if compress and len(data) > COMPRESS_MIN_BYTES:
+        written = atomic_write_bytes(packed, gzip_bytes(data))
+        plain.unlink(missing_ok=True)
+    else:
+        written = atomic_write_bytes(plain, data)
+        packed.unlink(missing_ok=True)
+    return written
 
 
 def write_csv(df: pd.DataFrame, path: str | Path, compress: bool = False) -> Path:
@@ -44,7 +54,9 @@ def write_csv(df: pd.DataFrame, path: str | Path, compress: bool = False) -> Pat
 def write_trace_json(trace: Any, path: str | Path, compress: bool = False) -> Path:
     """The trace as JSON (``Trace.save``), or gzipped to ``<path>.gz``."""
     if not compress:
-        return Path(trace.save(path))
+        written = Path(trace.save(path))
+        Path(f"{path}.gz").unlink(missing_ok=True)
+        return written
     import orjson
 
     data = orjson.dumps(trace.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)

@@ -593,11 +593,9 @@ class _Pipeline:
         o = self.opts
         files: list[str] = []
         with timed(self.seconds, "write"):
-            gz = ".gz" if o.compress else ""
             if o.write_trace_json and o.trace_path is None:
                 files.append(exporters.write_trace_json(trace, out_dir / "trace.json", o.compress).name)
-            joined.save(out_dir / f"joined.json{gz}")
-            files.append(f"joined.json{gz}")
+            files.append(exporters.write_maybe_gzip(out_dir / "joined.json", joined.to_json(), o.compress).name)
             for stem, df in (("modules", joined.by_module()), ("operators", joined.by_operator()),
                              ("stages", joined.by_stage()), ("components", joined.by_component()),
                              ("categories", joined.by_category()), ("classes", joined.by_class())):
