@@ -182,3 +182,14 @@ def test_full_size_infer_on_meta(full_meta: DeepseekOCRForCausalLM, tokenizer: B
     wl = load_workload("dsocr-gundam-v1", crop_grid=(1, 2), max_new_tokens=2)
     text = full_meta.infer(tokenizer, **wl.infer_kwargs(wl.save_image(tmp_path)))
     assert text == tokenizer.decode([SHAPE_ONLY_TOKEN_ID] * 2).strip()
+
+
+def test_generate_stops_at_eos_unless_ignored(toy: DeepseekOCRForCausalLM, tokenizer: BuiltinTokenizer) -> None:
+    vw = VisionWorkload.from_grid(1, 1, base_size=256, image_size=128, config=toy.config)
+    kw = _inputs(toy, tokenizer, vw).model_kwargs("cpu", torch.float32)
+    free = toy.generate(**kw, max_new_tokens=3, ignore_eos=True)
+    first = int(free[0, kw["input_ids"].shape[1]])
+    stopped = toy.generate(**kw, max_new_tokens=3, eos_token_id=first)
+    assert stopped.shape[1] == kw["input_ids"].shape[1] + 1
+    ignored = toy.generate(**kw, max_new_tokens=3, eos_token_id=first, ignore_eos=True)
+    assert torch.equal(ignored, free)
