@@ -194,6 +194,7 @@ def test_category_table_is_consistent() -> None:
         aten.embedding.default: "embedding", aten.view.default: "data_movement", aten.cat.default: "data_movement",
         aten.topk.default: "moe_routing", aten.scatter_add.default: "moe_routing", aten.index.Tensor: "moe_routing",
         aten.multinomial.default: "rng_sampling", aten.upsample_bicubic2d.default: "other",
+        aten._unsafe_index.Tensor: "embedding",
     }
     for func, category in expected.items():
         assert cat.category_of(func) == category, func

@@ -108,7 +108,7 @@ CATEGORY_TABLE: Final[dict[str, tuple[str, ...]]] = {
     ),
     EMBEDDING: (
         "embedding", "embedding_bag", "_embedding_bag", "_embedding_bag_forward_only", "gather", "index_select",
-        "take", "take_along_dim", "embedding_dense_backward",
+        "take", "take_along_dim", "embedding_dense_backward", "_unsafe_index", "_unsafe_masked_index",
     ),
     DATA_MOVEMENT: (
         "view", "_unsafe_view", "reshape", "_reshape_alias", "view_as", "transpose", "t", "permute", "expand",
@@ -132,7 +132,7 @@ CATEGORY_TABLE: Final[dict[str, tuple[str, ...]]] = {
     ),
     MOE_ROUTING: (
         "topk", "sort", "argsort", "msort", "scatter", "scatter_add", "scatter_reduce", "index", "index_put",
-        "_index_put_impl", "index_add", "index_copy", "index_fill", "index_reduce", "masked_scatter", "nonzero",
+        "_index_put_impl", "_unsafe_index_put", "_unsafe_masked_index_put_accumulate", "index_add", "index_copy", "index_fill", "index_reduce", "masked_scatter", "nonzero",
         "nonzero_static", "argwhere", "unique", "_unique", "_unique2", "unique_consecutive", "unique_dim", "bincount",
         "histc", "one_hot", "searchsorted", "bucketize", "put", "_grouped_topk", "moe_*::*",
     ),

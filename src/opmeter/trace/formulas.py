@@ -511,7 +511,7 @@ def _gather_bytes(index_pos: int) -> ByteFormula:
 
 register_bytes(aten.embedding)(_gather_bytes(1))
 register_bytes([aten.index_select, aten.gather])(_gather_bytes(2))
-register_bytes(aten.index)(_gather_bytes(1))
+register_bytes([aten.index, _op("_unsafe_index")])(_gather_bytes(1))
 
 
 @register_bytes([aten.copy_, _op("_copy_from")])
