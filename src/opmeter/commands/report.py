@@ -57,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write trace.json into --out (default: %(default)s)")
     parser.add_argument("--compress", action="store_true",
                         help="gzip large machine-readable files (trace.json, joined.json, CSVs > 64 KiB) to *.gz")
+    parser.add_argument("--nvtx-modules", action="store_true",
+                        help="NVTX ranges per module call in the module-timing run (stage ranges are always on)")
     parser.add_argument("--verify", action="store_true",
                         help="also run the per-layer verification of the preset (opmeter verify) into the report")
     parser.add_argument("--no-profiler", action="store_true", help="skip the torch.profiler operator table")
@@ -83,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         compress=args.compress,
         profiler=not args.no_profiler,
         verify=args.verify,
+        nvtx_modules=args.nvtx_modules,
         progress=not args.no_progress and sys.stderr.isatty(),
         command="opmeter report " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["report"] else "opmeter report",
     )

@@ -52,6 +52,8 @@ class ReportOptions:
     compress: bool = False
     """Write trace.json, joined.json and the CSV tables gzipped (``*.gz``): for committed example reports."""
     profiler: bool = True
+    nvtx_modules: bool = False
+    """NVTX ranges per module call (not only per stage) in the module-timing run, for Nsight Systems."""
     verify: bool = False
     """Also run the per-layer verification (:mod:`opmeter.verify`) of the preset and add it to the report."""
     progress: bool = False
@@ -480,7 +482,8 @@ class _Pipeline:
             )
         with timed(self.seconds, "module_timing"), progress.forwards(
             "module timing", model, workload.max_new_tokens
-        ), OpTracer(model, count_ops=False, timing=True) as timing_trace, torch.inference_mode():
+        ), OpTracer(model, count_ops=False, timing=True, nvtx="modules" if self.opts.nvtx_modules else True
+                    ) as timing_trace, torch.inference_mode():
             infer()
         op_table = None
         if self.opts.profiler:
