@@ -155,13 +155,16 @@ class _RoutingRecorder:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def deepseek_ocr_cases(preset: str, grid: tuple[int, int] | None = None, device: str = "meta") -> list[Case]:
+def deepseek_ocr_cases(
+    preset: str, grid: tuple[int, int] | None = None, device: str = "meta", attn_implementation: str = "eager"
+) -> list[Case]:
     """Verification cases of every analytic layer of a preset, at the standard workload's shapes.
 
     ``grid`` is the crop grid ``(cols, rows)`` (default: ``(2, 3)``, the standard workload's A4 page).
     ``device="meta"``: shape-only, bf16, SDPA math path, balanced routing. ``device="cpu"``: real tensors (fp32,
     random weights and inputs), fused CPU SDPA, learned routing (recorded from the gates during the traced call and
     given to the analytic layers), the vendor's host-side pixel checks; for the small presets.
+    ``attn_implementation``: the reference decoder attention, ``"eager"`` (vendor default) or ``"sdpa"``.
     """
     import torch
 
@@ -175,7 +178,7 @@ def deepseek_ocr_cases(preset: str, grid: tuple[int, int] | None = None, device:
 
     if device not in ("meta", "cpu"):
         raise OpmeterError(f"verify runs on 'meta' (shape-only) or 'cpu' (real tensors), not {device!r}")
-    model = build_reference(preset, device=device)
+    model = build_reference(preset, device=device, attn_implementation=attn_implementation)
     cfg = model.config
     dev, bf = torch.device(device), model.dtype
     real = device != "meta"
@@ -304,7 +307,8 @@ def deepseek_ocr_cases(preset: str, grid: tuple[int, int] | None = None, device:
         add("Embedding", tag, ocr.embed_tokens, [torch.zeros(1, q_len, dtype=torch.long, device=dev)])
     # ---- end to end
     kw = inputs.model_kwargs(dev, bf)
-    an = A.DeepseekOCRAnalytic(cfg, dtype=dt, sdpa=ctx["sdpa"], host_checks=real)
+    an = A.DeepseekOCRAnalytic(cfg, dtype=dt, sdpa=ctx["sdpa"], host_checks=real,
+                               attn_implementation=attn_implementation)
     patches, image_ori = kw["images"][0]
     crop = kw["images_spatial_crop"][0]
 
@@ -345,10 +349,11 @@ def deepseek_ocr_cases(preset: str, grid: tuple[int, int] | None = None, device:
 
 
 def verify(preset: str, grid: tuple[int, int] | None = None,
-           progress: Callable[[str], None] | None = None, device: str = "meta") -> pd.DataFrame:
+           progress: Callable[[str], None] | None = None, device: str = "meta",
+           attn_implementation: str = "eager") -> pd.DataFrame:
     """Run every case of a preset; one row per case with :data:`COLUMNS`."""
     rows = []
-    for case in deepseek_ocr_cases(preset, grid, device):
+    for case in deepseek_ocr_cases(preset, grid, device, attn_implementation):
         if progress is not None:
             progress(f"{case.layer} {case.case}")
         rows.append(run_case(case))
@@ -420,10 +425,11 @@ def write_verification(
 
 
 def run_verify(preset: str, out: str | Path, grid: tuple[int, int] | None = None,
-               progress: Callable[[str], None] | None = None, device: str = "meta") -> tuple[pd.DataFrame, float]:
+               progress: Callable[[str], None] | None = None, device: str = "meta",
+               attn_implementation: str = "eager") -> tuple[pd.DataFrame, float]:
     """Verify, write the files, return the table and the elapsed seconds."""
     t0 = time.perf_counter()
-    df = verify(preset, grid, progress, device)
+    df = verify(preset, grid, progress, device, attn_implementation)
     seconds = time.perf_counter() - t0
     write_verification(df, out, preset, seconds, device)
     return df, seconds

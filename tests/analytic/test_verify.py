@@ -64,3 +64,9 @@ def test_verify_real_tensors_on_cpu(tmp_path: Path) -> None:
 
 def test_cpu_refuses_full_size(tmp_path: Path) -> None:
     assert main(["verify", "--device", "cpu", "--out", str(tmp_path)]) == 1
+
+
+def test_verify_sdpa_decoder_attention(tmp_path: Path) -> None:
+    assert main(["verify", "--fast", "--attn", "sdpa", "--quiet", "--out", str(tmp_path)]) == 0
+    df = pd.read_csv(tmp_path / "verification.csv")
+    assert df[["rel_tensor", "rel_cuda", "rel_bytes"]].abs().max().max() < 1e-9

@@ -44,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="meta: shape-only bf16 (any size, default); cpu: real fp32 tensors, fused SDPA, learned routing "
         "(small presets: use with --fast or --preset deepseek-ocr-mini)",
     )
+    parser.add_argument(
+        "--attn", choices=("eager", "sdpa"), default="eager",
+        help="reference decoder attention implementation (default: %(default)s, the vendor's)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
@@ -57,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     progress = None if args.quiet else (lambda msg: print(f"  tracing {msg}", file=sys.stderr))
     if args.device == "cpu" and preset == "deepseek-ocr-v1-base":
         raise OpmeterError("--device cpu runs the model for real: use --fast or --preset deepseek-ocr-mini")
-    df, seconds = run_verify(preset, args.out, args.grid, progress, args.device)
+    df, seconds = run_verify(preset, args.out, args.grid, progress, args.device, args.attn)
     if df.empty:
         raise OpmeterError("no verification cases ran")
     worst = worst_per_layer(df)

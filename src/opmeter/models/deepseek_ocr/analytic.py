@@ -667,6 +667,9 @@ class LlamaAttention(Layer):
     head_dim: int = 128
     masked: bool = True
     dtype: int = BF16
+    sdpa: str | None = None
+    """``None``: eager (two matmuls); ``"math"`` / ``"fused"``: ``attn_implementation="sdpa"`` (one
+    ``F.scaled_dot_product_attention`` on contiguous q, k, v with the causal mask), decomposed or fused."""
     class_name: str = "LlamaAttention"
 
     @property
@@ -699,7 +702,24 @@ class LlamaAttention(Layer):
                               kv_bytes=(ncache + nall) * d))
         return ops
 
+    def _sdpa_ops(self) -> list[Op]:
+        b, s, lk, nh, hd, d = self.batch, self.q_len, self.kv_len, self.heads, self.head_dim, self.dtype
+        ops: list[Op] = []
+        if s > 1:  # .contiguous() of the rotated q (a transposed layout); k, v too unless they come from the cache
+            ops.append(copy("clone", b * nh * s * hd, d, d))
+            if not self.past:
+                ops += [copy("clone", b * self.kv_heads * s * hd, d, d)] * 2
+        mask = b * s * lk if self.masked else 0
+        kv = 2 * b * self.kv_heads * lk * hd * d if self.past else 0
+        ops += [attrs.evolve(op, kv_bytes=kv if op.tensor_flops else 0) for op in sdpa_ops(
+            b, nh, s, lk, hd, dtype=d, mask_numel=mask, impl=self.sdpa or "math")]
+        if s > 1:
+            ops.append(copy("clone", b * s * nh * hd, d, d))  # attn_output.transpose(1, 2).contiguous()
+        return ops
+
     def _core_ops(self) -> list[Op]:
+        if self.sdpa is not None:
+            return self._sdpa_ops()
         b, s, lk, nh, hd, d = self.batch, self.q_len, self.kv_len, self.heads, self.head_dim, self.dtype
         scores = b * nh * s * lk
         kv = b * self.kv_heads * lk * hd * d if self.past else 0  # K and V come from the cache in decode
@@ -890,6 +910,8 @@ class DeepseekV2DecoderLayer(Layer):
     moe_intermediate: int = 896
     shared: int = 2
     dtype: int = BF16
+    attn_sdpa: str | None = None
+    """``attn_implementation="sdpa"``: the SDPA path (``"math"`` / ``"fused"``) of :class:`LlamaAttention`."""
     expert_tokens: tuple[int, ...] | None = None
     """Tokens per routed expert (MoE layers); default: the balanced policy."""
     class_name: str = "DeepseekV2DecoderLayer"
@@ -898,7 +920,8 @@ class DeepseekV2DecoderLayer(Layer):
         b, s, h, d = self.batch, self.q_len, self.hidden, self.dtype
         t = b * s
         attn_cls = LlamaFlashAttention2 if self.flash else LlamaAttention
-        attn = attn_cls(b, s, self.past, h, self.heads, self.kv_heads, self.head_dim, dtype=d)
+        attn = attn_cls(b, s, self.past, h, self.heads, self.kv_heads, self.head_dim, dtype=d,
+                        sdpa=None if self.flash else self.attn_sdpa)
         mlp: Layer
         if self.moe:
             mlp = DeepseekV2MoE(t, h, self.experts, self.top_k, self.moe_intermediate, self.shared,
@@ -977,7 +1000,7 @@ def clip_layer(
 
 def decoder_layer(
     cfg: DeepseekOCRConfig, index: int, batch: int, q_len: int, past: int = 0, variant: str = "normal",
-    dtype: int = BF16, expert_tokens: tuple[int, ...] | None = None,
+    dtype: int = BF16, expert_tokens: tuple[int, ...] | None = None, attn_sdpa: str | None = None,
 ) -> DeepseekV2DecoderLayer:
     """Decoder layer ``index`` (dense or MoE as the preset says) for ``q_len`` new tokens over ``past``."""
     d = cfg.decoder
@@ -985,7 +1008,7 @@ def decoder_layer(
     return DeepseekV2DecoderLayer(
         batch, q_len, past, d.is_moe_layer(index), variant == "flash", d.hidden_size, d.num_attention_heads,
         d.num_key_value_heads, d.head_dim, d.intermediate_size, d.n_routed_experts, d.num_experts_per_tok,
-        d.moe_intermediate_size, d.n_shared_experts, dtype, expert_tokens,
+        d.moe_intermediate_size, d.n_shared_experts, dtype, attn_sdpa, expert_tokens,
     )
 
 
@@ -1062,6 +1085,8 @@ class DeepseekOCRModel(Layer):
     dtype: int = BF16
     expert_tokens: tuple[tuple[int, ...] | None, ...] | None = None
     """Per decoder layer, tokens per routed expert (measured routing); default: the balanced policy."""
+    decoder_sdpa: str | None = None
+    """Decoder ``attn_implementation="sdpa"`` path (``"math"`` / ``"fused"``); ``None``: eager."""
     host_checks: bool = False
     """Real tensors: the vendor's "is there an image / are there crops" pixel sums read on the host."""
     class_name: str = "DeepseekOCRModel"
@@ -1107,7 +1132,7 @@ class DeepseekOCRModel(Layer):
             (
                 f"layers.{i}",
                 decoder_layer(self.config, i, self.batch, self.seq, self.past, self.variant, self.dtype,
-                              routed[i] if i < len(routed) else None),
+                              routed[i] if i < len(routed) else None, self.decoder_sdpa),
             )
             for i in range(d.num_hidden_layers)
         ]
@@ -1151,6 +1176,8 @@ class DeepseekOCRForCausalLM(Layer):
     dtype: int = BF16
     expert_tokens: tuple[tuple[int, ...] | None, ...] | None = None
     """Per decoder layer, tokens per routed expert (measured routing); default: the balanced policy."""
+    decoder_sdpa: str | None = None
+    """Decoder ``attn_implementation="sdpa"`` path (``"math"`` / ``"fused"``); ``None``: eager."""
     host_checks: bool = False
     """Real tensors: the vendor's "is there an image / are there crops" pixel sums read on the host."""
     class_name: str = "DeepseekOCRForCausalLM"
@@ -1159,7 +1186,7 @@ class DeepseekOCRForCausalLM(Layer):
         """The ``model`` child."""
         return DeepseekOCRModel(
             self.config, self.seq, self.past, self.vision, self.variant, self.sdpa, batch=self.batch, dtype=self.dtype,
-            expert_tokens=self.expert_tokens, host_checks=self.host_checks,
+            expert_tokens=self.expert_tokens, host_checks=self.host_checks, decoder_sdpa=self.decoder_sdpa,
         )
 
     def lm_head(self) -> LMHead:
@@ -1253,10 +1280,23 @@ class DeepseekOCRAnalytic:
     batch: int = 1
     host_checks: bool = False
     """Model real tensors: add the vendor's host-side pixel-sum checks (absent in shape-only runs)."""
+    attn_implementation: str = "eager"
+    """Decoder attention of the ``normal`` variant: ``"eager"`` (two matmuls) or ``"sdpa"`` (one
+    ``F.scaled_dot_product_attention``, decomposed or fused as ``sdpa`` says)."""
     sdpa: str | None = None
     """Vision ``F.scaled_dot_product_attention`` implementation: ``"math"`` (decomposed, scores in memory: meta
     device, CPU/GPU without a fused kernel) or ``"fused"`` (CPU flash / GPU flash or memory-efficient kernels);
     default: ``"math"`` for the ``normal`` variant, ``"fused"`` for ``flash``."""
+
+    def _decoder_sdpa(self) -> str | None:
+        if self.attn_implementation not in ("eager", "sdpa"):
+            raise OpmeterError(
+                f"attn_implementation {self.attn_implementation!r}: use 'eager' or 'sdpa' (variant='flash' for "
+                "flash_attention_2)"
+            )
+        if self.attn_implementation == "eager" or self.variant == "flash":
+            return None
+        return _sdpa_impl(self.variant, self.sdpa)
 
     @classmethod
     def from_preset(cls, preset: str, variant: str = "normal", dtype: int = BF16) -> DeepseekOCRAnalytic:
@@ -1274,7 +1314,7 @@ class DeepseekOCRAnalytic:
         seq = text_tokens + (vision.image_tokens if vision is not None else 0)
         return DeepseekOCRForCausalLM(
             self.config, seq, 0, vision, self.variant, self.sdpa, batch=self.batch, dtype=self.dtype,
-            host_checks=self.host_checks, expert_tokens=expert_tokens,
+            host_checks=self.host_checks, expert_tokens=expert_tokens, decoder_sdpa=self._decoder_sdpa(),
         )
 
     def decode_step(
@@ -1283,7 +1323,7 @@ class DeepseekOCRAnalytic:
         """The root call of one decode step after ``past`` cached positions."""
         return DeepseekOCRForCausalLM(
             self.config, 1, past, None, self.variant, self.sdpa, batch=self.batch, dtype=self.dtype,
-            host_checks=self.host_checks, expert_tokens=expert_tokens,
+            host_checks=self.host_checks, expert_tokens=expert_tokens, decoder_sdpa=self._decoder_sdpa(),
         )
 
     def vision(self, vision: VisionWorkload) -> Composite:

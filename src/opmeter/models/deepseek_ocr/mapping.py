@@ -82,6 +82,10 @@ def _impl(ref_module: str, cls: str, *vendor: str) -> tuple[str, ...]:
 
 
 _TOKENS = "prod(x[0][:-1])"
+_ATTN_SDPA = (
+    "ctx['sdpa'] if type({a}).__name__ == 'LlamaSdpaAttention' or attr({a}, 'attn_implementation', 'eager') == 'sdpa' "
+    "else None"
+)
 
 MAPPING: tuple[MappingEntry, ...] = (
     # ---- whole model ---------------------------------------------------------------------------------------------
@@ -91,7 +95,8 @@ MAPPING: tuple[MappingEntry, ...] = (
         A.DeepseekOCRForCausalLM,
         {"config": "ctx['config']", "seq": "ctx['seq']", "past": "ctx.get('past', 0)", "vision": "ctx.get('vision')",
          "variant": "ctx.get('variant', 'normal')", "sdpa": "ctx['sdpa']", "dtype": "ctx['dt']",
-         "expert_tokens": "ctx.get('expert_tokens')", "host_checks": "ctx.get('host_checks', False)"},
+         "expert_tokens": "ctx.get('expert_tokens')", "host_checks": "ctx.get('host_checks', False)",
+         "decoder_sdpa": "ctx.get('decoder_sdpa')"},
         note="needs the workload: config, seq (new tokens), past, vision (VisionWorkload or None)",
     ),
     MappingEntry(
@@ -100,7 +105,8 @@ MAPPING: tuple[MappingEntry, ...] = (
         A.DeepseekOCRModel,
         {"config": "ctx['config']", "seq": "ctx['seq']", "past": "ctx.get('past', 0)", "vision": "ctx.get('vision')",
          "variant": "ctx.get('variant', 'normal')", "sdpa": "ctx['sdpa']", "dtype": "ctx['dt']",
-         "expert_tokens": "ctx.get('expert_tokens')", "host_checks": "ctx.get('host_checks', False)"},
+         "expert_tokens": "ctx.get('expert_tokens')", "host_checks": "ctx.get('host_checks', False)",
+         "decoder_sdpa": "ctx.get('decoder_sdpa')"},
         note="needs the workload, as DeepseekOCRForCausalLM",
     ),
     # ---- SAM -----------------------------------------------------------------------------------------------------
@@ -226,7 +232,8 @@ MAPPING: tuple[MappingEntry, ...] = (
          "moe_intermediate": "attr(m, 'mlp.experts.0.intermediate_size', 1)",
          "shared": "attr(m, 'mlp.shared_experts.intermediate_size', 0)"
                    " // attr(m, 'mlp.experts.0.intermediate_size', 1)",
-         "dtype": "ctx['dt']", "expert_tokens": "ctx.get('expert_tokens')"},
+         "dtype": "ctx['dt']", "expert_tokens": "ctx.get('expert_tokens')",
+         "attn_sdpa": _ATTN_SDPA.format(a="m.self_attn")},
     ),
     MappingEntry(
         "LlamaAttention",
@@ -234,8 +241,8 @@ MAPPING: tuple[MappingEntry, ...] = (
         A.LlamaAttention,
         {"batch": "x[0][0]", "q_len": "x[0][1]", "past": "ctx.get('past', 0)", "hidden": "m.hidden_size",
          "heads": "m.num_heads", "kv_heads": "m.num_key_value_heads", "head_dim": "m.head_dim",
-         "dtype": "ctx['dt']"},
-        note="eager; LlamaSdpaAttention is mapped to the same layer (same tensor-core FLOPs, different I/O)",
+         "dtype": "ctx['dt']", "sdpa": _ATTN_SDPA.format(a="m")},
+        note="eager, or the SDPA path (LlamaSdpaAttention, or attn_implementation 'sdpa' in the reference)",
     ),
     MappingEntry(
         "LlamaFlashAttention2",
