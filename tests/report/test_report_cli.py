@@ -164,3 +164,29 @@ def test_cuda_requested_without_a_gpu(tmp_path: Path, capsys: pytest.CaptureFixt
     code, _, err = _run([*TOY, "--device", "cuda", "--out", str(tmp_path)], capsys)
     assert code == 1
     assert "no CUDA device" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("exc", "code"), [(RuntimeError("boom inside forward"), 1), (KeyboardInterrupt(), 130)])
+def test_failing_inference_keeps_the_partial_trace_and_the_old_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, exc: BaseException,
+    code: int,
+) -> None:
+    from opmeter.models.deepseek_ocr.model import DeepseekOCRForCausalLM
+
+    original = DeepseekOCRForCausalLM.forward
+    calls = {"n": 0}
+
+    def flaky(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first decode step
+            raise exc
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DeepseekOCRForCausalLM, "forward", flaky)
+    (tmp_path / "report.md").write_text("previous report")
+    got, _, err = _run([*TOY, "--device", "meta", "--decode-tokens", "3", "--out", str(tmp_path)], capsys)
+    assert got == code
+    assert len(err.strip().splitlines()) == 1
+    assert (tmp_path / "report.md").read_text() == "previous report"
+    partial = orjson.loads((tmp_path / "trace.partial.json").read_bytes())
+    assert partial["complete"] is False
