@@ -37,6 +37,8 @@ def test_module_paths_calls_and_shared_modules(nested: Nested) -> None:
     assert mods["unused"]["calls"] == 0
     assert mods["b.up"]["parent"] == "b" and mods["b"]["parent"] == ROOT and mods["b"]["depth"] == 1
     assert mods["b.up"]["qualified_class"] == "torch.nn.modules.linear.Linear"
+    assert (mods["shared"]["fan_in"], mods["shared"]["fan_out"]) == (2, 0)  # called from `a` and from the root
+    assert (mods[ROOT]["fan_in"], mods[ROOT]["fan_out"]) == (1, 3)  # <outside>; a, b, shared
     # row order: first-call order, never-called last
     order = list(trace.by_module()["module"])
     assert order[:4] == [ROOT, "a", "a.0", "a.1"] and order[-1] == "unused"

@@ -132,7 +132,8 @@ CATEGORY_TABLE: Final[dict[str, tuple[str, ...]]] = {
     ),
     MOE_ROUTING: (
         "topk", "sort", "argsort", "msort", "scatter", "scatter_add", "scatter_reduce", "index", "index_put",
-        "_index_put_impl", "_unsafe_index_put", "_unsafe_masked_index_put_accumulate", "index_add", "index_copy", "index_fill", "index_reduce", "masked_scatter", "nonzero",
+        "_index_put_impl", "_unsafe_index_put", "_unsafe_masked_index_put_accumulate", "index_add", "index_copy",
+        "index_fill", "index_reduce", "masked_scatter", "nonzero",
         "nonzero_static", "argwhere", "unique", "_unique", "_unique2", "unique_consecutive", "unique_dim", "bincount",
         "histc", "one_hot", "searchsorted", "bucketize", "put", "_grouped_topk", "moe_*::*",
     ),

@@ -191,8 +191,15 @@ class Trace:
         for ctx, t in time_by_ctx.items():
             parent = self.contexts[ctx][0]
             child_time[parent] = child_time.get(parent, 0.0) + t
+        callers: list[set[int]] = [set() for _ in range(n)]
+        callees: list[set[int]] = [set() for _ in range(n)]
         for ctx, c in calls_by_ctx.items():
-            calls[self.contexts[ctx][1]] += c
+            parent, mod = self.contexts[ctx]
+            calls[mod] += c
+            if c and parent >= 0:
+                pm = self.contexts[parent][1]
+                callers[mod].add(pm)
+                callees[pm].add(mod)
         for ctx, t in time_by_ctx.items():
             parent, mod = self.contexts[ctx]
             if mod not in paths[parent]:
@@ -202,7 +209,8 @@ class Trace:
             outside = self._stage_time(gids) - child_time.get(0, 0.0)
             t_incl[OUTSIDE_INDEX] = t_self[OUTSIDE_INDEX] = max(outside, 0.0)
         return {"merged": merged, "paths": paths, "incl": incl, "self": self_, "calls": calls, "t_incl": t_incl,
-                "t_self": t_self, "gids": gids}
+                "t_self": t_self, "gids": gids, "fan_in": [len(x) for x in callers],
+                "fan_out": [len(x) for x in callees]}
 
     def _row_order(self) -> list[int]:
         called = sorted((fc, i) for i, fc in enumerate(self.first_call) if fc >= 0 and i != OUTSIDE_INDEX)
@@ -222,8 +230,9 @@ class Trace:
         Columns: ``module, class_name, qualified_class, parent, depth, calls, ops, flops_tensor, flops_cuda,
         bytes_read, bytes_written, time_s, op_time_s`` (inclusive of everything the module's calls ran) and
         ``self_ops, self_flops_tensor, self_flops_cuda, self_bytes_read, self_bytes_written, self_time_s,
-        self_op_time_s``. ``time_s`` is module wall time (NaN when not timed); ``op_time_s`` sums per-op times.
-        The ``<outside>`` row holds ops run outside every module (present only when there are any).
+        self_op_time_s``; ``fan_in`` / ``fan_out``: distinct calling / called modules (``<outside>`` calls the
+        root). ``time_s`` is module wall time (NaN when not timed); ``op_time_s`` sums per-op times. The
+        ``<outside>`` row holds ops run outside every module (present only when there are any).
         """
         a = self._module_arrays(stage)
         rows = []
@@ -241,11 +250,12 @@ class Trace:
                 "self_ops": slf[0], "self_flops_tensor": slf[1], "self_flops_cuda": float(slf[2]),
                 "self_bytes_read": slf[3], "self_bytes_written": slf[4],
                 "self_time_s": self._time_or_nan(a["t_self"][i]), "self_op_time_s": self._time_or_nan(slf[5]),
+                "fan_in": a["fan_in"][i], "fan_out": a["fan_out"][i],
             })
         return self._frame(rows, ["module", "class_name", "qualified_class", "parent", "depth", "calls", "ops",
                                   "flops_tensor", "flops_cuda", "bytes_read", "bytes_written", "time_s", "op_time_s",
                                   "self_ops", "self_flops_tensor", "self_flops_cuda", "self_bytes_read",
-                                  "self_bytes_written", "self_time_s", "self_op_time_s"])
+                                  "self_bytes_written", "self_time_s", "self_op_time_s", "fan_in", "fan_out"])
 
     def _frame(self, rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
         df = pd.DataFrame(rows, columns=columns)
