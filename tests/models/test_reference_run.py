@@ -81,7 +81,7 @@ def test_vision_feature_layout(toy: DeepseekOCRForCausalLM) -> None:
     crops = torch.randn(6, 3, 128, 128)
     glob = torch.randn(1, 3, 256, 256)
     with torch.no_grad():
-        feats = m._image_features(crops, glob, torch.tensor([2, 3]))
+        feats = m._image_features(crops, glob, (2, 3))
         local = m._encode_views(crops)  # [6, 4, n]: 2x2 tokens per tile
         global_ = m._encode_views(glob)  # [1, 16, n]
     assert feats.shape == (30 + 21, n)
@@ -94,7 +94,7 @@ def test_vision_feature_layout(toy: DeepseekOCRForCausalLM) -> None:
     torch.testing.assert_close(feats[34], m.image_newline)
     # no crops: zero crop tensor -> global only
     with torch.no_grad():
-        only_global = m._image_features(torch.zeros(1, 3, 256, 256), glob, torch.tensor([1, 1]))
+        only_global = m._image_features(torch.zeros(1, 3, 256, 256), glob, (1, 1))
     assert only_global.shape == (21, n)
 
 
@@ -193,3 +193,15 @@ def test_generate_stops_at_eos_unless_ignored(toy: DeepseekOCRForCausalLM, token
     assert stopped.shape[1] == kw["input_ids"].shape[1] + 1
     ignored = toy.generate(**kw, max_new_tokens=3, eos_token_id=first, ignore_eos=True)
     assert torch.equal(ignored, free)
+
+
+def test_toy_under_fake_tensor_mode(toy: DeepseekOCRForCausalLM, tokenizer: BuiltinTokenizer) -> None:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    vw = VisionWorkload.from_grid(2, 1, base_size=256, image_size=128, config=toy.config)
+    kw = _inputs(toy, tokenizer, vw).model_kwargs("cpu", torch.float32)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        kw["input_ids"] = mode.from_tensor(kw["input_ids"])
+        kw["images"] = [tuple(mode.from_tensor(t) for t in kw["images"][0])]
+        out = toy.generate(**kw, max_new_tokens=2)
+    assert out.shape == (1, kw["input_ids"].shape[1] + 2)

@@ -70,12 +70,20 @@ def _shape_only_context(probe: torch.Tensor | None) -> contextlib.AbstractContex
     return contextlib.nullcontext()
 
 
-def _crop_shape(crop_shape: Any) -> tuple[int, int]:
-    if isinstance(crop_shape, torch.Tensor):
-        if is_shape_only(crop_shape):
-            raise OpmeterError("images_spatial_crop must stay a host (CPU) tensor or a list, even in shape-only mode")
-        return int(crop_shape[0].item()), int(crop_shape[1].item())
-    return int(crop_shape[0]), int(crop_shape[1])
+def _host_crop_shapes(images_spatial_crop: Any) -> list[tuple[int, int]]:
+    """``[[cols, rows], ...]`` as host ints (read with dispatch modes disabled, so fake-tensor modes do not see it)."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    if isinstance(images_spatial_crop, torch.Tensor):
+        with _disable_current_modes():
+            if is_shape_only(images_spatial_crop):
+                raise OpmeterError(
+                    "images_spatial_crop must stay a host (CPU) tensor or a list, even in shape-only mode"
+                )
+            rows = images_spatial_crop.tolist()
+    else:
+        rows = list(images_spatial_crop)
+    return [(int(r[0]), int(r[1])) for r in rows]
 
 
 class DeepseekOCRModel(DeepseekV2Model):
@@ -100,9 +108,11 @@ class DeepseekOCRModel(DeepseekV2Model):
         features = torch.cat((features_2[:, 1:], features_1.flatten(2).permute(0, 2, 1)), dim=-1)  # [N, g*g, 2048]
         return self.projector(features)
 
-    def _image_features(self, patches: torch.Tensor, image_ori: torch.Tensor, crop_shape: Any) -> torch.Tensor:
+    def _image_features(
+        self, patches: torch.Tensor, image_ori: torch.Tensor, crop_shape: tuple[int, int]
+    ) -> torch.Tensor:
         """Token features of one image: ``[local rows with newlines], [global rows with newlines], separator``."""
-        width_crop_num, height_crop_num = _crop_shape(crop_shape)
+        width_crop_num, height_crop_num = crop_shape
         if is_shape_only(patches):
             has_crops = width_crop_num > 1 or height_crop_num > 1
         else:
@@ -151,7 +161,8 @@ class DeepseekOCRModel(DeepseekV2Model):
             assert images is not None
             if images_seq_mask is None or images_spatial_crop is None:
                 raise OpmeterError("images need images_seq_mask and images_spatial_crop")
-            for idx, (image, crop_shape) in enumerate(zip(images, images_spatial_crop, strict=False)):
+            crop_shapes = _host_crop_shapes(images_spatial_crop)
+            for idx, (image, crop_shape) in enumerate(zip(images, crop_shapes, strict=False)):
                 patches, image_ori = image
                 with torch.no_grad():
                     features = self._image_features(patches, image_ori, crop_shape)
