@@ -32,8 +32,9 @@ def test_every_called_module_with_an_analytic_layer_is_joined_and_agrees(joined:
     jm = joined.joined_modules()
     assert len(jm) > 100
     assert (jm["calls"] > 0).all()  # nothing predicted that never ran
-    for col in ("rel_flops_tensor", "rel_flops_cuda", "rel_bytes"):
-        assert jm[col].abs().max() < 1e-9, jm.loc[jm[col].abs().idxmax(), ["module", col]]
+    for col in ("rel_flops_tensor", "rel_flops_cuda", "rel_bytes"):  # the mission's goal: within 0.1 %
+        assert jm[col].notna().all()
+        assert jm[col].abs().max() < 1e-3, jm.loc[jm[col].abs().idxmax(), ["module", col]]
 
 
 def test_components_plus_glue_equal_the_trace_totals(joined: Joined, toy_run: dict[str, Any]) -> None:
