@@ -266,7 +266,24 @@ class Joined:
             "time_s": float(out["time_s"].sum()),
         }
         out = _shares(out, totals)
+        out["roofline_time_s"] = [
+            self.roofline_seconds(t, c, b) for t, c, b in zip(out["flops_tensor"], out["flops_cuda"], out["bytes"],
+                                                               strict=True)
+        ]
+        total_roof = float(out["roofline_time_s"].sum())
+        out["roofline_share"] = out["roofline_time_s"] / total_roof if total_roof > 0 else math.nan
         return out
+
+    def roofline_seconds(self, flops_tensor: float, flops_cuda: float, nbytes: float) -> float:
+        """Roofline time of some traced work at :attr:`hardware`'s peaks (NaN when a peak is unknown)."""
+        hw = self.hardware or {}
+        try:
+            tc, cc, bw = (float(hw[k]) for k in ("tensor_tflops", "cuda_tflops", "bandwidth_gbps"))
+        except (KeyError, TypeError, ValueError):
+            return math.nan
+        if not all(math.isfinite(v) and v > 0 for v in (tc, cc, bw)):
+            return math.nan
+        return max(flops_tensor / (tc * 1e12) + flops_cuda / (cc * 1e12), nbytes / (bw * 1e9))
 
     def by_stage(self) -> pd.DataFrame:
         """vision, prefill (decoder part), decode[i], decode, total: measured and predicted work and time."""

@@ -128,6 +128,8 @@ def _timed(df: pd.DataFrame, col: str = "time_s") -> bool:
 def _components(joined: Joined) -> list[str]:
     df = joined.by_component()
     timed = _timed(df)
+    roof = _timed(df, "roofline_time_s")
+    hw = (joined.hardware or {}).get("name", "?")
     total = {"component": "**total**", **{c: df[c].sum() for c in df.columns if c != "component"
                                           and pd.api.types.is_numeric_dtype(df[c])}}
     total["rel_flops_tensor"] = fmt_rel(total["flops_tensor"], total.get("pred_flops_tensor"))
@@ -136,17 +138,22 @@ def _components(joined: Joined) -> list[str]:
         "## Components",
         "",
         "Disjoint components (each module's *self* work goes to its nearest component root); the glue row is work "
-        "outside every component (model `forward`, `generate` loop). Components + glue = total.",
+        "outside every component (model `forward`, `generate` loop). Components + glue = total. Roofline time = "
+        "each component's traced work at the hardware's peaks (`max(compute, bytes / bandwidth)`), i.e. where the "
+        "time would go on that GPU at full efficiency.",
         "",
         fmt.table(
             df,
             ["component", "flops_tensor", "flops_cuda", "bytes", "flops_share", "bytes_share",
-             *(["time_s", "time_share"] if timed else []), "pred_flops_tensor", "rel_flops_tensor", "weight_bytes"],
+             *(["time_s", "time_share"] if timed else []), *(["roofline_time_s", "roofline_share"] if roof else []),
+             "pred_flops_tensor", "rel_flops_tensor", "weight_bytes"],
             {**_flops_cols(), "flops_share": fmt.pct, "bytes_share": fmt.pct, "pred_flops_tensor": fmt.flops,
-             "rel_flops_tensor": fmt.rel, "weight_bytes": fmt.nbytes, "time_s": fmt.seconds, "time_share": fmt.pct},
+             "rel_flops_tensor": fmt.rel, "weight_bytes": fmt.nbytes, "time_s": fmt.seconds, "time_share": fmt.pct,
+             "roofline_time_s": fmt.seconds, "roofline_share": fmt.pct},
             {"flops_tensor": "tensor-core", "flops_cuda": "CUDA-core", "flops_share": "FLOPs %",
              "bytes_share": "bytes %", "pred_flops_tensor": "predicted tensor-core", "rel_flops_tensor": "Δ vs pred",
-             "weight_bytes": "params", "time_s": "time (self)", "time_share": "time %"},
+             "weight_bytes": "params", "time_s": "time (self)", "time_share": "time %",
+             "roofline_time_s": f"roofline time ({hw})", "roofline_share": "roofline %"},
         ),
         "",
         "![FLOPs by component](flops_by_component.svg)",

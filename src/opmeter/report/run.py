@@ -525,7 +525,13 @@ class _Pipeline:
         wmeta = meta.get("workload") or {}
         if wmeta.get("image_width") and wmeta.get("image_height"):
             workload = attrs.evolve(workload, width=int(wmeta["image_width"]), height=int(wmeta["image_height"]))
-        return self._finish(out_dir, trace, None, None, None, None, workload, preset, str(meta.get("device", "?")),
+        model = None
+        if str(meta.get("model_spec", "reference")) == "reference":  # parameter bytes from a meta build (no memory)
+            from opmeter.models.deepseek_ocr.model import build_reference
+
+            with contextlib.suppress(Exception):
+                model = build_reference(preset, device="meta")
+        return self._finish(out_dir, trace, None, None, None, model, workload, preset, str(meta.get("device", "?")),
                             total_start)
 
     def _finish(self, out_dir: Path, trace: Any, timing_trace: Any, runtime: Any, op_table: pd.DataFrame | None,
