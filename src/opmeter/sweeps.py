@@ -392,7 +392,7 @@ def measured_vision_column(
             kw = inp.model_kwargs("meta", torch.bfloat16)
             patches, image_ori = kw["images"][0]
             with OpTracer(ocr, nvtx=False) as tr, torch.no_grad():
-                ocr._image_features(patches, image_ori, kw["images_spatial_crop"][0])
+                ocr._image_features(patches, image_ori, tuple(vw.crop_grid))
             tot = tr.totals()
             sel = (df["rows"] == rows) & (df["cols"] == cols) & (df["variant"] == "normal")
             df.loc[sel, "measured_tensor_tflops"] = tot["flops_tensor"] / 1e12

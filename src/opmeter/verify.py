@@ -310,14 +310,14 @@ def deepseek_ocr_cases(
     an = A.DeepseekOCRAnalytic(cfg, dtype=dt, sdpa=ctx["sdpa"], host_checks=real,
                                attn_implementation=attn_implementation)
     patches, image_ori = kw["images"][0]
-    crop = kw["images_spatial_crop"][0]
+    crop = tuple(vw.crop_grid)  # (cols, rows), as forward() hands it to _image_features
 
     def vision_layer() -> Layer:
         from opmeter.analytic.base import Composite, Op
         from opmeter.analytic.primitives import reduction
 
         calls, glue = A.vision_calls(cfg, vw, dtype=dt, sdpa=ctx["sdpa"])
-        pre = [Op("_local_scalar_dense", bytes_read=8), Op("_local_scalar_dense", bytes_read=8)]
+        pre: list[Op] = []
         if real:  # torch.sum(patches).item() in _image_features
             pre += [reduction("sum", int(patches.numel()), 1, dt), Op("_local_scalar_dense", bytes_read=dt)]
         return Composite(tuple(calls), "vision", (*pre, *glue))

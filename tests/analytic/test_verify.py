@@ -38,8 +38,8 @@ def test_verify_fast_passes_and_writes_tables(toy_run: tuple[int, Path]) -> None
 def test_verify_exits_non_zero_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = V.deepseek_ocr_cases
 
-    def few(preset: str, grid: tuple[int, int] | None = None, device: str = "meta") -> list[V.Case]:
-        return [c for c in real(preset, grid, device) if c.layer == "MLPBlock"]
+    def few(*args: object) -> list[V.Case]:
+        return [c for c in real(*args) if c.layer == "MLPBlock"]  # type: ignore[arg-type]
 
     monkeypatch.setattr(V, "deepseek_ocr_cases", few)
     monkeypatch.setattr(V, "TOL_BYTES", -1.0)  # nothing can pass

@@ -1098,8 +1098,7 @@ class DeepseekOCRModel(Layer):
         calls, glue = vision_calls(self.config, self.vision, self.variant, self.dtype, self.sdpa)
         h = self.config.decoder.hidden_size
         glue.append(masked_scatter_op(self.seq, self.vision.image_tokens, h, self.dtype))
-        # images_spatial_crop[idx] read on the host: two ``.item()`` calls on int64 scalars
-        pre = [Op("_local_scalar_dense", bytes_read=INT64), Op("_local_scalar_dense", bytes_read=INT64)]
+        pre: list[Op] = []  # images_spatial_crop is read on the host with dispatch modes disabled: no ops
         if self.host_checks:
             # forward(): torch.sum(image_ori).item(); _image_features(): torch.sum(patches).item()
             d, g = self.dtype, self.vision.global_view_size
@@ -1107,7 +1106,7 @@ class DeepseekOCRModel(Layer):
             crops = self.vision.num_crops
             n_patch = 3 * crops * self.vision.image_size**2 if crops else 3 * self.vision.base_size**2
             check = [reduction("sum", n_ori, 1, d), Op("_local_scalar_dense", bytes_read=d)]
-            pre = [*check, *pre, reduction("sum", n_patch, 1, d), Op("_local_scalar_dense", bytes_read=d)]
+            pre = [*check, reduction("sum", n_patch, 1, d), Op("_local_scalar_dense", bytes_read=d)]
         return calls, [*pre, *glue]
 
     def decoder_ops(self) -> list[Op]:
