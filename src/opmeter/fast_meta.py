@@ -46,6 +46,24 @@ def _fast_ok(*args: Any) -> bool:
     return all(_row_major(a) for a in args if isinstance(a, torch.Tensor))
 
 
+def _broadcast(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
+    """Broadcast two static shapes (``torch.broadcast_shapes`` is slow: it handles symbolic sizes)."""
+    if tuple(a) == tuple(b):
+        return tuple(a)
+    n = max(len(a), len(b))
+    pa = (1,) * (n - len(a)) + tuple(a)
+    pb = (1,) * (n - len(b)) + tuple(b)
+    out = []
+    for x, y in zip(pa, pb, strict=True):
+        if x == y or y == 1:
+            out.append(x)
+        elif x == 1:
+            out.append(y)
+        else:
+            raise RuntimeError(f"shapes {tuple(a)} and {tuple(b)} are not broadcastable")
+    return tuple(out)
+
+
 def _empty(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(tuple(shape), dtype=dtype, device="meta")
 
@@ -59,7 +77,7 @@ def _binary(ref: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         dtype = torch.result_type(x, y)
         if ref is torch._refs.div and not (dtype.is_floating_point or dtype.is_complex):
             dtype = torch.get_default_dtype()  # true division of integers
-        return _empty(torch.broadcast_shapes(xs, ys), dtype)
+        return _empty(_broadcast(xs, ys), dtype)
 
     return kernel
 
@@ -67,7 +85,7 @@ def _binary(ref: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
 def _inplace_binary(ref: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     def kernel(x: torch.Tensor, y: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
         ys = y.shape if isinstance(y, torch.Tensor) else ()
-        if not _fast_ok(x, y) or torch.broadcast_shapes(x.shape, ys) != x.shape:
+        if not _fast_ok(x, y) or _broadcast(x.shape, ys) != tuple(x.shape):
             return ref(x, y, *args, **kwargs)
         if not torch.can_cast(torch.result_type(x, y), x.dtype):
             return ref(x, y, *args, **kwargs)
@@ -140,6 +158,13 @@ def _cat(tensors: Sequence[torch.Tensor], dim: int = 0) -> torch.Tensor:
     return _empty(shape, dtype)
 
 
+def _silu(x: torch.Tensor) -> torch.Tensor:
+    """As ``torch._meta_registrations.silu`` (``empty_like``), without its Python reference overhead."""
+    if x.is_contiguous():
+        return _empty(x.shape, x.dtype)
+    return torch.empty_like(x)
+
+
 def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
         raise RuntimeError(f"mm: incompatible operands {tuple(a.shape)} and {tuple(b.shape)}")
@@ -165,6 +190,7 @@ def _kernels() -> dict[str, Callable[..., torch.Tensor]]:
         "cat": _cat,
         "mm": _mm,
         "bmm": _bmm,
+        "silu": _silu,
         "mul_.Tensor": _inplace_binary(refs.mul),
         "pow.Tensor_Scalar": _pow_tensor_scalar,
         "neg": _unary(refs.neg, float_only=False),
