@@ -272,8 +272,11 @@ def _uncalled(df: pd.DataFrame) -> list[str]:
 
 def _classes(joined: Joined) -> list[str]:
     df = joined.by_class()
+    df = df[df["calls"] > 0]  # never-called classes (containers) are in classes.csv
     return [
         "## Module classes",
+        "",
+        "Sums over the instances of each class (inclusive metrics; classes nest, so rows do not add up).",
         "",
         fmt.table(
             df,
