@@ -93,9 +93,9 @@ HARDWARE: dict[str, HardwareSpec] = {
     "H200": _hw("H200", 989.4, 66.9, 4800, 141, "NVIDIA H200 datasheet, SXM (BF16 1979 sparse / 2)"),
     # NVIDIA GH200 Grace Hopper datasheet: same Hopper GPU; 96 GB HBM3 at 4.0 TB/s.
     "GH200": _hw("GH200", 989.4, 66.9, 4000, 96, "NVIDIA GH200 datasheet (96 GB HBM3 variant)"),
-    # NVIDIA HGX B200 spec (2024): 8 GPUs 36 PFLOPS BF16 dense -> 2.25 PF per GPU (4.5 sparse); FP32 600 TFLOPS for
-    # 8 -> 75 per GPU; HBM3e 8 TB/s per GPU; 180 GB.
-    "B200": _hw("B200", 2250.0, 75.0, 8000, 180, "NVIDIA HGX B200 spec page (per GPU: 36 PF dense BF16 / 8)"),
+    # NVIDIA HGX B200 spec (2024): 8 GPUs, FP16/BF16 36 PFLOPS with sparsity -> 4.5 PF sparse, 2.25 PF dense per
+    # GPU; FP32 600 TFLOPS for 8 -> 75 per GPU; HBM3e 64 TB/s for 8 -> 8 TB/s per GPU; 1.44 TB -> 180 GB per GPU.
+    "B200": _hw("B200", 2250.0, 75.0, 8000, 180, "NVIDIA HGX B200 spec page (36 PF sparse BF16 / 8 GPUs / 2)"),
     # NVIDIA A100 datasheet (2021): BF16 312 TFLOPS dense (624 sparse); FP32 19.5 TFLOPS.
     # SXM 80 GB HBM2e 2,039 GB/s; SXM 40 GB 1,555 GB/s; PCIe 80 GB 1,935 GB/s; PCIe 40 GB 1,555 GB/s.
     "A100-SXM-80GB": _hw("A100-SXM-80GB", 312.0, 19.5, 2039, 80, "NVIDIA A100 datasheet, SXM4 80GB"),
