@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,13 @@ def test_atomic_write_creates_parents_and_replaces(tmp_path: Path) -> None:
     atomic_write_bytes(dest, b"two")
     assert dest.read_bytes() == b"two"
     assert [p.name for p in dest.parent.iterdir()] == ["x.json"]
+
+
+def test_atomic_write_gives_the_usual_file_mode(tmp_path: Path) -> None:
+    dest = atomic_write_text(tmp_path / "x.md", "report")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert dest.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_atomic_write_unwritable_directory_is_a_clear_error(tmp_path: Path) -> None:
