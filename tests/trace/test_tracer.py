@@ -327,7 +327,10 @@ def test_counts_off_timing_spans_event_log_and_shapes(tmp_path) -> None:
     assert ((shapes["module"] == "lm_head") & (shapes["input_shapes"] == "[1, 64];[64, 512]")).any()
     out = full.to_chrome_trace(tmp_path / "spans.json")
     doc = orjson.loads(out.read_bytes())
-    assert sum(1 for e in doc["traceEvents"] if e["ph"] == "X") == len(spans)
+    assert sum(1 for e in doc["traceEvents"] if e["ph"] == "X" and e["tid"] == 1) == len(spans)
+    stage_events = [e for e in doc["traceEvents"] if e["ph"] == "X" and e["tid"] == 0]
+    assert [e["name"] for e in stage_events][:3] == ["setup", "prefill", "prefill.glue"]
+    assert abs(sum(e["dur"] for e in stage_events) / 1e6 - full.totals()["time_s"]) < 1e-3
 
 
 def test_metadata_merge_and_bad_arguments() -> None:

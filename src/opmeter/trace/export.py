@@ -68,12 +68,17 @@ def to_mermaid(trace: Trace) -> str:
 
 
 def chrome_trace_events(trace: Trace) -> list[dict[str, Any]]:
-    """Chrome trace events (``ph: X``, microseconds): one per module span, plus stage rows on thread 0."""
+    """Chrome trace events (``ph: X``, microseconds): stage intervals on thread 0, module spans on thread 1."""
     events: list[dict[str, Any]] = [
         {"name": "process_name", "ph": "M", "pid": 0, "args": {"name": "opmeter"}},
         {"name": "thread_name", "ph": "M", "pid": 0, "tid": 0, "args": {"name": "stages"}},
         {"name": "thread_name", "ph": "M", "pid": 0, "tid": 1, "args": {"name": "modules"}},
     ]
+    for s, a, b in trace.stage_spans_raw:
+        rec_s = trace.stage_records[s]
+        if b > a:
+            events.append({"name": rec_s.name, "cat": rec_s.group, "ph": "X", "pid": 0, "tid": 0, "ts": a * 1e6,
+                           "dur": (b - a) * 1e6, "args": {"group": rec_s.group, "kind": rec_s.kind}})
     for m, s, a, b, d in trace.spans_raw:
         rec = trace.modules[m]
         events.append({"name": rec.path, "cat": rec.class_name, "ph": "X", "pid": 0, "tid": 1, "ts": a * 1e6,

@@ -101,6 +101,8 @@ class Recorder:
             now = _perf()
             if self.stage_idx >= 0:
                 self.stages[self.stage_idx].time_s += now - self.last_switch
+                if len(self.trace.stage_spans_raw) < SPAN_CAP:
+                    self.trace.stage_spans_raw.append((self.stage_idx, self.last_switch - self.t0, now - self.t0))
                 old = self.gid
                 for i in range(1, len(self.stack)):
                     if self.known[i]:
@@ -274,6 +276,8 @@ class Recorder:
             self.sync()
             now = _perf()
             self.stages[self.stage_idx].time_s += now - self.last_switch
+            if len(self.trace.stage_spans_raw) < SPAN_CAP:
+                self.trace.stage_spans_raw.append((self.stage_idx, self.last_switch - self.t0, now - self.t0))
             for i in range(1, len(self.stack)):
                 if self.known[i]:
                     key = (self.gid, self.stack[i])

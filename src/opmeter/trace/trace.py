@@ -82,6 +82,7 @@ class Trace:
     stage_records: list[StageRecord] = attrs.Factory(list)
     op_info: dict[str, tuple[str, bool]] = attrs.Factory(dict)
     spans_raw: list[tuple[int, int, float, float, int]] = attrs.Factory(list)
+    stage_spans_raw: list[tuple[int, float, float]] = attrs.Factory(list)
     spans_truncated: bool = False
     metadata: dict[str, Any] = attrs.Factory(dict)
     complete: bool = False
@@ -571,6 +572,7 @@ class Trace:
                        for s in self.stage_records],
             "op_info": {k: list(v) for k, v in self.op_info.items()},
             "spans": [list(s) for s in self.spans_raw],
+            "stage_spans": [list(s) for s in self.stage_spans_raw],
             "spans_truncated": self.spans_truncated,
             "shapes": [[g, c, op, sig, n] for (g, c, op), d2 in self.shapes_raw.items() for sig, n in d2.items()],
             "formula_errors": self.formula_errors,
@@ -621,6 +623,7 @@ class Trace:
                 timing=bool(d.get("timing", False)),
                 op_info={k: (v[0], bool(v[1])) for k, v in d["op_info"].items()},
                 spans_raw=[(int(m), int(s), float(a), float(b), int(dp)) for m, s, a, b, dp in d.get("spans", [])],
+                stage_spans_raw=[(int(s), float(a), float(b)) for s, a, b in d.get("stage_spans", [])],
                 spans_truncated=bool(d.get("spans_truncated", False)),
                 formula_errors=dict(d.get("formula_errors") or {}),
             )
