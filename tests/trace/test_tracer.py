@@ -333,7 +333,7 @@ def test_counts_off_timing_spans_event_log_and_shapes(tmp_path) -> None:
     assert abs(sum(e["dur"] for e in stage_events) / 1e6 - full.totals()["time_s"]) < 1e-3
 
 
-def test_metadata_merge_and_bad_arguments() -> None:
+def test_metadata_merge_and_bad_arguments(tmp_path) -> None:
     model = MLP(4, 4)
     model.opmeter_metadata = {"routing": "shape-only"}  # type: ignore[assignment]
     with OpTracer(model, metadata={"workload": "w1"}) as trace:
@@ -344,6 +344,11 @@ def test_metadata_merge_and_bad_arguments() -> None:
         OpTracer(lambda x: x)  # type: ignore[arg-type]
     with pytest.raises(OpmeterError, match="nvtx"):
         OpTracer(model, nvtx="yes")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OpmeterError, match="cannot write the event log"), OpTracer(
+            model, event_log=blocker / "sub" / "events.jsonl"):
+        pass
 
 
 def test_streaming_memory_is_bounded() -> None:

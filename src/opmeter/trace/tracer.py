@@ -115,8 +115,11 @@ class OpTracer:
         self._active = True
         try:
             if self.event_log is not None:
-                self.event_log.parent.mkdir(parents=True, exist_ok=True)
-                self._log = open(self._partial_log(), "wb")
+                try:
+                    self.event_log.parent.mkdir(parents=True, exist_ok=True)
+                    self._log = open(self._partial_log(), "wb")
+                except OSError as exc:
+                    raise OpmeterError(f"cannot write the event log {self.event_log}: {exc.strerror or exc}") from exc
             callpatch.install(rec)
             self._installed = True
             if self.count_ops:
@@ -133,6 +136,9 @@ class OpTracer:
         except BaseException:
             self._restore()
             self._active = False
+            if self._log is not None:
+                self._log.close()
+                self._log = None
             raise
         self._t_start = time.perf_counter()
         return trace
