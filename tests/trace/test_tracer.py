@@ -258,6 +258,14 @@ def test_fake_tensor_and_meta_models() -> None:
     assert mods["up"]["flops_tensor"] == 2 * 4 * 64 * 256
     assert mods["down"]["flops_tensor"] == 2 * 4 * 256 * 64
     assert trace.metadata["device"] == "cpu"
+    assert trace.unclassified()["reason"].eq("no category").sum() == 0
+
+    # FakeTensorMode entered inside the block works too (the tracer sees the ops the fake mode forwards)
+    model2 = MLP(16, 32)
+    with OpTracer(model2) as inner_fake, FakeTensorMode(allow_non_fake_inputs=True):
+        model2(torch.randn(4, 16))
+    assert rows(inner_fake.by_module())["up"]["flops_tensor"] == 2 * 4 * 16 * 32
+    assert inner_fake.unclassified()["reason"].eq("no category").sum() == 0
 
     with torch.device("meta"):
         big = DemoTransformer(DemoConfig(dim=1024, n_heads=16, n_kv_heads=4, hidden=4096, n_layers=2,

@@ -128,7 +128,9 @@ CATEGORY_TABLE: Final[dict[str, tuple[str, ...]]] = {
         "select_copy", "split_copy", "unbind_copy", "alias_copy", "detach_copy", "_assert_async", "_assert_scalar",
         "sym_constrain_range_for_size", "_functional_sym_constrain_range_for_size", "record_stream",
         "_conj", "_neg_view", "resolve_conj", "resolve_neg", "_nested_tensor_from_tensor_list", "masked_select",
-        "complex", "_make_dep_token", "_assert_tensor_metadata",
+        "complex", "_make_dep_token", "_assert_tensor_metadata", "prim::device", "prim::layout", "size", "sym_size",
+        "stride", "sym_stride", "numel", "sym_numel", "dim", "storage_offset", "sym_storage_offset", "is_contiguous",
+        "sym_is_contiguous", "is_strides_like_format", "is_non_overlapping_and_dense",
     ),
     MOE_ROUTING: (
         "topk", "sort", "argsort", "msort", "scatter", "scatter_add", "scatter_reduce", "index", "index_put",
@@ -203,7 +205,7 @@ def category_of_name(qualified: str) -> str:
     Returns :data:`UNCLASSIFIED` when no rule matches.
     """
     ns, _, name = qualified.rpartition("::")
-    if ns in ("", "aten", "prims"):
+    if ns in ("", "aten"):
         for candidate in (name, name.rstrip("_"), name.lstrip("_").rstrip("_")):
             hit = _EXACT.get(candidate)
             if hit is not None:

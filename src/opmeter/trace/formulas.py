@@ -569,7 +569,11 @@ class OpInfo:
 
 
 _VIEW_EXTRA = frozenset({"_unsafe_view", "lift_fresh", "alias", "detach", "_reshape_alias", "view", "_conj",
-                         "_neg_view", "resolve_conj", "resolve_neg"})
+                         "_neg_view", "resolve_conj", "resolve_neg",
+                         # metadata queries (seen under fake tensors): no data moves
+                         "device", "layout", "size", "sym_size", "stride", "sym_stride", "numel", "sym_numel", "dim",
+                         "storage_offset", "sym_storage_offset", "is_contiguous", "sym_is_contiguous",
+                         "is_strides_like_format", "is_non_overlapping_and_dense"})
 _ZERO4: tuple[int, float, int, int] = (0, 0.0, 0, 0)
 
 
