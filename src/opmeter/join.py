@@ -580,6 +580,21 @@ def join(
             for col in ("time_s", "self_time_s"):
                 if col in times:
                     modules[col] = modules["module"].map(times[col]).fillna(0.0).astype(float)
+            # time outside every module call (preprocessing, the generate loop): the block's wall time minus the
+            # root's calls; a module-timing trace counts no ops, so it has no <outside> row of its own
+            wall = float(_totals(timing_trace, tm).get("time_s", math.nan))
+            root_time = float(times["time_s"].get(ROOT, math.nan)) if "time_s" in times else math.nan
+            outside = wall - root_time
+            if math.isfinite(outside) and outside >= 0:
+                if OUTSIDE not in set(modules["module"]):
+                    row = {"module": OUTSIDE, "class_name": OUTSIDE, "parent": None, "depth": 0}
+                    modules = pd.concat([modules, pd.DataFrame([row])], ignore_index=True)
+                    for col in modules.columns:
+                        if col.startswith(("flops", "self_", "bytes", "time", "calls")):
+                            modules[col] = _num(modules, col)
+                mask = modules["module"] == OUTSIDE
+                modules.loc[mask, "time_s"] = outside
+                modules.loc[mask, "self_time_s"] = outside
     modules = _with_bytes(modules)
     modules = _with_bytes(modules, "self_")
     modules["component"] = assign_components(modules, components)

@@ -54,6 +54,9 @@ def test_executed_report_writes_every_file(cpu_report: Path) -> None:
     modules = pd.read_csv(cpu_report / "modules.csv")
     assert modules["self_time_s"].notna().any()  # module timing merged from the timing trace
     assert joined["unclassified_summary"]["unclassified_time_share"] is not None
+    # module self times + the time outside every module call add up to the measured wall time of the timing run
+    component_time = sum(c["time_s"] for c in joined["components"])
+    assert component_time == pytest.approx(joined["totals"]["time_s"], rel=1e-6)
     chrome = orjson.loads((cpu_report / "chrome_trace.json").read_bytes())
     assert chrome
 
