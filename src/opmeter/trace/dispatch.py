@@ -18,6 +18,8 @@ from opmeter.trace.formulas import OpInfo, compile_op
 from opmeter.trace.recorder import Recorder
 
 _EMPTY: dict[str, Any] = {}
+_push = getattr(torch._C, "_push_on_torch_dispatch_stack", None)
+_pop = getattr(torch._C, "_pop_torch_dispatch_stack", None)
 _perf = time.perf_counter
 _SHAPES_PER_KEY = 32
 
@@ -46,6 +48,21 @@ class CountingMode(TorchDispatchMode):
         self.funcs[id(func)] = func
         return info
 
+    def _decompose(self, func: Any, args: Any, kwargs: Any) -> Any:
+        """Run a CompositeImplicitAutograd op's decomposition with this mode re-pushed, so its parts are counted.
+
+        (Under ``inference_mode`` composite ops such as ``aten.linear`` reach dispatch modes.) Pushing the mode on
+        the C++ stack directly costs a fraction of ``with self:``.
+        """
+        if _push is None or _pop is None:  # pragma: no cover - older torch
+            with self:
+                return func.decompose(*args, **(kwargs or _EMPTY))
+        _push(self)
+        try:
+            return func.decompose(*args, **(kwargs or _EMPTY))
+        finally:
+            _pop(None)
+
     def _cost(self, info: OpInfo, func: Any, args: Any, kwargs: Any, out: Any) -> tuple[int, float, int, int]:
         try:
             return info.cost(args, kwargs, out)
@@ -59,8 +76,7 @@ class CountingMode(TorchDispatchMode):
         if info is None:
             info = self.learn(func)
         if info.decompose:
-            with self:
-                r = func.decompose(*args, **(kwargs or _EMPTY))
+            r = self._decompose(func, args, kwargs)
             if r is not NotImplemented:
                 return r
         if kwargs:
@@ -120,8 +136,7 @@ class FullMode(CountingMode):
         if info is None:
             info = self.learn(func)
         if info.decompose:
-            with self:
-                r = func.decompose(*args, **(kwargs or _EMPTY))
+            r = self._decompose(func, args, kwargs)
             if r is not NotImplemented:
                 return r
         kwargs = kwargs or _EMPTY
