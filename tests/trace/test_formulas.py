@@ -214,3 +214,22 @@ def test_every_op_of_a_transformer_has_a_category() -> None:
         model.generate(torch.randint(0, 100, (1, 4)), max_new_tokens=2)
     assert trace.unclassified()["reason"].eq("no category").sum() == 0
     assert not trace.formula_errors
+
+
+def test_registering_a_cost_for_a_custom_op() -> None:
+    from opmeter.trace import formulas
+
+    lib = torch.library.Library("opmeter_cost", "FRAGMENT")
+    lib.define("scaled(Tensor x, float s) -> Tensor")
+    lib.impl("scaled", lambda x, s: x * s, "CompositeExplicitAutograd")
+    cat.register_category("opmeter_cost::scaled", "elementwise")
+
+    @formulas.register_cost(torch.ops.opmeter_cost.scaled, exact=True)
+    def _scaled(args: Any, kwargs: Any, out: Any) -> tuple[int, float, int, int]:
+        return 0, float(out.numel()), int(args[0].nbytes), int(out.nbytes)
+
+    x = torch.ones(5)
+    trace = ours(lambda: torch.ops.opmeter_cost.scaled(x, 2.0))
+    row = trace.by_operator().set_index("op").loc["opmeter_cost.scaled.default"]
+    assert (row["category"], row["flops_cuda"], row["bytes_read"], row["bytes_written"]) == ("elementwise", 5, 20, 20)
+    assert bool(row["exact"])

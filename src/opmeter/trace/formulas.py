@@ -43,6 +43,7 @@ CostFn = Callable[[tuple[Any, ...], dict[str, Any], Any], tuple[int, float, int,
 _FLOPS: dict[Any, tuple[FlopFormula, bool]] = {}
 _BYTES: dict[Any, ByteFormula] = {}
 _COMPILED: dict[Any, OpInfo] = {}
+_COSTS: dict[Any, tuple[CostFn, bool]] = {}
 
 
 def _targets(targets: Any) -> Iterable[Any]:
@@ -68,6 +69,27 @@ def register_formula(targets: Any, *, exact: bool = True) -> Callable[[FlopFormu
     def deco(fn: FlopFormula) -> FlopFormula:
         for t in _targets(targets):
             _FLOPS[t] = (fn, exact)
+        _COMPILED.clear()
+        return fn
+
+    return deco
+
+
+def register_cost(targets: Any, *, exact: bool = True) -> Callable[[CostFn], CostFn]:
+    """Register one function giving everything for an op: ``(args, kwargs, out) -> (flops_tensor, flops_cuda,
+    bytes_read, bytes_written)`` (takes precedence over :func:`register_formula` / :func:`register_bytes`).
+
+    Parameters
+    ----------
+    targets
+        ``OpOverloadPacket`` (all overloads), ``OpOverload``, or a list of them (``None`` entries are skipped).
+    exact
+        Whether the FLOP count is exact under our conventions.
+    """
+
+    def deco(fn: CostFn) -> CostFn:
+        for t in _targets(targets):
+            _COSTS[t] = (fn, exact)
         _COMPILED.clear()
         return fn
 
@@ -644,7 +666,10 @@ def compile_op(func: Any) -> OpInfo:
         flops_fn = _basis_flops(basis, per) if basis is not None else None
     if category == cat.UNCLASSIFIED:
         exact = False
-    if is_view:
+    custom = _lookup(_COSTS, func)
+    if custom is not None:
+        cost, exact = custom
+    elif is_view:
         cost = _zero_cost
     elif func in _FUSED and _FLOPS.get(packet, (None,))[0] in (_mm, _addmm, _bmm) and bytes_fn is None:
         cost = _FUSED[func]
