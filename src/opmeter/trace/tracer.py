@@ -229,7 +229,13 @@ class OpTracer:
             self._restore()
         finally:
             self._active = False
-            self._finish(mode, exc_type, exc)
+            try:
+                self._finish(mode, exc_type, exc)
+            except Exception as bug:
+                if exc_type is None:
+                    raise
+                # never mask the traced code's own exception with a bookkeeping failure
+                print(f"opmeter: could not finalise the trace: {bug!r}", file=sys.stderr)
         return False
 
     def _finish(self, mode: CountingMode | None, exc_type: Any, exc: Any) -> None:
