@@ -193,3 +193,19 @@ def test_failing_inference_keeps_the_partial_trace_and_the_old_report(
     assert (tmp_path / "report.md").read_text() == "previous report"
     partial = orjson.loads((tmp_path / "trace.partial.json").read_bytes())
     assert partial["complete"] is False
+
+
+def test_cpu_peaks_from_the_environment_give_mfu_and_the_time_ratio(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPMETER_PEAK_TFLOPS", "1")
+    monkeypatch.setenv("OPMETER_BW_GBPS", "50")
+    monkeypatch.delenv("OPMETER_HARDWARE", raising=False)
+    code, _, err = _run([*TOY, "--device", "cpu", "--decode-tokens", "2", "--repeats", "1", "--no-profiler",
+                         "--out", str(tmp_path)], capsys)
+    assert code == 0, err
+    joined = load_joined(tmp_path / "joined.json")
+    assert joined.hardware is not None and joined.hardware["name"] == "cpu"
+    assert joined.runtime is not None and joined.runtime["metrics"]["mfu_prefill"]["mean"] > 0
+    total = joined.by_stage().set_index("stage").loc["total"]
+    assert total["measured_over_predicted"] > 0

@@ -586,12 +586,15 @@ class _Pipeline:
         return self._write(out_dir, joined, trace, timing_trace, workload, preset, device, pred_head, total_start)
 
     def _comparable(self, device: str) -> bool:
-        """Whether predicted times are for the machine that measured (GPU detected or peaks given)."""
+        """Whether predicted times are for the machine that measured: the predicted-for entry is the detected GPU
+        (or the CPU given peaks through the environment), or ``--hardware`` names the GPU measured on."""
         from opmeter.hardware import detect_hardware
 
-        if self.opts.hardware and device != "cuda":
-            return False
-        return detect_hardware(None if device == "cuda" else "cpu").known
+        predict, _ = self._hardware(device)
+        detected = detect_hardware(None if device == "cuda" else "cpu")
+        if self.opts.hardware:
+            return device == "cuda" and (not detected.known or detected.name == predict.name)
+        return detected.known and detected.name == predict.name
 
     def _write(self, out_dir: Path, joined: Any, trace: Any, timing_trace: Any, workload: Any, preset: str,
                device: str, pred_head: dict[str, float], total_start: float) -> ReportResult:
