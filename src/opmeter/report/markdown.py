@@ -200,6 +200,38 @@ def _stages(joined: Joined) -> list[str]:
     return lines
 
 
+def _memory(joined: Joined) -> list[str]:
+    """Parameters (measured from the module tree vs the analytic footprint), predicted activation peaks and KV
+    cache per stage, and the measured peak CUDA memory when the model ran on a GPU."""
+    mods = joined.by_module().set_index("module")
+    lines = ["## Memory", ""]
+    rows = []
+    if "<root>" in mods.index:
+        root = mods.loc["<root>"]
+        rows.append(("parameters + buffers", fmt.nbytes(root.get("weight_bytes")),
+                     fmt.nbytes(root.get("pred_weight_bytes")), fmt.rel(root.get("rel_weight_bytes"))))
+    st = joined.by_stage().set_index("stage")
+    for stage in ("vision", "prefill", "decode"):
+        if stage in st.index:
+            row = st.loc[stage]
+            rows.append((f"{stage}: activation peak (predicted)", "—", fmt.nbytes(row.get("pred_activation_bytes")),
+                         "—"))
+            if stage != "vision":
+                rows.append((f"{stage}: KV cache at the end (predicted)", "—",
+                             fmt.nbytes(row.get("pred_kv_cache_bytes")), "—"))
+    rt = joined.runtime or {}
+    peak = (rt.get("metrics") or {}).get("peak_memory_bytes")
+    if peak and peak.get("mean") is not None:
+        rows.append(("peak CUDA memory allocated (measured)", fmt.nbytes(peak["mean"]), "—", "—"))
+    if not rows:
+        return []
+    lines += ["| quantity | measured | predicted | Δ |", "|---|---:|---:|---:|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    lines += ["", "Activation peaks are analytic estimates of live activation memory (inference, no autograd); "
+              "per-module weights are in `modules.csv` (`weight_bytes`, `pred_weight_bytes`).", ""]
+    return lines
+
+
 def _runtime(joined: Joined) -> list[str]:
     rt = joined.runtime
     if not rt:
@@ -458,6 +490,7 @@ def render(
     parts += _headline(joined, ctx)
     parts += _components(joined)
     parts += _stages(joined)
+    parts += _memory(joined)
     parts += _runtime(joined)
     parts += _hierarchy(joined, hierarchy_depth)
     parts += _classes(joined)
