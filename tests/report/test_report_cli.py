@@ -39,8 +39,8 @@ def test_executed_report_writes_every_file(cpu_report: Path) -> None:
     assert expected <= names
     assert not [n for n in names if n.endswith(".tmp")]
     text = (cpu_report / "report.md").read_text()
-    for section in ("## Headline numbers", "## Components", "## Stages", "## Runtime", "## Module hierarchy",
-                    "## Module classes", "## Call graph", "## Operator categories", "## Unclassified",
+    for section in ("## Headline numbers", "## Components", "## Stages", "## Memory", "## Runtime",
+                    "## Module hierarchy", "## Module classes", "## Call graph", "## Operator categories", "## Unclassified",
                     "## Verification"):
         assert section in text, section
     assert "Shape-only run" not in text
