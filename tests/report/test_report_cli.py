@@ -40,8 +40,8 @@ def test_executed_report_writes_every_file(cpu_report: Path) -> None:
     assert not [n for n in names if n.endswith(".tmp")]
     text = (cpu_report / "report.md").read_text()
     for section in ("## Headline numbers", "## Components", "## Stages", "## Memory", "## Runtime",
-                    "## Module hierarchy", "## Module classes", "## Call graph", "## Operator categories", "## Unclassified",
-                    "## Verification"):
+                    "## Module hierarchy", "## Module classes", "## Call graph", "## Operator categories",
+                    "## Unclassified", "## Verification"):
         assert section in text, section
     assert "Shape-only run" not in text
     assert "TTFT measured" in text and "unknown peak" in text  # CPU: MFU honestly unknown
