@@ -44,11 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "shape-only)",
     )
     parser.add_argument("--decode-tokens", type=_positive_int(1), default=None,
-                        help="decode budget (default: the workload's, 512 for the standard one)")
+                        help="new tokens: the prefill's plus N-1 decode steps (default: the workload's, 512)")
     parser.add_argument("--repeats", type=_positive_int(1), default=3,
                         help="timed repeats when executing (default: %(default)s)")
     parser.add_argument("--hardware", default=None,
-                        help="hardware entry for predicted times and MFU (default: detected GPU, else H100-SXM)")
+                        help="hardware entry for predicted (roofline) times, and for MFU on a GPU "
+                        "(default: the detected GPU, else H100-SXM)")
     parser.add_argument("--out", default="reports/latest", help="output directory (default: %(default)s)")
     parser.add_argument("--image", default=None, help="use this image file instead of the workload's image")
     parser.add_argument("--trace", default=None, metavar="TRACE_JSON",
