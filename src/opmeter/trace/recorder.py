@@ -41,13 +41,16 @@ class Recorder:
         self.children: list[dict[int, int]] = [{}]
         self.first_call: list[int] = [-1] * len(records)
         self.call_counter = 0
-        # module stack: context ids, module objects (None for the bottom), start times, known flags
+        # module stack: context ids and module objects (None at the bottom); start times only when timing.
+        # A module outside the tree pushes its parent's context again, so "known" == (ctx != the one below).
         self.stack: list[int] = [0]
         self.objs: list[Any] = [None]
         self.starts: list[float] = [0.0]
-        self.known: list[bool] = [False]
-        self.cells: dict[tuple[int, int], dict[int, list[Any]]] = {}
-        self.ctx_stats: dict[tuple[int, int], list[Any]] = trace.ctx_stats
+        # per stage group, lists indexed by context: op cells {op id: [calls, ft, fc, br, bw, t]}, [calls, time]
+        self.cells_by_gid: list[list[dict[int, list[Any]] | None]] = []
+        self.stats_by_gid: list[list[list[Any] | None]] = []
+        self.gcells: list[dict[int, list[Any]] | None] = []
+        self.gstats: list[list[Any] | None] = []
         self.groups: list[str] = trace.groups
         self.group_ids: dict[str, int] = {}
         self.stages: list[StageRecord] = trace.stage_records
@@ -78,6 +81,8 @@ class Recorder:
         if gid is None:
             gid = self.group_ids[name] = len(self.groups)
             self.groups.append(name)
+            self.cells_by_gid.append([])
+            self.stats_by_gid.append([])
         return gid
 
     def _new_stage(self, name: str, group: str, kind: str, tokens: int | None = None,
@@ -87,12 +92,24 @@ class Recorder:
         self.stages.append(rec)
         return rec.index
 
-    def _cell_for(self, gid: int, ctx: int) -> dict[int, list[Any]]:
-        key = (gid, ctx)
-        cell = self.cells.get(key)
+    def _cell(self, ctx: int) -> dict[int, list[Any]]:
+        """The op table of ``ctx`` in the current stage group."""
+        gcells = self.gcells
+        if ctx >= len(gcells):
+            gcells.extend([None] * (ctx + 1 - len(gcells)))
+        cell = gcells[ctx]
         if cell is None:
-            cell = self.cells[key] = {}
+            cell = gcells[ctx] = {}
         return cell
+
+    @staticmethod
+    def _stat(gstats: list[list[Any] | None], ctx: int) -> list[Any]:
+        if ctx >= len(gstats):
+            gstats.extend([None] * (ctx + 1 - len(gstats)))
+        st_ = gstats[ctx]
+        if st_ is None:
+            st_ = gstats[ctx] = [0, 0.0]
+        return st_
 
     def _switch(self, stage_idx: int) -> None:
         """Make ``stage_idx`` current: charge elapsed time to the outgoing stage and to the open module calls."""
@@ -103,22 +120,20 @@ class Recorder:
                 self.stages[self.stage_idx].time_s += now - self.last_switch
                 if len(self.trace.stage_spans_raw) < SPAN_CAP:
                     self.trace.stage_spans_raw.append((self.stage_idx, self.last_switch - self.t0, now - self.t0))
-                old = self.gid
-                for i in range(1, len(self.stack)):
-                    if self.known[i]:
-                        key = (old, self.stack[i])
-                        s = self.ctx_stats.get(key)
-                        if s is None:
-                            s = self.ctx_stats[key] = [0, 0.0]
-                        s[1] += now - self.starts[i]
+                stack = self.stack
+                for i in range(1, len(stack)):
+                    if stack[i] != stack[i - 1]:
+                        self._stat(self.gstats, stack[i])[1] += now - self.starts[i]
                         self.starts[i] = now
             self.last_switch = now
         rec = self.stages[stage_idx]
         rec.calls += 1
         self.stage_idx = stage_idx
         self.gid = self.group_ids[rec.group]
+        self.gcells = self.cells_by_gid[self.gid]
+        self.gstats = self.stats_by_gid[self.gid]
         self.stage_tot = rec.totals
-        self.cell = self._cell_for(self.gid, self.stack[-1])
+        self.cell = self._cell(self.stack[-1])
 
     def enter_stage(self, name: str) -> int:
         """Open an explicit stage; returns a token for :meth:`exit_stage`."""
@@ -146,65 +161,65 @@ class Recorder:
     # ------------------------------------------------------------------------------------------- module stack
 
     def _push(self, idx: int, mod: Any) -> None:
-        top = self.stack[-1]
+        stack = self.stack
+        top = stack[-1]
         kids = self.children[top]
         ctx = kids.get(idx)
         if ctx is None:
             ctx = kids[idx] = len(self.contexts)
             self.contexts.append((top, idx))
             self.children.append({})
-        key = (self.gid, ctx)
-        s = self.ctx_stats.get(key)
-        if s is None:
-            s = self.ctx_stats[key] = [0, 0.0]
-        s[0] += 1
+        gstats = self.gstats
+        if ctx < len(gstats) and gstats[ctx] is not None:
+            gstats[ctx][0] += 1  # type: ignore[index]
+        else:
+            self._stat(gstats, ctx)[0] = 1
         if self.first_call[idx] < 0:
             self.first_call[idx] = self.call_counter
             self.call_counter += 1
-        self.stack.append(ctx)
+        stack.append(ctx)
         self.objs.append(mod)
-        self.known.append(True)
-        if self.nvtx_modules:
-            st.NVTX.push(self.records[idx].path)
         if self.timing:
             self.sync()
             self.starts.append(_perf())
-        else:
-            self.starts.append(0.0)
-        self.cell = self._cell_for(self.gid, ctx)
+        if self.nvtx_modules:
+            st.NVTX.push(self.records[idx].path)
+        gcells = self.gcells
+        cell = gcells[ctx] if ctx < len(gcells) else None
+        self.cell = cell if cell is not None else self._cell(ctx)
 
     def _pop(self, mod: Any) -> None:
         objs = self.objs
+        stack = self.stack
         i = len(objs) - 1
         while i > 0 and objs[i] is not mod:
             i -= 1
         if i == 0:
             return
+        timing = self.timing
         now = 0.0
-        if self.timing:
+        if timing:
             self.sync()
             now = _perf()
         while len(objs) > i:
-            ctx = self.stack.pop()
+            ctx = stack.pop()
             objs.pop()
-            start = self.starts.pop()
-            known = self.known.pop()
-            if not known:
+            start = self.starts.pop() if timing else 0.0
+            if ctx == stack[-1]:  # a module outside the tree: nothing of its own
                 continue
             if self.nvtx_modules:
                 st.NVTX.pop()
-            if self.timing:
-                key = (self.gid, ctx)
-                s = self.ctx_stats.get(key)
-                if s is None:
-                    s = self.ctx_stats[key] = [0, 0.0]
-                s[1] += now - start
+            if timing:
+                self._stat(self.gstats, ctx)[1] += now - start
                 if len(self.spans) < SPAN_CAP:
                     self.spans.append((self.contexts[ctx][1], self.stage_idx, start - self.t0, now - self.t0,
-                                       len(self.stack) - 1))
+                                       len(stack) - 1))
                 else:
                     self.trace.spans_truncated = True
-        self.cell = self._cell_for(self.gid, self.stack[-1])
+        top = stack[-1]
+        gcells = self.gcells
+        cell = gcells[top] if top < len(gcells) else None
+        self.cell = cell if cell is not None else self._cell(top)
 
     def enter(self, mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """A module call starts (see :mod:`opmeter.trace.callpatch`)."""
@@ -213,8 +228,8 @@ class Recorder:
             # not in the tree (created on the fly, another model...): its ops go to the nearest known ancestor
             self.stack.append(self.stack[-1])
             self.objs.append(mod)
-            self.starts.append(0.0)
-            self.known.append(False)
+            if self.timing:
+                self.starts.append(0.0)
         elif idx == ROOT_INDEX:
             self.root_pre_hook(mod, args, kwargs)
         else:
@@ -278,11 +293,10 @@ class Recorder:
             self.stages[self.stage_idx].time_s += now - self.last_switch
             if len(self.trace.stage_spans_raw) < SPAN_CAP:
                 self.trace.stage_spans_raw.append((self.stage_idx, self.last_switch - self.t0, now - self.t0))
-            for i in range(1, len(self.stack)):
-                if self.known[i]:
-                    key = (self.gid, self.stack[i])
-                    s = self.ctx_stats.setdefault(key, [0, 0.0])
-                    s[1] += now - self.starts[i]
+            stack = self.stack
+            for i in range(1, len(stack)):
+                if stack[i] != stack[i - 1]:
+                    self._stat(self.gstats, stack[i])[1] += now - self.starts[i]
             self.trace.wall_time_s = now - self.t0
         else:
             for rec in self.stages:
@@ -293,9 +307,11 @@ class Recorder:
         if self.auto_open and self.nvtx_stages:
             st.NVTX.pop()
         cells: dict[tuple[int, int], dict[str, list[Any]]] = {}
-        for key, ops in self.cells.items():
-            if not ops:
-                continue
-            cells[key] = {names.get(k, str(k)): vals for k, vals in ops.items()}
+        for gid, gcells in enumerate(self.cells_by_gid):
+            for ctx, ops in enumerate(gcells):
+                if ops:
+                    cells[(gid, ctx)] = {names.get(k, str(k)): vals for k, vals in ops.items()}
         self.trace.cells = cells
+        self.trace.ctx_stats = {(gid, ctx): s for gid, gstats in enumerate(self.stats_by_gid)
+                                for ctx, s in enumerate(gstats) if s is not None}
         self.trace.first_call = self.first_call
