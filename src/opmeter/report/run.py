@@ -518,6 +518,11 @@ class _Pipeline:
         if wid and wid != opts.workload:
             opts = attrs.evolve(opts, workload=str(wid))
         decode = meta.get("decode_tokens")
+        if not decode:  # a trace recorded elsewhere: one token from the prefill plus one per decode step
+            with contextlib.suppress(Exception):
+                names = trace.stages()["stage"].astype(str)
+                steps = int(names.str.startswith("decode[").sum())
+                decode = steps + 1 if (names == "prefill").any() else None
         if decode and opts.decode_tokens is None:
             opts = attrs.evolve(opts, decode_tokens=int(decode))
         self.opts = opts
