@@ -51,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="hardware entry for predicted (roofline) times, and for MFU on a GPU "
                         "(default: the detected GPU, else H100-SXM)")
     parser.add_argument("--out", default="reports/latest", help="output directory (default: %(default)s)")
-    parser.add_argument("--image", default=None, help="use this image file instead of the workload's image")
+    parser.add_argument("--image", default=None,
+                        help="use this image instead of the workload's (with --trace: the image that was traced)")
     parser.add_argument("--trace", default=None, metavar="TRACE_JSON",
                         help="report from a saved trace.json instead of running the model")
     parser.add_argument("--trace-json", choices=("full", "none"), default="full",

@@ -526,9 +526,10 @@ class _Pipeline:
         if decode and opts.decode_tokens is None:
             opts = attrs.evolve(opts, decode_tokens=int(decode))
         self.opts = opts
-        workload = self._workload(preset, None)
+        image = check_image(opts.image) if opts.image is not None else None  # geometry of a trace made elsewhere
+        workload = self._workload(preset, image)
         wmeta = meta.get("workload") or {}
-        if wmeta.get("image_width") and wmeta.get("image_height"):
+        if image is None and wmeta.get("image_width") and wmeta.get("image_height"):
             workload = attrs.evolve(workload, width=int(wmeta["image_width"]), height=int(wmeta["image_height"]))
         model = None
         if str(meta.get("model_spec", "reference")) == "reference":  # parameter bytes from a meta build (no memory)
