@@ -177,7 +177,9 @@ def _stages(joined: Joined) -> list[str]:
         "",
         "`vision` = SAM + CLIP + projector during the first forward; `prefill` = the rest of the first forward (decoder"
         " over the prompt, LM head); TTFT = vision + prefill. Predicted time = roofline "
-        "max(compute at peak, bytes at bandwidth).",
+        "max(compute at peak, bytes at bandwidth). Bytes are summed per aten op as dispatched (unfused; on meta, "
+        "attention takes the math path with scores in memory), so memory-bound predictions are upper bounds for "
+        "fused kernels. `total` includes the setup and glue stages, which the analytic model does not predict.",
         "",
         fmt.table(
             keep, [c for c in cols if c in keep],
