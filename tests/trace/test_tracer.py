@@ -296,6 +296,8 @@ def test_inference_mode_autocast_and_dtypes() -> None:
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), OpTracer(model) as ac:
         model(x)
     assert ac.totals()["flops_tensor"] == ref.totals()["flops_tensor"]
+    assert rows(ac.by_operator(), "op")["aten.addmm.default"]["dtypes"] == "bfloat16"
+    assert rows(ref.by_operator(), "op")["aten.addmm.default"]["dtypes"] == "float32"
     assert "aten._to_copy.default" in set(ac.by_operator()["op"])
     half = MLP(16, 32).to(torch.float16)
     with torch.no_grad(), OpTracer(half) as h:

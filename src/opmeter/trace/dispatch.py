@@ -40,6 +40,7 @@ class CountingMode(TorchDispatchMode):
         self.rec = recorder
         self.infos: dict[int, OpInfo] = {}
         self.funcs: dict[int, Any] = {}
+        self.dtypes: dict[int, set[str]] = {}
         self.formula_errors: dict[str, str] = {}
 
     def learn(self, func: Any) -> OpInfo:
@@ -47,6 +48,12 @@ class CountingMode(TorchDispatchMode):
         self.infos[id(func)] = info
         self.funcs[id(func)] = func
         return info
+
+    def _seen_dtype(self, key: int, out: Any) -> None:
+        """Output dtype of an op, noted the first time it runs in each (stage group, call path): off the hot path."""
+        dt = _dtype_of(out)
+        if dt is not None:
+            self.dtypes.setdefault(key, set()).add(dt)
 
     def _decompose(self, func: Any, args: Any, kwargs: Any) -> Any:
         """Run a CompositeImplicitAutograd op's decomposition with this mode re-pushed, so its parts are counted.
@@ -89,6 +96,7 @@ class CountingMode(TorchDispatchMode):
         acc = cell.get(key)
         if acc is None:
             acc = cell[key] = [0, 0, 0.0, 0, 0, 0.0]
+            self._seen_dtype(key, out)
         if info.is_view:
             acc[0] += 1
             rec.stage_tot[0] += 1
@@ -159,6 +167,7 @@ class FullMode(CountingMode):
         acc = rec.cell.get(key)
         if acc is None:
             acc = rec.cell[key] = [0, 0, 0.0, 0, 0, 0.0]
+            self._seen_dtype(key, out)
         acc[0] += 1
         acc[1] += ft
         acc[2] += fc

@@ -92,6 +92,7 @@ class Trace:
     timing: bool = False
     shapes_raw: dict[tuple[int, int, str], dict[str, int]] = attrs.Factory(dict)
     formula_errors: dict[str, str] = attrs.Factory(dict)
+    op_dtypes: dict[str, list[str]] = attrs.Factory(dict)
     schema_version: str = SCHEMA_VERSION
     _stage_ctl: Any = attrs.field(default=None, repr=False)
 
@@ -276,16 +277,16 @@ class Trace:
     def by_operator(self, stage: str | Sequence[str] | None = None) -> pd.DataFrame:
         """One row per aten overload (``aten.mm.default``), sorted by FLOPs then calls.
 
-        Columns: ``op, category, calls, flops_tensor, flops_cuda, bytes_read, bytes_written, time_s, exact``
-        (``time_s`` sums per-op times; NaN when not timed).
+        Columns: ``op, category, calls, flops_tensor, flops_cuda, bytes_read, bytes_written, time_s, exact,
+        dtypes`` (``time_s`` sums per-op times, NaN when not timed; ``dtypes``: output dtypes seen, comma-joined).
         """
         totals: dict[str, list[Any]] = {}
         for ops in self._merged(self._group_ids(stage)).values():
             for op, vals in ops.items():
                 acc = totals.setdefault(op, [0, 0, 0.0, 0, 0, 0.0])
                 self._add(acc, vals)
-        rows = [self._op_row(op, v) for op, v in totals.items()]
-        df = self._frame(rows, list(_OP_COLS))
+        rows = [{**self._op_row(op, v), "dtypes": ",".join(self.op_dtypes.get(op, []))} for op, v in totals.items()]
+        df = self._frame(rows, [*_OP_COLS, "dtypes"])
         return self._sort_ops(df)
 
     @staticmethod
@@ -576,6 +577,7 @@ class Trace:
             "spans_truncated": self.spans_truncated,
             "shapes": [[g, c, op, sig, n] for (g, c, op), d2 in self.shapes_raw.items() for sig, n in d2.items()],
             "formula_errors": self.formula_errors,
+            "op_dtypes": self.op_dtypes,
         }
         if tables:
             d["tables"] = {
@@ -626,6 +628,7 @@ class Trace:
                 stage_spans_raw=[(int(s), float(a), float(b)) for s, a, b in d.get("stage_spans", [])],
                 spans_truncated=bool(d.get("spans_truncated", False)),
                 formula_errors=dict(d.get("formula_errors") or {}),
+                op_dtypes={k: list(v) for k, v in (d.get("op_dtypes") or {}).items()},
             )
             for g, c, op, *v in d["cells"]:
                 t.cells.setdefault((int(g), int(c)), {})[op] = [v[0], v[1], v[2], v[3], v[4], _none_nan(v[5])]
