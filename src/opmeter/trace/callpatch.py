@@ -9,6 +9,8 @@ Robustness: a single wrapper is installed when the first tracer activates and re
 any order (nested tracers that exit out of order cannot leave a stale wrapper behind); it only tracks calls on the
 thread that entered each tracer (dispatch modes are thread-local too). If something else replaced
 ``nn.Module.__call__`` after us, we leave it alone and our wrapper, still in its chain, passes calls through.
+A module class that overrides ``__call__`` without calling ``super().__call__`` is transparent (its ops go to the
+nearest traced caller).
 """
 
 from __future__ import annotations
