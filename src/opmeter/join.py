@@ -179,6 +179,7 @@ class Joined:
     runtime: dict[str, Any] | None = None
     hardware: dict[str, Any] | None = None
     component_order: tuple[str, ...] = ()
+    _module_category: pd.DataFrame = attrs.field(factory=pd.DataFrame)
 
     # -- queries ---------------------------------------------------------------------------------------------------
     def by_module(self) -> pd.DataFrame:
@@ -223,10 +224,24 @@ class Joined:
         )
         out = first.join(df.groupby(keys, sort=False)[sums].sum(min_count=1)).reset_index()
         out = out.rename(columns={"pattern": "module"})
+        out["top_category"] = self._top_categories(df, keys)
         for m in ("flops_tensor", "flops_cuda", "bytes"):
             if f"pred_{m}" in out:
                 out[f"rel_{m}"] = [rel_diff(a, b) for a, b in zip(out[m], out[f"pred_{m}"], strict=True)]
         return out
+
+    def _top_categories(self, df: pd.DataFrame, keys: list[str]) -> list[str | None]:
+        """Per hierarchy row: the category with most FLOPs (most bytes when there are no FLOPs)."""
+        mc = self._module_category
+        if mc.empty or "module" not in mc:
+            return [None] * df.groupby(keys, sort=False).ngroups
+        mc = mc.merge(df[["module", *keys]], on="module", how="inner")
+        mc = mc.assign(_f=_num(mc, "flops_tensor") + _num(mc, "flops_cuda"), _b=_num(mc, "bytes"))
+        agg = mc.groupby([*keys, "category"], sort=False)[["_f", "_b"]].sum().reset_index()
+        agg = agg.sort_values(["_f", "_b"], ascending=False)
+        top = agg.drop_duplicates(keys).set_index(keys)["category"]
+        order = df.groupby(keys, sort=False).size().index
+        return [top.get(k) for k in order]
 
     def by_component(self, stage: str | None = None) -> pd.DataFrame:
         """Disjoint components plus the glue row; ``stage`` = ``"prefill"`` / ``"decode"`` restricts to a stage group.
@@ -300,6 +315,10 @@ class Joined:
     def by_component_and_category(self) -> pd.DataFrame:
         """Long table: component x category with calls, FLOPs and bytes (from the trace's module x operator table)."""
         return self._component_category.copy()
+
+    def by_module_and_category(self) -> pd.DataFrame:
+        """Per (module, category): calls, FLOPs and bytes, inclusive as :meth:`by_module` (from the trace)."""
+        return self._module_category.copy()
 
     def edges(self) -> pd.DataFrame:
         """Parent -> child call edges of the module graph (from the trace)."""
@@ -401,6 +420,7 @@ class Joined:
             "operators": _records(self._operators),
             "unclassified_ops": _records(self._unclassified_ops),
             "component_category": _records(self._component_category),
+            "module_category": _records(self._module_category),
             "edges": _records(self._edges),
             "checks": _records(self.checks()),
             "runtime": self.runtime,
@@ -487,6 +507,7 @@ def load_joined(path: str | Path) -> Joined:
         runtime=data.get("runtime"),
         hardware=data.get("hardware"),
         component_order=tuple(data.get("component_order") or ()),
+        module_category=frame("module_category"),
     )
 
 
@@ -666,6 +687,11 @@ def join(
         unclassified_ops = unclassified_ops[unclassified_ops["reason"] == "no category"].reset_index(drop=True)
     edges = _call(trace, "edges")
     comp_cat = _component_category(trace, modules, components)
+    mod_cat = _call(trace, "by_module_and_category")
+    if not mod_cat.empty:
+        mod_cat = _with_bytes(mod_cat).drop(columns=["bytes_read", "bytes_written"])
+        if "time_s" in mod_cat and mod_cat["time_s"].isna().all():
+            mod_cat = mod_cat.drop(columns=["time_s"])
 
     joined = Joined(
         modules=modules,
@@ -680,6 +706,7 @@ def join(
         runtime=runtime.to_dict() if runtime is not None and hasattr(runtime, "to_dict") else runtime,
         hardware=dict(hardware) if hardware else None,
         component_order=tuple(dict.fromkeys(c.name for c in components)),
+        module_category=mod_cat,
     )
     stages = _stages(trace, joined, predicted_stages, runtime, timing_trace)
     return attrs.evolve(joined, stages=stages)

@@ -91,7 +91,12 @@ def test_by_class_and_hierarchy(joined: Joined) -> None:
     cls = joined.by_class().set_index("class_name")
     assert cls.loc["DeepseekV2MoE", "instances"] == 1  # toy: layer 0 dense, layer 1 MoE
     assert cls.loc["Linear", "rel_flops_tensor"] == pytest.approx(0.0, abs=1e-9)
+    mc = joined.by_module_and_category()
+    root = mc[mc["module"] == ROOT]
+    assert root["flops_tensor"].sum() == pytest.approx(joined.by_module().set_index("module").loc[ROOT,
+                                                                                                  "flops_tensor"])
     tree = joined.hierarchy(max_depth=4)
+    assert tree.set_index("module").loc["model.sam_model.patch_embed", "top_category"] == "convolution"
     assert "model.sam_model.blocks.*" in set(tree["module"])
     assert tree.set_index("module").loc["model.sam_model.blocks.*", "instances"] == 2
 

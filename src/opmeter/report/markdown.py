@@ -275,18 +275,20 @@ def _hierarchy(joined: Joined, max_depth: int) -> list[str]:
         "## Module hierarchy",
         f"Inclusive metrics, numeric indices collapsed to `*` (summed over instances), depth ≤ {max_depth}. "
         "Predicted = the analytic layer mapped to the module; Δ = (measured − predicted) / predicted. The full "
-        "per-instance table is `modules.csv`.",
+        "per-instance table is `modules.csv`, the category breakdown of every module `module_categories.csv`.",
         "",
         fmt.table(
             df,
             ["module", "class_name", "instances", "calls", "flops_tensor", "flops_cuda", "bytes", "self_flops_tensor",
-             "pred_flops_tensor", "rel_flops_tensor", "rel_flops_cuda", *(["time_s"] if _timed(df) else [])],
+             "top_category", "pred_flops_tensor", "rel_flops_tensor", "rel_flops_cuda",
+             *(["time_s"] if _timed(df) else [])],
             {**_flops_cols(), "self_flops_tensor": fmt.flops, "pred_flops_tensor": fmt.flops,
              "rel_flops_tensor": fmt.rel, "rel_flops_cuda": fmt.rel, "calls": fmt.integer, "instances": fmt.integer,
              "time_s": fmt.seconds},
             {"class_name": "class", "flops_tensor": "tensor-core", "flops_cuda": "CUDA-core",
              "self_flops_tensor": "self tensor-core", "pred_flops_tensor": "predicted tensor-core",
-             "rel_flops_tensor": "Δ tensor", "rel_flops_cuda": "Δ CUDA", "time_s": "time (incl.)"},
+             "rel_flops_tensor": "Δ tensor", "rel_flops_cuda": "Δ CUDA", "time_s": "time (incl.)",
+             "top_category": "top category"},
         ),
         "",
         *_uncalled(uncalled),

@@ -616,7 +616,8 @@ class _Pipeline:
             files.append(exporters.write_maybe_gzip(out_dir / "joined.json", joined.to_json(), o.compress).name)
             for stem, df in (("modules", joined.by_module()), ("operators", joined.by_operator()),
                              ("stages", joined.by_stage()), ("components", joined.by_component()),
-                             ("categories", joined.by_category()), ("classes", joined.by_class())):
+                             ("categories", joined.by_category()), ("classes", joined.by_class()),
+                             ("module_categories", joined.by_module_and_category())):
                 files += [p.name for p in exporters.write_table(df, out_dir, stem, o.compress)]
             files += [p.name for p in exporters.write_callgraph(trace, out_dir)]
             if timing_trace is not None:
