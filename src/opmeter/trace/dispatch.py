@@ -40,14 +40,20 @@ class CountingMode(TorchDispatchMode):
         self.rec = recorder
         self.infos: dict[int, OpInfo] = {}
         self.funcs: dict[int, Any] = {}
+        self.fast: dict[int, tuple[Any, Any, int, OpInfo]] = {}
         self.dtypes: dict[int, set[str]] = {}
         self.formula_errors: dict[str, str] = {}
 
-    def learn(self, func: Any) -> OpInfo:
+    def learn(self, func: Any) -> tuple[Any, Any, int, OpInfo]:
+        """Cache, per overload: the C++ callable (``OpOverload.__call__`` is a Python frame that only forwards to
+        it), the cost function, a flag (0 count, 1 view: count with no cost, 2 decompose) and the :class:`OpInfo`."""
         info = compile_op(func)
         self.infos[id(func)] = info
         self.funcs[id(func)] = func
-        return info
+        flag = 2 if info.decompose else (1 if info.is_view else 0)
+        entry = (getattr(func, "_op", func), info.cost, flag, info)
+        self.fast[id(func)] = entry
+        return entry
 
     def _seen_dtype(self, key: int, out: Any) -> None:
         """Output dtype of an op, noted the first time it runs in each (stage group, call path): off the hot path."""
@@ -79,17 +85,18 @@ class CountingMode(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         key = id(func)  # OpOverload.__hash__ is a Python function; id() is not
-        info = self.infos.get(key)
-        if info is None:
-            info = self.learn(func)
-        if info.decompose:
+        entry = self.fast.get(key)
+        if entry is None:
+            entry = self.learn(func)
+        op, cost, flag, info = entry
+        if flag == 2:
             r = self._decompose(func, args, kwargs)
             if r is not NotImplemented:
                 return r
         if kwargs:
-            out = func(*args, **kwargs)
+            out = op(*args, **kwargs)
         else:
-            out = func(*args)
+            out = op(*args)
             kwargs = _EMPTY
         rec = self.rec
         cell = rec.cell
@@ -97,12 +104,12 @@ class CountingMode(TorchDispatchMode):
         if acc is None:
             acc = cell[key] = [0, 0, 0.0, 0, 0, 0.0]
             self._seen_dtype(key, out)
-        if info.is_view:
+        if flag == 1:
             acc[0] += 1
             rec.stage_tot[0] += 1
             return out
         try:
-            ft, fc, br, bw = info.cost(args, kwargs, out)
+            ft, fc, br, bw = cost(args, kwargs, out)
         except Exception:
             ft, fc, br, bw = self._cost(info, func, args, kwargs, out)
         acc[0] += 1
@@ -140,9 +147,10 @@ class FullMode(CountingMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         key = id(func)
-        info = self.infos.get(key)
-        if info is None:
-            info = self.learn(func)
+        entry = self.fast.get(key)
+        if entry is None:
+            entry = self.learn(func)
+        info = entry[3]
         if info.decompose:
             r = self._decompose(func, args, kwargs)
             if r is not NotImplemented:
