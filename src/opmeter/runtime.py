@@ -46,14 +46,20 @@ except Exception:  # pragma: no cover - optional at runtime
     _nvtx = None
 
 
+NVTX_DOMAIN = "opmeter"
+"""The tracer's NVTX domain too, so Nsight shows stage ranges from timing runs and traced runs side by side."""
+
+
 def _nvtx_push(name: str) -> None:
     if _nvtx is not None:
-        _nvtx.push_range(name)
+        with contextlib.suppress(Exception):
+            _nvtx.push_range(name, domain=NVTX_DOMAIN)
 
 
 def _nvtx_pop() -> None:
     if _nvtx is not None:
-        _nvtx.pop_range()
+        with contextlib.suppress(Exception):
+            _nvtx.pop_range(domain=NVTX_DOMAIN)
 
 
 class _Mark:
