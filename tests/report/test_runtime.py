@@ -83,3 +83,25 @@ def test_operator_table_self_times_do_not_double_count() -> None:
     linear = df[df["op"] == "aten::linear"].iloc[0]
     assert linear["total_time_s"] >= linear["self_time_s"]  # linear contains addmm: total includes the child
     assert (df[df["op"] == "aten::addmm"]["category"] == "gemm").all()
+
+
+def test_nvtx_ranges_prefill_decode_and_steps_are_balanced(monkeypatch: pytest.MonkeyPatch) -> None:
+    import opmeter.runtime as rt
+
+    events: list[str] = []
+
+    class FakeNvtx:
+        @staticmethod
+        def push_range(name: str, domain: str = "") -> None:
+            events.append(f"+{name}")
+
+        @staticmethod
+        def pop_range(domain: str = "") -> None:
+            events.append("-")
+
+    monkeypatch.setattr(rt, "_nvtx", FakeNvtx)
+    model = _Toy()
+    profile_runtime(lambda: _generate(model, 2), model, [("vision", model.vision)], repeats=1, warmup=0)
+    pushed = [e[1:] for e in events if e.startswith("+")]
+    assert pushed == ["prefill", "vision", "decode", "decode_step[0]", "decode_step[1]"]
+    assert events.count("-") == len(pushed)
