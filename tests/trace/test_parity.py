@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 import torch
-from tests.trace.conftest import MLP, ConvNet, ManualAttention, torch_flops_per_module
 from torch import nn
+from trace_helpers import MLP, ConvNet, ManualAttention, torch_flops_per_module
 
 from opmeter import OpTracer, Trace
 from opmeter.trace.demo import DemoConfig, DemoTransformer

@@ -8,9 +8,9 @@ import threading
 import orjson
 import pytest
 import torch
-from tests.trace.conftest import MLP, Nested, global_state
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
+from trace_helpers import MLP, Nested, global_state
 
 from opmeter import OpTracer
 from opmeter.errors import OpmeterError
