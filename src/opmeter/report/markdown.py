@@ -393,7 +393,9 @@ def _operators(joined: Joined, top: int) -> list[str]:
 def _unclassified(joined: Joined, top: int) -> list[str]:
     summary = joined.unclassified_summary()
     df = joined.unclassified()
+    df = df[(df[["flops_tensor", "flops_cuda", "bytes", "time_s"]].abs().sum(axis=1) > 0)]  # drop empty rows
     df = df.assign(_f=df["flops_tensor"] + df["flops_cuda"] + df["bytes"] * 1e-9).sort_values("_f", ascending=False)
+    timed = _timed(df)
     lines = [
         "## Unclassified",
         "",
@@ -413,10 +415,12 @@ def _unclassified(joined: Joined, top: int) -> list[str]:
     if len(df):
         lines += [
             fmt.table(df, ["kind", "name", "class_name", "calls", "flops_tensor", "flops_cuda", "bytes", "flops_share",
-                           "bytes_share"],
-                      {**_flops_cols(), "calls": fmt.integer, "flops_share": fmt.pct, "bytes_share": fmt.pct},
+                           "bytes_share", *(["time_s", "time_share"] if timed else [])],
+                      {**_flops_cols(), "calls": fmt.integer, "flops_share": fmt.pct, "bytes_share": fmt.pct,
+                       "time_s": fmt.seconds, "time_share": fmt.pct},
                       {"class_name": "class", "flops_tensor": "tensor-core", "flops_cuda": "CUDA-core",
-                       "flops_share": "FLOPs %", "bytes_share": "bytes %"}, max_rows=top),
+                       "flops_share": "FLOPs %", "bytes_share": "bytes %", "time_s": "time (self)",
+                       "time_share": "time %"}, max_rows=top),
             "",
         ]
     else:
