@@ -248,6 +248,35 @@ def test_nested_tracers_exit_out_of_order_and_other_threads(nested: Nested) -> N
     assert seen == [8] and rows(tt.by_module())[ROOT]["calls"] == 0  # other threads are not traced
 
 
+def test_call_wrapped_by_someone_else_while_tracing(nested: Nested) -> None:
+    """Another library wraps ``nn.Module.__call__`` over ours (keeping ours in its chain), or discards ours."""
+    real = nn.Module.__call__
+    try:
+        t1 = OpTracer(nested)
+        t1.__enter__()
+        ours = nn.Module.__call__
+
+        def other(self: nn.Module, *args: object, **kwargs: object) -> object:
+            return ours(self, *args, **kwargs)
+
+        nn.Module.__call__ = other  # type: ignore[method-assign]
+        t1.__exit__(None, None, None)
+        with OpTracer(nested) as again:  # used to recurse forever: ours -> other -> ours -> ...
+            nested(torch.randn(1, 8))
+        assert rows(again.by_module())["b"]["calls"] == 3
+        assert nn.Module.__call__ is other
+        t2 = OpTracer(nested)
+        t2.__enter__()
+        nn.Module.__call__ = real  # type: ignore[method-assign]  # ours dropped from the chain
+        t2.__exit__(None, None, None)
+        with OpTracer(nested) as fresh:
+            nested(torch.randn(1, 8))
+        assert rows(fresh.by_module())["b"]["calls"] == 3
+        assert nn.Module.__call__ is real
+    finally:
+        nn.Module.__call__ = real  # type: ignore[method-assign]
+
+
 def test_fake_tensor_and_meta_models() -> None:
     with FakeTensorMode():
         model = MLP(64, 256)

@@ -33,6 +33,8 @@ _lock = threading.Lock()
 _get_ident = threading.get_ident
 _targets: list[CallTarget] = []
 _original: Any = None
+# True while another wrapper installed over ours keeps ours in its chain (we could not restore ``__call__``)
+_chained = False
 
 
 def _traced_call(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -59,23 +61,64 @@ def _traced_call(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
             t.exit(self)
 
 
-def install(target: CallTarget) -> None:
-    """Start reporting module calls to ``target``."""
+class _Probe(nn.Module):
+    pass
+
+
+def _reaches_us(call: Any) -> bool:
+    """Whether calling ``call`` on a module goes through :func:`_traced_call` (run with ``_lock`` held)."""
     global _original
+    saved = _original
+    probe = _Probe()
+    reached = False
+
+    def sentinel(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        nonlocal reached
+        if self is probe:
+            reached = True
+            return None
+        return saved(self, *args, **kwargs)  # another thread's call meanwhile
+
+    _original = sentinel
+    try:
+        call(probe)
+    except Exception:
+        pass  # the chain ended in nn.Module's own __call__: _Probe has no forward
+    finally:
+        _original = saved
+    return reached
+
+
+def install(target: CallTarget) -> None:
+    """Start reporting module calls to ``target``.
+
+    Installs the wrapper unless it is already in place, or still reachable through another wrapper that replaced it
+    while a tracer was active (wrapping that one again would make the two call each other forever).
+    """
+    global _original, _chained
     with _lock:
-        if nn.Module.__call__ is not _traced_call:
-            _original = nn.Module.__call__
+        current = nn.Module.__call__
+        if current is _traced_call:
+            _chained = False
+        elif not (_chained and _reaches_us(current)):
+            _chained = False
+            _original = current
             nn.Module.__call__ = _traced_call  # type: ignore[method-assign]
         _targets.append(target)
 
 
 def uninstall(target: CallTarget) -> None:
     """Stop reporting to ``target``; restore ``nn.Module.__call__`` when no tracer is left."""
+    global _chained
     with _lock:
         if target in _targets:
             _targets.remove(target)
-        if not _targets and nn.Module.__call__ is _traced_call:
-            nn.Module.__call__ = _original  # type: ignore[method-assign]
+        if not _targets:
+            if nn.Module.__call__ is _traced_call:
+                nn.Module.__call__ = _original  # type: ignore[method-assign]
+                _chained = False
+            else:  # replaced over us: ours stays in that chain, passing calls through
+                _chained = True
 
 
 def is_installed() -> bool:
