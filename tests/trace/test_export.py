@@ -103,4 +103,6 @@ def test_demo_and_show_commands(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "decode" in capsys.readouterr().out
     assert main(["show", str(tmp_path / "nope.json")]) == 1
     assert "cannot read trace" in capsys.readouterr().err
+    assert main(["show", str(out / "trace.json"), "--top", "-1"]) == 1
+    assert "--top >= 1" in capsys.readouterr().err
     assert main(["demo", "--out", str(out), "--new-tokens", "0"]) == 1
