@@ -39,7 +39,6 @@ class CountingMode(TorchDispatchMode):
         super().__init__()
         self.rec = recorder
         self.infos: dict[int, OpInfo] = {}
-        self.funcs: dict[int, Any] = {}
         self.fast: dict[int, tuple[Any, Any, int, OpInfo]] = {}
         self.dtypes: dict[int, set[str]] = {}
         self.formula_errors: dict[str, str] = {}
@@ -49,7 +48,6 @@ class CountingMode(TorchDispatchMode):
         it), the cost function, a flag (0 count, 1 view: count with no cost, 2 decompose) and the :class:`OpInfo`."""
         info = compile_op(func)
         self.infos[id(func)] = info
-        self.funcs[id(func)] = func
         flag = 2 if info.decompose else (1 if info.is_view else 0)
         entry = (getattr(func, "_op", func), info.cost, flag, info)
         self.fast[id(func)] = entry
@@ -76,7 +74,8 @@ class CountingMode(TorchDispatchMode):
         finally:
             _pop(None)
 
-    def _cost(self, info: OpInfo, func: Any, args: Any, kwargs: Any, out: Any) -> tuple[int, float, int, int]:
+    def _cost(self, info: OpInfo, args: Any, kwargs: Any, out: Any) -> tuple[int, float, int, int]:
+        """The op's cost; a failing formula counts zero and is reported once per op in ``formula_errors``."""
         try:
             return info.cost(args, kwargs, out)
         except Exception as exc:  # a formula must never break the model
@@ -111,7 +110,7 @@ class CountingMode(TorchDispatchMode):
         try:
             ft, fc, br, bw = cost(args, kwargs, out)
         except Exception:
-            ft, fc, br, bw = self._cost(info, func, args, kwargs, out)
+            ft, fc, br, bw = self._cost(info, args, kwargs, out)
         acc[0] += 1
         acc[1] += ft
         acc[2] += fc
@@ -171,7 +170,7 @@ class FullMode(CountingMode):
         if info.is_view:
             ft, fc, br, bw = 0, 0.0, 0, 0
         else:
-            ft, fc, br, bw = self._cost(info, func, args, kwargs, out)
+            ft, fc, br, bw = self._cost(info, args, kwargs, out)
         acc = rec.cell.get(key)
         if acc is None:
             acc = rec.cell[key] = [0, 0, 0.0, 0, 0, 0.0]

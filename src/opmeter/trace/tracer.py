@@ -249,7 +249,6 @@ class OpTracer:
             trace.formula_errors = dict(mode.formula_errors)
             trace.op_dtypes = {mode.infos[k].name: sorted(v) for k, v in mode.dtypes.items()}
             if isinstance(mode, FullMode):
-                trace.formula_errors.update(mode.formula_errors)
                 trace.shapes_raw = {(g, c, mode.infos[k].name): d for (g, c, k), d in mode.shapes.items()}
                 try:
                     mode.flush()
