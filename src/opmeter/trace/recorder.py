@@ -111,20 +111,24 @@ class Recorder:
             st_ = gstats[ctx] = [0, 0.0]
         return st_
 
+    def _charge(self, now: float) -> None:
+        """Charge the time since the last stage switch to the current stage and to the open module calls."""
+        self.stages[self.stage_idx].time_s += now - self.last_switch
+        if len(self.trace.stage_spans_raw) < SPAN_CAP:
+            self.trace.stage_spans_raw.append((self.stage_idx, self.last_switch - self.t0, now - self.t0))
+        stack, starts = self.stack, self.starts
+        for i in range(1, len(stack)):
+            if stack[i] != stack[i - 1]:  # a module of the tree (one outside it repeats the context below)
+                self._stat(self.gstats, stack[i])[1] += now - starts[i]
+                starts[i] = now
+
     def _switch(self, stage_idx: int) -> None:
         """Make ``stage_idx`` current: charge elapsed time to the outgoing stage and to the open module calls."""
         if self.timing:
             self.sync()
             now = _perf()
             if self.stage_idx >= 0:
-                self.stages[self.stage_idx].time_s += now - self.last_switch
-                if len(self.trace.stage_spans_raw) < SPAN_CAP:
-                    self.trace.stage_spans_raw.append((self.stage_idx, self.last_switch - self.t0, now - self.t0))
-                stack = self.stack
-                for i in range(1, len(stack)):
-                    if stack[i] != stack[i - 1]:
-                        self._stat(self.gstats, stack[i])[1] += now - self.starts[i]
-                        self.starts[i] = now
+                self._charge(now)
             self.last_switch = now
         rec = self.stages[stage_idx]
         rec.calls += 1
@@ -290,13 +294,7 @@ class Recorder:
         if self.timing:
             self.sync()
             now = _perf()
-            self.stages[self.stage_idx].time_s += now - self.last_switch
-            if len(self.trace.stage_spans_raw) < SPAN_CAP:
-                self.trace.stage_spans_raw.append((self.stage_idx, self.last_switch - self.t0, now - self.t0))
-            stack = self.stack
-            for i in range(1, len(stack)):
-                if stack[i] != stack[i - 1]:
-                    self._stat(self.gstats, stack[i])[1] += now - self.starts[i]
+            self._charge(now)
             self.trace.wall_time_s = now - self.t0
         else:
             for rec in self.stages:
