@@ -86,6 +86,18 @@ _ATTN_SDPA = (
     "ctx['sdpa'] if type({a}).__name__ == 'LlamaSdpaAttention' or attr({a}, 'attn_implementation', 'eager') == 'sdpa' "
     "else None"
 )
+_WHOLE_MODEL = {
+    "config": "ctx['config']", "seq": "ctx['seq']", "past": "ctx.get('past', 0)", "vision": "ctx.get('vision')",
+    "variant": "ctx.get('variant', 'normal')", "sdpa": "ctx['sdpa']", "dtype": "ctx['dt']",
+    "expert_tokens": "ctx.get('expert_tokens')", "host_checks": "ctx.get('host_checks', False)",
+    "decoder_sdpa": "ctx.get('decoder_sdpa')",
+}
+"""Fields of the two whole-model layers: everything comes from the workload (``ctx``)."""
+_LLAMA_ATTN = {
+    "batch": "x[0][0]", "q_len": "x[0][1]", "past": "ctx.get('past', 0)", "hidden": "m.hidden_size",
+    "heads": "m.num_heads", "kv_heads": "m.num_key_value_heads", "head_dim": "m.head_dim", "dtype": "ctx['dt']",
+}
+"""Fields shared by the eager/SDPA and the flash-attention decoder attention layers."""
 
 MAPPING: tuple[MappingEntry, ...] = (
     # ---- whole model ---------------------------------------------------------------------------------------------
@@ -93,20 +105,14 @@ MAPPING: tuple[MappingEntry, ...] = (
         "DeepseekOCRForCausalLM",
         _impl("model", "DeepseekOCRForCausalLM", "*.modeling_deepseekocr.DeepseekOCRForCausalLM"),
         A.DeepseekOCRForCausalLM,
-        {"config": "ctx['config']", "seq": "ctx['seq']", "past": "ctx.get('past', 0)", "vision": "ctx.get('vision')",
-         "variant": "ctx.get('variant', 'normal')", "sdpa": "ctx['sdpa']", "dtype": "ctx['dt']",
-         "expert_tokens": "ctx.get('expert_tokens')", "host_checks": "ctx.get('host_checks', False)",
-         "decoder_sdpa": "ctx.get('decoder_sdpa')"},
+        _WHOLE_MODEL,
         note="needs the workload: config, seq (new tokens), past, vision (VisionWorkload or None)",
     ),
     MappingEntry(
         "DeepseekOCRModel",
         _impl("model", "DeepseekOCRModel", "*.modeling_deepseekocr.DeepseekOCRModel"),
         A.DeepseekOCRModel,
-        {"config": "ctx['config']", "seq": "ctx['seq']", "past": "ctx.get('past', 0)", "vision": "ctx.get('vision')",
-         "variant": "ctx.get('variant', 'normal')", "sdpa": "ctx['sdpa']", "dtype": "ctx['dt']",
-         "expert_tokens": "ctx.get('expert_tokens')", "host_checks": "ctx.get('host_checks', False)",
-         "decoder_sdpa": "ctx.get('decoder_sdpa')"},
+        _WHOLE_MODEL,
         note="needs the workload, as DeepseekOCRForCausalLM",
     ),
     # ---- SAM -----------------------------------------------------------------------------------------------------
@@ -239,18 +245,14 @@ MAPPING: tuple[MappingEntry, ...] = (
         "LlamaAttention",
         _impl("decoder", "LlamaAttention", f"{_LLAMA}.LlamaAttention", f"{_LLAMA}.LlamaSdpaAttention"),
         A.LlamaAttention,
-        {"batch": "x[0][0]", "q_len": "x[0][1]", "past": "ctx.get('past', 0)", "hidden": "m.hidden_size",
-         "heads": "m.num_heads", "kv_heads": "m.num_key_value_heads", "head_dim": "m.head_dim",
-         "dtype": "ctx['dt']", "sdpa": _ATTN_SDPA.format(a="m")},
+        {**_LLAMA_ATTN, "sdpa": _ATTN_SDPA.format(a="m")},
         note="eager, or the SDPA path (LlamaSdpaAttention, or attn_implementation 'sdpa' in the reference)",
     ),
     MappingEntry(
         "LlamaFlashAttention2",
         _impl("decoder", "LlamaFlashAttention2", f"{_LLAMA}.LlamaFlashAttention2"),
         A.LlamaFlashAttention2,
-        {"batch": "x[0][0]", "q_len": "x[0][1]", "past": "ctx.get('past', 0)", "hidden": "m.hidden_size",
-         "heads": "m.num_heads", "kv_heads": "m.num_key_value_heads", "head_dim": "m.head_dim",
-         "dtype": "ctx['dt']"},
+        _LLAMA_ATTN,
     ),
     MappingEntry(
         "LlamaRotaryEmbedding",
