@@ -165,6 +165,39 @@ def test_explicit_stages_nest_and_override() -> None:
     assert rows(trace.by_module(stage="prefill"))["up"]["calls"] == 1
 
 
+def test_stage_marks_only_this_threads_tracers() -> None:
+    model = MLP(4, 4).eval()
+    entered, release = threading.Event(), threading.Event()
+
+    def other() -> None:
+        with stage("elsewhere"):  # another thread's code marks a stage while this one traces
+            entered.set()
+            release.wait(30)
+
+    with torch.no_grad(), OpTracer(model) as trace:
+        worker = threading.Thread(target=other)
+        worker.start()
+        entered.wait(30)
+        model(torch.randn(2, 5, 4))
+        release.set()
+        worker.join()
+    assert "elsewhere" not in set(trace.stages()["group"])
+    assert rows(trace.by_module(stage="prefill"))["up"]["calls"] == 1
+
+
+def test_stage_closed_after_the_tracer_changes_nothing() -> None:
+    model = MLP(4, 4).eval()
+    tracer = OpTracer(model, timing=True, nvtx=False)
+    trace = tracer.__enter__()
+    with stage("late"):
+        model(torch.randn(2, 4))
+        tracer.__exit__(None, None, None)
+        before = trace.stages()
+        spans = list(trace.stage_spans_raw)
+    assert list(before["stage"]) == ["late"]
+    assert trace.stages().equals(before) and trace.stage_spans_raw == spans  # closing the stage charged nothing
+
+
 def test_exception_restores_globals_and_keeps_data(nested: Nested) -> None:
     class Boom(nn.Module):
         def __init__(self) -> None:

@@ -152,7 +152,9 @@ class Recorder:
         return idx
 
     def exit_stage(self, token: int) -> None:
-        """Close the explicit stage opened with ``token`` (and any left open inside it)."""
+        """Close the explicit stage opened with ``token`` (and any left open inside it); no-op once finished."""
+        if self.closed:
+            return
         while self.explicit:
             idx, restore = self.explicit.pop()
             if self.nvtx_stages:

@@ -21,6 +21,7 @@ Rules (documented in the README):
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Final, Protocol
@@ -103,6 +104,8 @@ NVTX = _Nvtx()
 
 
 class _StageTarget(Protocol):
+    thread: int
+
     def enter_stage(self, name: str) -> int: ...
 
     def exit_stage(self, token: int) -> None: ...
@@ -114,14 +117,17 @@ ACTIVE: list[_StageTarget] = []
 
 @contextmanager
 def stage(name: str) -> Iterator[None]:
-    """Mark an explicit stage on every active tracer (and as an NVTX range), e.g. inside model code.
+    """Mark an explicit stage on every active tracer of this thread (and as an NVTX range), e.g. inside model code.
+
+    Tracers entered on other threads are left alone: they trace their own thread only.
 
     Parameters
     ----------
     name
         Stage name; also its group for ``Trace.by_module(stage=name)``.
     """
-    targets = list(ACTIVE)
+    ident = threading.get_ident()
+    targets = [t for t in ACTIVE if t.thread == ident]
     tokens = [t.enter_stage(name) for t in targets]
     if not targets:
         NVTX.push(name)
