@@ -215,8 +215,8 @@ def _env_float(env: Mapping[str, str], key: str) -> float | None:
         value = float(raw)
     except ValueError:
         raise OpmeterError(f"{key} must be a number, got {raw!r}") from None
-    if not value > 0:
-        raise OpmeterError(f"{key} must be positive, got {raw!r}")
+    if not 0 < value < math.inf:
+        raise OpmeterError(f"{key} must be a positive finite number, got {raw!r}")
     return value
 
 
@@ -280,8 +280,11 @@ class RooflineTime:
 
     @property
     def time_s(self) -> float:
-        """Predicted time: ``max(compute, memory)``."""
-        return max(self.compute_s, self.memory_s)
+        """Predicted time: ``max(compute, memory)``; ``nan`` when either is unknown."""
+        compute, memory = self.compute_s, self.memory_s
+        if math.isnan(compute) or math.isnan(memory):  # max() would silently keep the known one
+            return NAN
+        return max(compute, memory)
 
     @property
     def bound(self) -> str:

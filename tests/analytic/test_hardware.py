@@ -41,6 +41,8 @@ def test_cpu_is_unknown_unless_overridden() -> None:
     with pytest.raises(OpmeterError):
         detect_hardware("cpu", env={"OPMETER_PEAK_TFLOPS": "fast"})
     with pytest.raises(OpmeterError):
+        detect_hardware("cpu", env={"OPMETER_BW_GBPS": "inf"})
+    with pytest.raises(OpmeterError):
         lookup("TPU v5")
 
 
@@ -50,5 +52,7 @@ def test_roofline() -> None:
     assert t.time_s == pytest.approx(1.0) and t.bound == "compute"
     m = roofline(0.0, 0.0, 3350e9, hw)
     assert m.time_s == pytest.approx(1.0) and m.bound == "memory"
+    no_bw = detect_hardware("cpu", env={"OPMETER_PEAK_TFLOPS": "2"})  # bandwidth unknown
+    assert math.isnan(roofline(1e12, 0.0, 1e9, no_bw).time_s)  # not the compute time alone
     assert required_tflops(1e12, 0.5) == 2.0
     assert mfu(989.4e12, 2.0, hw) == pytest.approx(0.5)
