@@ -234,31 +234,81 @@ VISION_MODULES = ("model.sam_model", "model.vision_model", "model.projector")
 """Timed as the ``vision`` part of prefill (paths as in the vendor code and the reference model)."""
 
 
+DIRECT_FORWARD: dict[str, tuple[tuple[str, str], ...]] = {
+    "NoTPTransformerBlock": (("self_attn", "attention"), ("mlp", "feed_forward")),
+}
+"""Analytic layers whose module calls sub-modules through ``.forward()`` (the vendor CLIP block calls
+``self.self_attn.forward`` / ``self.mlp.forward``): sub-module attribute and the analytic method returning its layer."""
+
+
+def direct_forward_frame(root: Any) -> pd.DataFrame:
+    """Predicted rows of the sub-modules whose ``forward`` is invoked directly (see :data:`DIRECT_FORWARD`).
+
+    The tracer never sees such a call, so their own ops are booked to the caller and only their children appear as
+    module calls. Each row therefore predicts what the join can measure for them — the sum of their children
+    (``flops_tensor``... ``self_*`` = 0) — and carries the whole analytic layer, own ops included, as
+    ``layer_flops_tensor``, ``layer_flops_cuda``, ``layer_bytes``.
+    """
+    from opmeter.analytic.base import FRAME_COLUMNS
+
+    rows: dict[str, dict[str, Any]] = {}
+    for path, node in root.walk(""):
+        for attr, method in DIRECT_FORWARD.get(node.class_name, ()):
+            sub = getattr(node, method)()
+            key = f"{path}.{attr}" if path else attr
+            row = rows.setdefault(key, {c: 0 for c in FRAME_COLUMNS} | {
+                "module": key, "class_name": sub.class_name, "flops_cuda": 0.0, "layer_flops_tensor": 0,
+                "layer_flops_cuda": 0.0, "layer_bytes": 0, "direct_forward": True})
+            kids = [layer for _, layer in sub.children()]
+            row["calls"] += 1
+            row["flops_tensor"] += sum(k.tensor_core_flops() for k in kids)
+            row["flops_cuda"] += sum(k.cuda_core_flops() for k in kids)
+            row["bytes_read"] += sum(k.bytes_read() for k in kids)
+            row["bytes_written"] += sum(k.bytes_written() for k in kids)
+            row["layer_flops_tensor"] += sub.tensor_core_flops()
+            row["layer_flops_cuda"] += sub.cuda_core_flops()
+            row["layer_bytes"] += sub.bytes_read() + sub.bytes_written()
+            row["weight_bytes"] = sub.weight_bytes()
+            row["activation_bytes"] = max(row["activation_bytes"], sub.activation_bytes())
+    return pd.DataFrame(list(rows.values()))
+
+
 def predicted_frames(
-    analytic: Any, vision: Any, text_tokens: int, decode_steps: int, hardware: Any
+    analytic: Any, vision: Any, text_tokens: int, decode_steps: int, hardware: Any, choice: Any = None
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, float]]:
     """Per-module and per-stage predictions of prefill + ``decode_steps`` decode steps, with roofline times.
 
-    Decode costs are affine in the KV length, so the per-module decode frame is built from two evaluated steps
-    (``steps * first + steps*(steps-1)/2 * (second - first)``) instead of walking every step's layer tree; the
-    per-step stage rows use the same interpolation. Exact for the additive quantities.
+    With balanced routing, decode costs are affine in the KV length, so the per-module decode frame is built from two
+    evaluated steps (``steps * first + steps*(steps-1)/2 * (second - first)``) instead of walking every step's layer
+    tree; the per-step stage rows use the same interpolation. Exact for the additive quantities. With measured
+    routing (``choice``, an :class:`~opmeter.report.variant.AnalyticChoice` with expert counts), the prefill uses the
+    measured tokens per expert and every decode step is evaluated with its share of the measured expert calls.
 
     Returns
     -------
     modules, stages, headline
-        ``layer_frame`` layout per module; one row per stage (``vision``, ``prefill`` = first forward minus vision,
-        ``decode[i]``, ``decode``, ``total``) with ``predicted_time_s``; predicted TTFT / TPOT.
+        ``layer_frame`` layout per module (plus :func:`direct_forward_frame` rows); one row per stage (``vision``,
+        ``prefill`` = first forward minus vision, ``decode[i]``, ``decode``, ``total``) with ``predicted_time_s``;
+        predicted TTFT / TPOT.
     """
     from opmeter.analytic.base import layer_frame
+    from opmeter.analytic.stage_cost import StageCost
     from opmeter.hardware import roofline
+    from opmeter.models.deepseek_ocr.analytic import parameter_footprint
 
-    root = analytic.prefill(vision, text_tokens)
+    prefill_experts = getattr(choice, "prefill_experts", None)
+    step_experts = choice.decode_step_experts(decode_steps) if choice is not None else None
+    root = analytic.prefill(vision, text_tokens, prefill_experts)
     seq = root.seq
     prefill = layer_frame(root)
     additive = ["calls", "flops_tensor", "flops_cuda", "bytes_read", "bytes_written", "self_flops_tensor",
                 "self_flops_cuda", "self_bytes_read", "self_bytes_written"]
     frames = [prefill]
-    if decode_steps > 0:
+    steps: list[Any] = []
+    if decode_steps > 0 and step_experts is not None:  # measured routing: every step as it was routed
+        steps = [analytic.decode_step(seq + i, step_experts[i]) for i in range(decode_steps)]
+        frames.append(layer_frame(steps[0], calls=[("", s) for s in steps]))
+    elif decode_steps > 0:
         first = layer_frame(analytic.decode_step(seq)).set_index("module")
         second = layer_frame(analytic.decode_step(seq + 1)).set_index("module") if decode_steps > 1 else first
         tri = decode_steps * (decode_steps - 1) / 2
@@ -270,13 +320,17 @@ def predicted_frames(
         )
         dec["activation_bytes"] = pd.concat([first["activation_bytes"], second["activation_bytes"]], axis=1).max(axis=1)
         frames.append(dec.reset_index())
-    both = pd.concat(frames, ignore_index=True)
+    direct = direct_forward_frame(root)
+    both = pd.concat([*frames, direct], ignore_index=True)
+    layer_cols = ["layer_flops_tensor", "layer_flops_cuda", "layer_bytes"]
     agg = {c: "sum" for c in additive} | {"class_name": "first", "weight_bytes": "max", "activation_bytes": "max",
                                           "kv_cache_bytes": "last"}
+    if len(direct):
+        agg |= {c: "sum" for c in layer_cols} | {"direct_forward": "any"}
+        both["direct_forward"] = both["direct_forward"].astype("boolean").fillna(False).astype(bool)
     modules = both.groupby("module", sort=False).agg(agg).reset_index()
-
-    pred = analytic.predict(vision, text_tokens, decode_steps)
-    st = pred.stages
+    if len(direct):
+        modules.loc[~modules["direct_forward"], layer_cols] = float("nan")
 
     def row(stage: str, tensor: float, cuda: float, nbytes: float, act: float, kv: float) -> dict[str, Any]:
         rt = roofline(tensor, cuda, nbytes, hardware) if hardware is not None else None
@@ -297,36 +351,45 @@ def predicted_frames(
     vt, vc = float(vis_rows["flops_tensor"].sum()), float(vis_rows["flops_cuda"].sum())
     vb = float((vis_rows["bytes_read"] + vis_rows["bytes_written"]).sum())
     if len(vis_rows):
-        act = st["vision"].activations_gb * 1e9 if "vision" in st else float(vis_rows["activation_bytes"].max())
+        act = (StageCost.from_layer("vision", analytic.vision(vision), kv_bytes=0).activations_gb * 1e9
+               if vision is not None else float(vis_rows["activation_bytes"].max()))
         rows.append(row("vision", vt, vc, vb, act, 0.0))
-    pf = st["prefill"]
+    pf = StageCost.from_layer("prefill", root)
     rows.append(row("prefill", pf.flops_tensor_tflops * 1e12 - vt, pf.flops_cuda_tflops * 1e12 - vc,
                     pf.io_tb * 1e12 / 8 - vb, pf.activations_gb * 1e9, pf.kv_gb * 1e9))
+    total_cost = pf
     if decode_steps > 0:
-        from opmeter.analytic.stage_cost import StageCost
+        if steps:
+            costs = [StageCost.from_layer("decode_step", s) for s in steps]
+            for i, c in enumerate(costs):
+                rows.append(from_cost(f"decode[{i}]", c))
+            decode_cost = StageCost.total("decode", costs)
+        else:
+            a = StageCost.from_layer("decode_step", analytic.decode_step(seq))
+            b = StageCost.from_layer("decode_step", analytic.decode_step(seq + 1)) if decode_steps > 1 else a
+            for i in range(decode_steps):
+                def lin(f: str, i: int = i) -> float:
+                    return float(getattr(a, f) + i * (getattr(b, f) - getattr(a, f)))
 
-        a = StageCost.from_layer("decode_step", analytic.decode_step(seq))
-        b = StageCost.from_layer("decode_step", analytic.decode_step(seq + 1)) if decode_steps > 1 else a
-        for i in range(decode_steps):
-            def lin(f: str, i: int = i) -> float:
-                return float(getattr(a, f) + i * (getattr(b, f) - getattr(a, f)))
-
-            rows.append(row(f"decode[{i}]", lin("flops_tensor_tflops") * 1e12, lin("flops_cuda_tflops") * 1e12,
-                            lin("io_tb") * 1e12 / 8, lin("activations_gb") * 1e9, lin("kv_gb") * 1e9))
+                rows.append(row(f"decode[{i}]", lin("flops_tensor_tflops") * 1e12, lin("flops_cuda_tflops") * 1e12,
+                                lin("io_tb") * 1e12 / 8, lin("activations_gb") * 1e9, lin("kv_gb") * 1e9))
+            decode_cost = analytic.decode_cost(seq, decode_steps)
         dec_rows = pd.DataFrame(rows[-decode_steps:])
-        d = from_cost("decode", st["decode"])
+        d = from_cost("decode", decode_cost)
         d["predicted_time_s"] = float(dec_rows["predicted_time_s"].sum())  # sum of per-step rooflines
         rows.append(d)
+        total_cost = StageCost.total("total", [pf, decode_cost])
     stages = pd.DataFrame(rows)
     parts = stages[stages["stage"].isin(["vision", "prefill", "decode"])]
-    total = from_cost("total", st["total"])
+    total = from_cost("total", total_cost)
     total["predicted_time_s"] = float(parts["predicted_time_s"].sum())
     stages = pd.concat([stages, pd.DataFrame([total])], ignore_index=True)
     ttft = float(parts[parts["stage"].isin(["vision", "prefill"])]["predicted_time_s"].sum())
     tpot = float(parts[parts["stage"] == "decode"]["predicted_time_s"].sum()) / decode_steps if decode_steps else 0.0
+    params = parameter_footprint(analytic.config, analytic.dtype)
     headline = {"predicted_ttft_s": ttft, "predicted_tpot_s": tpot,
-                "parameters": float(pred.parameters.parameters), "parameter_bytes": float(pred.parameters.bytes),
-                "prefill_length": float(seq), "image_tokens": float(pred.image_tokens)}
+                "parameters": float(params.parameters), "parameter_bytes": float(params.bytes),
+                "prefill_length": float(seq), "image_tokens": float(vision.image_tokens if vision is not None else 0)}
     return modules, stages, headline
 
 
@@ -543,26 +606,19 @@ class _Pipeline:
     def _finish(self, out_dir: Path, trace: Any, timing_trace: Any, runtime: Any, op_table: pd.DataFrame | None,
                 model: Any, workload: Any, preset: str, device: str, total_start: float) -> ReportResult:
         from opmeter.join import join
-        from opmeter.models.deepseek_ocr.analytic import DeepseekOCRAnalytic
         from opmeter.models.deepseek_ocr.config import get_config
 
         predict_hw, _ = self._hardware(device if device in ("cuda", "cpu", "meta") else "meta")
-        meta = dict(trace.metadata or {})
-        dtype_name = str(meta.get("dtype") or "bfloat16").removeprefix("torch.")
-        from opmeter.analytic.base import dtype_bytes
+        from opmeter.report.variant import choose_analytic
 
-        try:
-            dsize = dtype_bytes(dtype_name)
-        except ValueError:
-            dsize = 2
-        attn = str(meta.get("attn_implementation", "eager"))
-        variant = "flash" if "flash" in attn else "normal"
         with timed(self.seconds, "predict"):
-            analytic = DeepseekOCRAnalytic(get_config(preset), variant=variant, dtype=dsize)
-            vision = workload.vision(get_config(preset))
+            config = get_config(preset)
+            vision = workload.vision(config)
             text_tokens = workload.text_tokens()
+            choice = choose_analytic(trace, config, text_tokens + vision.image_tokens, workload.decode_steps)
+            analytic = choice.analytic(config)
             pred_modules, pred_stages, pred_head = predicted_frames(
-                analytic, vision, text_tokens, workload.decode_steps, predict_hw
+                analytic, vision, text_tokens, workload.decode_steps, predict_hw, choice
             )
         hw = {"name": predict_hw.name, "tensor_tflops": predict_hw.tensor_tflops,
               "cuda_tflops": predict_hw.cuda_tflops, "bandwidth_gbps": predict_hw.bandwidth_gbps,
@@ -571,7 +627,8 @@ class _Pipeline:
             joined = join(
                 trace, pred_modules, pred_stages, param_bytes=_param_bytes(model) if model is not None else None,
                 runtime=runtime, hardware=hw, operator_times=op_table, timing_trace=timing_trace,
-                metadata={"predicted": pred_head, "analytic_variant": variant},
+                metadata={"predicted": pred_head, "analytic_variant": choice.label(),
+                          "analytic_choice": choice.as_dict()},
             )
             if runtime is not None and op_table is not None:
                 rt = dict(joined.runtime or {})
