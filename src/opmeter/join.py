@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import numpy as np
 import orjson
 import pandas as pd
 
@@ -52,6 +53,17 @@ METRICS = ("flops_tensor", "flops_cuda", "bytes_read", "bytes_written", "time_s"
 """Additive measured metrics; ``bytes`` = read + written is derived."""
 
 MEMORY = ("weight_bytes", "activation_bytes", "kv_cache_bytes")
+
+INCLUSIVE = ("ops", "flops_tensor", "flops_cuda", "bytes_read", "bytes_written", "bytes", "time_s", "op_time_s")
+"""Inclusive measured columns of the module table (a forward-invoked module sums them over its children)."""
+
+LAYER_COLS = ("layer_flops_tensor", "layer_flops_cuda", "layer_bytes")
+"""Optional predicted columns: the whole analytic layer of a forward-invoked module, own ops included."""
+
+CALL, FORWARD, CONTAINER, NEVER = "call", "forward", "container", "never"
+"""Values of the ``invoked`` column of :meth:`Joined.by_module` (see :func:`_forward_invoked`)."""
+
+CONTAINERS = frozenset({"ModuleList", "ModuleDict", "ParameterList", "ParameterDict"})
 
 
 @attrs.frozen
@@ -191,13 +203,22 @@ class Joined:
         df = self._modules
         return df[df["predicted"]].copy()
 
+    def forward_invoked(self) -> pd.DataFrame:
+        """Modules never called through ``__call__`` whose children ran (``invoked == "forward"``): their inclusive
+        metrics are their children's (own ops are in the caller's self metrics); see :func:`_forward_invoked`."""
+        df = self._modules
+        if "invoked" not in df:
+            return df.iloc[0:0].copy()
+        return df[df["invoked"] == FORWARD].copy()
+
     def by_class(self) -> pd.DataFrame:
         """Per module class: instances, calls, measured vs predicted FLOPs / bytes / weights (inclusive sums).
 
         Only classes whose instances do not nest in one another sum meaningfully; the DeepSeek-OCR classes do not.
         """
         df = self._modules[~self._modules["module"].isin([ROOT, OUTSIDE])]
-        cols = ["calls", "flops_tensor", "flops_cuda", "bytes", "time_s", "weight_bytes"]
+        cols = ["calls", *(["forward_calls"] if "forward_calls" in df else []), "flops_tensor", "flops_cuda", "bytes",
+                "time_s", "weight_bytes"]
         pcols = ["pred_flops_tensor", "pred_flops_cuda", "pred_bytes", "pred_weight_bytes"]
         grouped = df.groupby("class_name", sort=False)
         out = grouped[cols + pcols].sum(min_count=1)
@@ -216,11 +237,13 @@ class Joined:
         if not collapse:
             return df.reset_index(drop=True)
         df["pattern"] = df["module"].map(lambda p: re.sub(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.|$)", "*", str(p)))
-        sums = ["calls", *[c for c in df.columns if c.startswith(("flops", "self_", "bytes", "time", "pred_"))]]
+        sums = ["calls", *[c for c in df.columns if c.startswith(("flops", "self_", "bytes", "time", "pred_",
+                                                                   "forward_calls"))]]
         sums = [c for c in dict.fromkeys(sums) if pd.api.types.is_numeric_dtype(df[c])]
         keys = ["pattern", "class_name"]  # model.layers.*.mlp is a dense MLP in layer 0 and an MoE elsewhere
+        extra = {"invoked": ("invoked", "first")} if "invoked" in df else {}
         first = df.groupby(keys, sort=False).agg(
-            depth=("depth", "first"), instances=("module", "size"), component=("component", "first"),
+            depth=("depth", "first"), instances=("module", "size"), component=("component", "first"), **extra,
         )
         out = first.join(df.groupby(keys, sort=False)[sums].sum(min_count=1)).reset_index()
         out = out.rename(columns={"pattern": "module"})
@@ -397,7 +420,8 @@ class Joined:
             rows.append({"check": f"components + glue = total ({metric})", "value": summed, "expected": total,
                          "ok": ok})
         mods = self._modules
-        missing = mods[mods["predicted"] & (mods["calls"] == 0)]
+        invoked = mods["invoked"] if "invoked" in mods else pd.Series(CALL, index=mods.index)
+        missing = mods[mods["predicted"] & (mods["calls"] == 0) & (invoked != FORWARD)]
         rows.append({"check": "every predicted module was traced", "value": float(len(missing)), "expected": 0.0,
                      "ok": len(missing) == 0})
         return pd.DataFrame(rows)
@@ -637,6 +661,8 @@ def join(
                 if c != "module":
                     modules[c] = _num(modules, c)
 
+    modules = _forward_invoked(modules)
+
     # prediction
     pred_cols = [
         "flops_tensor", "flops_cuda", "bytes_read", "bytes_written", "self_flops_tensor", "self_flops_cuda",
@@ -644,7 +670,7 @@ def join(
     ]
     if predicted_modules is not None and len(predicted_modules):
         pm = predicted_modules.copy()
-        keep = ["module", *[c for c in pred_cols if c in pm], *(["calls"] if "calls" in pm else [])]
+        keep = ["module", *[c for c in [*pred_cols, *LAYER_COLS] if c in pm], *(["calls"] if "calls" in pm else [])]
         pm = pm[keep].rename(columns={c: f"pred_{c}" for c in keep if c != "module"})
         pm["pred_layer"] = predicted_modules.get("class_name", pd.Series("", index=predicted_modules.index))
         extra = pm[~pm["module"].isin(modules["module"])]
@@ -654,6 +680,7 @@ def join(
             filler["class_name"] = filler["pred_layer"]
             filler["parent"] = filler["module"].map(_parent)
             filler["depth"] = filler["module"].map(lambda p: str(p).count(".") + 1)
+            filler["invoked"] = NEVER
             modules = pd.concat([modules[~modules["module"].isin(extra["module"])], filler], ignore_index=True)
             modules = modules.drop_duplicates("module", keep="first")
             for c in modules.columns:
@@ -665,6 +692,7 @@ def join(
             modules[f"pred_{c}"] = math.nan
     if "pred_layer" not in modules:
         modules["pred_layer"] = None
+    modules = _forward_invoked_prediction(modules)
     modules["predicted"] = modules["pred_flops_tensor"].notna()
     modules["pred_bytes"] = modules["pred_bytes_read"] + modules["pred_bytes_written"]
     modules["pred_self_bytes"] = modules["pred_self_bytes_read"] + modules["pred_self_bytes_written"]
@@ -710,6 +738,99 @@ def join(
     )
     stages = _stages(trace, joined, predicted_stages, runtime, timing_trace)
     return attrs.evolve(joined, stages=stages)
+
+
+def _structure(modules: pd.DataFrame) -> tuple[list[str], dict[str, list[str]]]:
+    paths = [str(p) for p in modules["module"]]
+    children: dict[str, list[str]] = {}
+    for p in paths:
+        if p not in (ROOT, OUTSIDE):
+            children.setdefault(_parent(p), []).append(p)
+    return paths, children
+
+
+def _forward_invoked(modules: pd.DataFrame) -> pd.DataFrame:
+    """Classify every module (``invoked``) and give forward-invoked ones the inclusive metrics of their children.
+
+    ``invoked`` is ``call`` (called through ``__call__``: on the tracer's module stack), ``forward`` (never called
+    itself, but modules below it ran: its ``forward`` was invoked directly, as the vendor CLIP block does with
+    ``self.self_attn.forward(...)``, or its children were called by another module), ``container`` (a
+    ``ModuleList`` & co. whose items ran) or ``never``. A ``forward`` module's inclusive columns (FLOPs, bytes,
+    time, per stage) become the sums over its children, and ``forward_calls`` the most calls of one child; its
+    ``self_*`` columns stay 0 — its own ops ran in the caller's frame and are counted there — so components plus
+    glue still equal the total.
+    """
+    modules = modules.copy()
+    paths, children = _structure(modules)
+    calls = dict(zip(paths, _num(modules, "calls").to_numpy(dtype=float), strict=True))
+    classes = dict(zip(paths, modules["class_name"].astype(str), strict=True))
+    cols = [c for c in INCLUSIVE if c in modules]
+    cols += [f"{s}_{m}" for s in ("prefill", "decode") for m in METRICS if f"{s}_{m}" in modules]
+    values = dict(zip(paths, np.nan_to_num(modules[cols].to_numpy(dtype=float)), strict=True))
+    memo: dict[str, tuple[np.ndarray, float] | None] = {}
+
+    def resolve(path: str) -> tuple[np.ndarray, float] | None:
+        if calls[path] > 0:
+            return values[path], calls[path]
+        if path not in memo:
+            memo[path] = None  # guards against cycles in odd path sets
+            parts = [r for c in children.get(path, []) if (r := resolve(c)) is not None]
+            memo[path] = (np.sum([v for v, _ in parts], axis=0), max(n for _, n in parts)) if parts else None
+        return memo[path]
+
+    invoked, forward_calls = [], []
+    derived: dict[int, np.ndarray] = {}
+    for i, path in enumerate(paths):
+        if calls[path] > 0 or path == OUTSIDE:
+            invoked.append(CALL)
+            forward_calls.append(0.0)
+            continue
+        got = resolve(path) if path != ROOT else None
+        if got is None:
+            invoked.append(NEVER)
+            forward_calls.append(0.0)
+        elif classes[path] in CONTAINERS:
+            invoked.append(CONTAINER)
+            forward_calls.append(0.0)
+        else:
+            invoked.append(FORWARD)
+            forward_calls.append(got[1])
+            derived[i] = got[0]
+    modules["invoked"] = invoked
+    modules["forward_calls"] = forward_calls
+    if derived:
+        idx = modules.index[list(derived)]
+        modules.loc[idx, cols] = np.vstack(list(derived.values()))
+    return modules
+
+
+def _forward_invoked_prediction(modules: pd.DataFrame) -> pd.DataFrame:
+    """Forward-invoked modules without a predicted row: the sum of their children's predictions (self = 0)."""
+    if "invoked" not in modules or not (modules["invoked"] == FORWARD).any():
+        return modules
+    todo = modules["invoked"].eq(FORWARD) & modules["pred_flops_tensor"].isna()
+    if not todo.any():
+        return modules
+    modules = modules.copy()
+    paths, children = _structure(modules)
+    cols = [f"pred_{m}" for m in ("flops_tensor", "flops_cuda", "bytes_read", "bytes_written")]
+    values = dict(zip(paths, modules[cols].to_numpy(dtype=float), strict=True))
+
+    def resolve(path: str) -> np.ndarray | None:
+        if not np.isnan(values[path]).all():
+            return values[path]
+        parts = [r for c in children.get(path, []) if (r := resolve(c)) is not None]
+        return np.nansum(parts, axis=0) if parts else None
+
+    for i in modules.index[todo]:
+        got = resolve(str(modules.at[i, "module"]))
+        if got is None:
+            continue
+        modules.loc[i, cols] = got
+        for m in ("flops_tensor", "flops_cuda", "bytes_read", "bytes_written"):
+            modules.at[i, f"pred_self_{m}"] = 0.0
+        modules.at[i, "pred_layer"] = f"{str(modules.at[i, 'class_name'])} (children)"
+    return modules
 
 
 def _subtree_sum(modules: pd.DataFrame, col: str) -> pd.Series:

@@ -1,8 +1,9 @@
 """``report.md``: the human-readable report of a :class:`~opmeter.join.Joined`.
 
-Sections: run header (and the shape-only notice at the top when nothing was timed), headline numbers, components,
-stages (measured vs predicted work and time), runtime metrics, module hierarchy down to the analytic layers, module
-classes, call-graph excerpt, operator categories, top operators, the unclassified bucket, verification, files.
+Sections: run header (and the shape-only notice at the top when nothing was timed), headline numbers, the analytic
+variant (and why it matches the trace), components, stages (measured vs predicted work and time), runtime metrics,
+module hierarchy down to the analytic layers (modules called only through ``.forward()`` included), module classes,
+call-graph excerpt, operator categories, top operators, the unclassified bucket, verification, files.
 """
 
 from __future__ import annotations
@@ -112,6 +113,23 @@ def _headline(joined: Joined, context: Mapping[str, Any]) -> list[str]:
         ]
     lines += ["| figure | value |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in items] + [""]
     return lines
+
+
+def _analytic_variant(joined: Joined) -> list[str]:
+    """Which analytic variant predicted this run, and the evidence from the trace (:mod:`opmeter.report.variant`)."""
+    choice = joined.metadata.get("analytic_choice")
+    if not isinstance(choice, Mapping):
+        label = joined.metadata.get("analytic_variant")
+        return ["## Analytic variant", "", f"`{label}`", ""] if label else []
+    lines = [
+        "## Analytic variant",
+        "",
+        f"Predicted with `{choice.get('label')}`, chosen from the trace so that the prediction follows the execution "
+        "path that actually ran:",
+        "",
+    ]
+    lines += [f"- {reason}" for reason in choice.get("reasons") or ()]
+    return [*lines, ""]
 
 
 def fmt_rel(measured: Any, predicted: Any) -> float:
@@ -268,10 +286,17 @@ def _runtime(joined: Joined) -> list[str]:
 
 def _hierarchy(joined: Joined, max_depth: int) -> list[str]:
     df = joined.hierarchy(max_depth=max_depth)
-    uncalled = df[(df["calls"] == 0) & ~df["module"].isin(["<root>"])]
-    df = df[(df["calls"] > 0) | (df["module"] == "<root>")].copy()
+    invoked = df["invoked"] if "invoked" in df else pd.Series("call", index=df.index)
+    forward = invoked == "forward"
+    uncalled = df[(df["calls"] == 0) & ~forward & ~df["module"].isin(["<root>"])]
+    direct = df[forward]
+    df = df[(df["calls"] > 0) | forward | (df["module"] == "<root>")].copy()
     df["module"] = [("&nbsp;&nbsp;" * int(d)) + str(m) for m, d in zip(df["module"], df["depth"], strict=True)]
-    return [
+    calls = [f"{fmt.integer(fc)} via `.forward()`" if f else fmt.integer(c)
+             for c, fc, f in zip(df["calls"], df.get("forward_calls", df["calls"]), forward.loc[df.index],
+                                 strict=True)]
+    df["calls"] = calls
+    lines = [
         "## Module hierarchy",
         f"Inclusive metrics, numeric indices collapsed to `*` (summed over instances), depth ≤ {max_depth}. "
         "Predicted = the analytic layer mapped to the module; Δ = (measured − predicted) / predicted. The full "
@@ -280,19 +305,44 @@ def _hierarchy(joined: Joined, max_depth: int) -> list[str]:
         fmt.table(
             df,
             ["module", "class_name", "instances", "calls", "flops_tensor", "flops_cuda", "bytes", "self_flops_tensor",
-             "top_category", "pred_flops_tensor", "rel_flops_tensor", "rel_flops_cuda",
+             "top_category", "pred_flops_tensor", "rel_flops_tensor", "rel_flops_cuda", "rel_bytes",
              *(["time_s"] if _timed(df) else [])],
             {**_flops_cols(), "self_flops_tensor": fmt.flops, "pred_flops_tensor": fmt.flops,
-             "rel_flops_tensor": fmt.rel, "rel_flops_cuda": fmt.rel, "calls": fmt.integer, "instances": fmt.integer,
+             "rel_flops_tensor": fmt.rel, "rel_flops_cuda": fmt.rel, "rel_bytes": fmt.rel, "instances": fmt.integer,
              "time_s": fmt.seconds},
             {"class_name": "class", "flops_tensor": "tensor-core", "flops_cuda": "CUDA-core",
              "self_flops_tensor": "self tensor-core", "pred_flops_tensor": "predicted tensor-core",
-             "rel_flops_tensor": "Δ tensor", "rel_flops_cuda": "Δ CUDA", "time_s": "time (incl.)",
-             "top_category": "top category"},
+             "rel_flops_tensor": "Δ tensor", "rel_flops_cuda": "Δ CUDA", "rel_bytes": "Δ bytes",
+             "time_s": "time (incl.)", "top_category": "top category"},
         ),
         "",
-        *_uncalled(uncalled),
     ]
+    if len(direct):
+        lines += _forward_only(joined, direct)
+    return lines + _uncalled(uncalled)
+
+
+def _forward_only(joined: Joined, direct: pd.DataFrame) -> list[str]:
+    """The modules called only through ``.forward()`` (calls shown as "n via `.forward()`" in the hierarchy)."""
+    names = ", ".join(f"`{m}` ({c})" for m, c in zip(direct["module"], direct["class_name"], strict=True))
+    lines = [
+        f"Called only through `.forward()`: {names}. Their `forward` is invoked directly, not through "
+        "`__call__` (the vendor CLIP block calls `self.self_attn.forward(...)` and `self.mlp.forward(...)`), so the "
+        "tracer never puts them on the module stack: their inclusive metrics and calls are their children's, and "
+        "their own ops (attention core, activation) are in the calling block's *self* metrics. The prediction is the "
+        "same scope (the analytic layer's children).",
+    ]
+    if "pred_layer_flops_tensor" in direct and direct["pred_layer_flops_tensor"].notna().any():
+        rows = direct[direct["pred_layer_flops_tensor"].notna()]
+        parts = []
+        for r in rows.to_dict("records"):
+            own_t = float(r["pred_layer_flops_tensor"]) - float(r["pred_flops_tensor"])
+            own_c = float(r["pred_layer_flops_cuda"]) - float(r["pred_flops_cuda"])
+            parts.append(f"`{r['module']}` {fmt.flops(r['pred_layer_flops_tensor'])} tensor-core / "
+                         f"{fmt.flops(r['pred_layer_flops_cuda'])} CUDA-core, of which {fmt.flops(own_t)} / "
+                         f"{fmt.flops(own_c)} own ops counted in the caller")
+        lines[-1] += " Whole analytic layers, own ops included: " + "; ".join(parts) + "."
+    return [*lines, ""]
 
 
 def _uncalled(df: pd.DataFrame) -> list[str]:
@@ -308,7 +358,10 @@ def _uncalled(df: pd.DataFrame) -> list[str]:
 
 def _classes(joined: Joined) -> list[str]:
     df = joined.by_class()
-    df = df[df["calls"] > 0]  # never-called classes (containers) are in classes.csv
+    fwd = df["forward_calls"] if "forward_calls" in df else pd.Series(0, index=df.index)
+    df = df[(df["calls"] > 0) | (fwd > 0)].copy()  # never-called classes (containers) are in classes.csv
+    df["calls"] = [f"{fmt.integer(f)} via `.forward()`" if not c and f else fmt.integer(c)
+                   for c, f in zip(df["calls"], fwd.loc[df.index], strict=True)]
     return [
         "## Module classes",
         "",
@@ -319,7 +372,7 @@ def _classes(joined: Joined) -> list[str]:
             ["class_name", "instances", "calls", "flops_tensor", "flops_cuda", "bytes", "pred_flops_tensor",
              "rel_flops_tensor", "rel_flops_cuda", "rel_bytes", "weight_bytes"],
             {**_flops_cols(), "pred_flops_tensor": fmt.flops, "rel_flops_tensor": fmt.rel, "rel_flops_cuda": fmt.rel,
-             "rel_bytes": fmt.rel, "weight_bytes": fmt.nbytes, "calls": fmt.integer},
+             "rel_bytes": fmt.rel, "weight_bytes": fmt.nbytes},
             {"class_name": "class", "flops_tensor": "tensor-core", "flops_cuda": "CUDA-core",
              "pred_flops_tensor": "predicted tensor-core", "rel_flops_tensor": "Δ tensor", "rel_flops_cuda": "Δ CUDA",
              "rel_bytes": "Δ bytes", "weight_bytes": "params"},
@@ -475,7 +528,7 @@ def render(
     mermaid: str | None = None,
     verify_table: pd.DataFrame | None = None,
     files: Sequence[str] = (),
-    hierarchy_depth: int = 6,
+    hierarchy_depth: int = 7,
     top: int = 25,
 ) -> str:
     """The whole ``report.md`` as a string.
@@ -496,6 +549,7 @@ def render(
     parts: list[str] = []
     parts += _header(joined, ctx)
     parts += _headline(joined, ctx)
+    parts += _analytic_variant(joined)
     parts += _components(joined)
     parts += _stages(joined)
     parts += _memory(joined)
