@@ -421,6 +421,17 @@ def test_metadata_merge_and_bad_arguments(tmp_path) -> None:
     with pytest.raises(OpmeterError, match="cannot write the event log"), OpTracer(
             model, event_log=blocker / "sub" / "events.jsonl"):
         pass
+    before = global_state()
+    with pytest.raises(OpmeterError, match="is a directory"), OpTracer(model, event_log=tmp_path):
+        pass
+    assert global_state() == before
+    late = tmp_path / "late.jsonl"
+    with pytest.raises(OpmeterError, match="cannot write the event log"), OpTracer(
+            model, event_log=late) as logged:
+        model(torch.randn(1, 4))
+        late.mkdir()  # the target became a directory meanwhile: the rename at exit fails
+    assert logged.complete and logged.totals()["ops"] > 0 and (tmp_path / "late.jsonl.partial").stat().st_size
+    assert global_state() == before
 
 
 def test_streaming_memory_is_bounded() -> None:

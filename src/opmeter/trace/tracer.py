@@ -115,6 +115,8 @@ class OpTracer:
         self._active = True
         try:
             if self.event_log is not None:
+                if self.event_log.is_dir():
+                    raise OpmeterError(f"the event log {self.event_log} is a directory; give a file path")
                 try:
                     self.event_log.parent.mkdir(parents=True, exist_ok=True)
                     self._log = open(self._partial_log(), "wb")
@@ -259,11 +261,6 @@ class OpTracer:
             for name in ops:
                 if name not in trace.op_info:
                     trace.op_info[name] = ("unclassified", False)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-            assert self.event_log is not None
-            os.replace(self._partial_log(), self.event_log)
         extra = getattr(self.model, "opmeter_metadata", None)
         if isinstance(extra, dict):
             trace.metadata.update(extra)
@@ -275,4 +272,13 @@ class OpTracer:
             trace.complete = False
             msg = str(exc) if exc is not None else ""
             trace.error = f"{exc_type.__name__}: {msg}" if msg else exc_type.__name__
+        if self._log is not None:  # last: the trace above is whole even when the log cannot be renamed
+            self._log.close()
+            self._log = None
+            assert self.event_log is not None
+            try:
+                os.replace(self._partial_log(), self.event_log)
+            except OSError as exc_:
+                raise OpmeterError(f"cannot write the event log {self.event_log}: {exc_.strerror or exc_} "
+                                   f"(the events are in {self._partial_log()})") from exc_
 
