@@ -95,18 +95,6 @@ class Op:
         """Live activation bytes while this op runs: activation inputs, outputs and workspace (no weights, no KV)."""
         return self.bytes_read - self.weights_read + self.bytes_written + self.workspace - self.kv_bytes
 
-    def times(self, n: int) -> Op:
-        """The same op executed ``n`` times (costs scale, the peak does not)."""
-        return attrs.evolve(
-            self,
-            tensor_flops=self.tensor_flops * n,
-            cuda_flops=self.cuda_flops * n,
-            bytes_read=self.bytes_read * n,
-            bytes_written=self.bytes_written * n,
-            weights_read=self.weights_read * n,
-            kv_bytes=self.kv_bytes * n,
-        )
-
 
 class Layer:
     """Base of every analytic layer: one call of one module.
