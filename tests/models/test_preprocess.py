@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
+from opmeter.errors import OpmeterError
 from opmeter.models.deepseek_ocr import BuiltinTokenizer, get_config
-from opmeter.models.deepseek_ocr.preprocess import crop_tiles, image_views, normalize, prepare_inputs
+from opmeter.models.deepseek_ocr.preprocess import crop_tiles, image_views, load_image, normalize, prepare_inputs
 
 PROMPT = "<image>\n<|grounding|>Convert the document to markdown."
 
@@ -59,3 +60,11 @@ def test_token_layout(w: int, h: int) -> None:
     assert ids[1 + n :] == tok.encode("\n<|grounding|>Convert the document to markdown.", add_special_tokens=False)
     assert inp.images_spatial_crop is not None
     assert inp.images_spatial_crop.tolist() == [list(inp.vision.crop_grid)]
+
+
+def test_oversized_image_is_a_one_line_error(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "big.png"
+    Image.new("RGB", (100, 100)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # PIL's decompression-bomb guard is not an OSError
+    with pytest.raises(OpmeterError, match="cannot read image"):
+        load_image(path)

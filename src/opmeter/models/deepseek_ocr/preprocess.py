@@ -110,7 +110,7 @@ def load_image(image_file: str | Path) -> Image.Image:
         with Image.open(path) as im:
             im.load()
             return ImageOps.exif_transpose(im).convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise OpmeterError(f"cannot read image {path}: {exc}") from None
 
 
