@@ -720,6 +720,7 @@ def join(
         mod_cat = _with_bytes(mod_cat).drop(columns=["bytes_read", "bytes_written"])
         if "time_s" in mod_cat and mod_cat["time_s"].isna().all():
             mod_cat = mod_cat.drop(columns=["time_s"])
+        mod_cat = _forward_module_category(modules, mod_cat)
 
     joined = Joined(
         modules=modules,
@@ -801,7 +802,46 @@ def _forward_invoked(modules: pd.DataFrame) -> pd.DataFrame:
     if derived:
         idx = modules.index[list(derived)]
         modules.loc[idx, cols] = np.vstack(list(derived.values()))
-    return modules
+    return _forward_order(modules)
+
+
+def _called_below(path: str, children: Mapping[str, list[str]], called: set[str]) -> list[str]:
+    """The called modules nearest below ``path`` (no called module between them and ``path``)."""
+    out: list[str] = []
+    for child in children.get(path, []):
+        out += [child] if child in called else _called_below(child, children, called)
+    return out
+
+
+def _forward_order(modules: pd.DataFrame) -> pd.DataFrame:
+    """Move each forward-invoked module just before its first descendant, so the table stays in pre-order."""
+    forward = modules["invoked"] == FORWARD
+    if not forward.any():
+        return modules
+    paths = [str(p) for p in modules["module"]]
+    key = [float(i) for i in range(len(paths))]
+    for i in np.flatnonzero(forward.to_numpy()):
+        prefix = paths[i] + "."
+        first = next((j for j, p in enumerate(paths) if p.startswith(prefix) and not forward.iat[j]), None)
+        if first is not None:
+            key[i] = first - 0.5 + 1e-3 * paths[i].count(".")
+    return modules.iloc[np.argsort(key, kind="stable")].reset_index(drop=True)
+
+
+def _forward_module_category(modules: pd.DataFrame, mod_cat: pd.DataFrame) -> pd.DataFrame:
+    """Per (module, category) rows of the forward-invoked modules: the sums of their nearest called descendants."""
+    if "invoked" not in modules or mod_cat.empty or not (modules["invoked"] == FORWARD).any():
+        return mod_cat
+    _, children = _structure(modules)
+    called = set(modules.loc[modules["calls"] > 0, "module"].astype(str))
+    num = [c for c in mod_cat.columns if c not in ("module", "category") and
+           pd.api.types.is_numeric_dtype(mod_cat[c])]
+    rows = []
+    for path in modules.loc[modules["invoked"] == FORWARD, "module"].astype(str):
+        below = mod_cat[mod_cat["module"].isin(_called_below(path, children, called))]
+        if len(below):
+            rows.append(below.groupby("category", sort=False)[num].sum().reset_index().assign(module=path))
+    return pd.concat([mod_cat, *rows], ignore_index=True) if rows else mod_cat
 
 
 def _forward_invoked_prediction(modules: pd.DataFrame) -> pd.DataFrame:
@@ -829,7 +869,7 @@ def _forward_invoked_prediction(modules: pd.DataFrame) -> pd.DataFrame:
         modules.loc[i, cols] = got
         for m in ("flops_tensor", "flops_cuda", "bytes_read", "bytes_written"):
             modules.at[i, f"pred_self_{m}"] = 0.0
-        modules.at[i, "pred_layer"] = f"{str(modules.at[i, 'class_name'])} (children)"
+        modules.at[i, "pred_layer"] = str(modules.at[i, "class_name"]) + " (children)"
     return modules
 
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: a shape-only trace of the toy preset (prefill + 3 decode steps) and its analytic prediction."""
+"""Shared fixtures: a shape-only trace of the toy preset (prefill + 3 decode steps) and its analytic prediction; an
+executed (CPU) report of the toy preset."""
 
 from __future__ import annotations
 
@@ -35,3 +36,15 @@ def toy_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     )
     return {"trace": trace, "model": model, "workload": workload, "pred_modules": pred_modules,
             "pred_stages": pred_stages, "head": head, "image": Path(image)}
+
+
+@pytest.fixture(scope="session")
+def cpu_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``opmeter report`` of the toy preset executed on CPU (prefill + 2 decode steps, 2 timed repeats)."""
+    from opmeter.cli import main
+
+    out = tmp_path_factory.mktemp("cpu-report")
+    code = main(["report", "--preset", TOY, "--device", "cpu", "--decode-tokens", "3", "--repeats", "2", "--out",
+                 str(out)])
+    assert code == 0
+    return out

@@ -145,3 +145,66 @@ def test_load_joined_rejects_other_files(tmp_path: Path, content: bytes, message
         load_joined(path)
     with pytest.raises(OpmeterError, match="no such file"):
         load_joined(tmp_path / "missing.json")
+
+
+CLIP0 = "model.vision_model.transformer.layers.0"
+
+
+def test_modules_called_only_through_forward_get_their_childrens_metrics(joined: Joined) -> None:
+    """The vendor CLIP block calls ``self.self_attn.forward`` / ``self.mlp.forward``: never on the module stack."""
+    mods = joined.by_module().set_index("module")
+    for sub, kids, layer in (("self_attn", ("qkv_proj", "out_proj"), "NoTPAttention"),
+                             ("mlp", ("fc1", "fc2"), "NoTPFeedForward")):
+        row = mods.loc[f"{CLIP0}.{sub}"]
+        assert row["invoked"] == "forward" and row["calls"] == 0
+        assert row["forward_calls"] == mods.loc[f"{CLIP0}.{sub}.{kids[0]}", "calls"] == 2  # global view + crops
+        for m in ("flops_tensor", "flops_cuda", "bytes", "prefill_flops_tensor"):
+            assert row[m] == pytest.approx(sum(mods.loc[f"{CLIP0}.{sub}.{k}", m] for k in kids))
+        assert row["flops_tensor"] > 0
+        assert row["self_flops_tensor"] == row["self_bytes"] == 0  # own ops stay in the block's self metrics
+        assert row["predicted"] and row["pred_layer"] == layer
+        for m in ("rel_flops_tensor", "rel_flops_cuda", "rel_bytes"):
+            assert row[m] == pytest.approx(0.0, abs=1e-9)
+        assert row["pred_layer_flops_tensor"] >= row["pred_flops_tensor"]  # the whole layer, SDPA included
+    assert mods.loc[f"{CLIP0}.self_attn", "pred_layer_flops_tensor"] > mods.loc[f"{CLIP0}.self_attn",
+                                                                                  "pred_flops_tensor"]
+    assert set(joined.forward_invoked()["class_name"]) == {"NoTPAttention", "NoTPFeedForward"}
+    assert mods.loc["model.layers", "invoked"] == "container"
+    assert mods.loc["model.vision_model.embeddings.patch_embedding", "invoked"] == "never"
+    assert joined.checks()["ok"].all()
+    # pre-order: the parent sits right before its first child
+    order = list(mods.index)
+    assert order.index(f"{CLIP0}.self_attn") + 1 == order.index(f"{CLIP0}.self_attn.qkv_proj")
+    cats = joined.by_module_and_category()
+    gemm = cats[(cats["module"] == f"{CLIP0}.self_attn") & (cats["category"] == "gemm")]
+    assert float(gemm["flops_tensor"].sum()) == pytest.approx(mods.loc[f"{CLIP0}.self_attn", "flops_tensor"])
+
+
+def test_hierarchy_and_report_show_forward_invoked_modules_with_their_children(joined: Joined) -> None:
+    from opmeter.report.markdown import render
+
+    tree = joined.hierarchy(max_depth=7).set_index("module")
+    pattern = "model.vision_model.transformer.layers.*"
+    for path in (f"{pattern}.self_attn", f"{pattern}.self_attn.qkv_proj", f"{pattern}.self_attn.out_proj",
+                 f"{pattern}.mlp", f"{pattern}.mlp.fc1", f"{pattern}.mlp.fc2"):
+        assert path in tree.index, path
+    assert tree.loc[f"{pattern}.self_attn", "invoked"] == "forward"
+    assert tree.loc[f"{pattern}.self_attn", "top_category"] == "gemm"
+    text = render(joined, {})
+    hierarchy = text.split("## Module hierarchy")[1].split("## Module classes")[0]
+    assert f"{pattern}.self_attn.qkv_proj |" in hierarchy and f"{pattern}.mlp.fc2 |" in hierarchy
+    assert "4 via `.forward()`" in hierarchy
+    never = next(line for line in hierarchy.splitlines() if line.startswith("Defined but never called"))
+    assert "NoTPAttention" not in never and "NoTPFeedForward" not in never and "patch_embedding" in never
+    assert "Called only through `.forward()`" in hierarchy
+
+
+def test_forward_invoked_prediction_falls_back_to_the_predicted_children(toy_run: dict[str, Any]) -> None:
+    pm = toy_run["pred_modules"]
+    if "direct_forward" in pm:
+        pm = pm[~pm["direct_forward"]]
+    joined = join(toy_run["trace"], pm, toy_run["pred_stages"])
+    row = joined.by_module().set_index("module").loc[f"{CLIP0}.self_attn"]
+    assert row["pred_layer"] == "NoTPAttention (children)"
+    assert row["rel_flops_tensor"] == pytest.approx(0.0, abs=1e-9)
+    assert row["pred_self_flops_tensor"] == 0

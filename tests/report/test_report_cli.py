@@ -23,14 +23,6 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
     return code, out.out, out.err
 
 
-@pytest.fixture(scope="module")
-def cpu_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("cpu-report")
-    code = main(["report", *TOY, "--device", "cpu", "--decode-tokens", "3", "--repeats", "2", "--out", str(out)])
-    assert code == 0
-    return out
-
-
 def test_executed_report_writes_every_file(cpu_report: Path) -> None:
     names = {p.name for p in cpu_report.iterdir()}
     expected = {"report.md", "trace.json", "joined.json", "modules.csv", "operators.csv", "stages.csv",
