@@ -10,6 +10,7 @@ HELP = "trace a small built-in demo transformer (prefill + decode) and write tra
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the options of ``opmeter demo``."""
     parser.add_argument("--out", type=Path, default=Path("reports/demo"), help="output directory (reports/demo)")
     parser.add_argument("--prompt-tokens", type=int, default=16, help="prompt length (16)")
     parser.add_argument("--new-tokens", type=int, default=8, help="tokens to generate (8)")
@@ -18,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Trace the demo model's ``generate()``, write the files and print the tables."""
     from opmeter.errors import OpmeterError
 
     if args.prompt_tokens < 2 or args.new_tokens < 1:

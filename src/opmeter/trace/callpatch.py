@@ -22,11 +22,18 @@ from torch import nn
 
 
 class CallTarget(Protocol):
+    """What the wrapper reports module calls to (a tracer's :class:`~opmeter.trace.recorder.Recorder`)."""
+
     thread: int
+    """Identifier of the only thread whose calls are reported."""
 
-    def enter(self, mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None: ...
+    def enter(self, mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """``mod`` is called with ``args`` / ``kwargs``."""
+        ...
 
-    def exit(self, mod: Any) -> None: ...
+    def exit(self, mod: Any) -> None:
+        """The call of ``mod`` ended, normally or by an exception."""
+        ...
 
 
 _lock = threading.Lock()

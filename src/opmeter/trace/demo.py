@@ -27,10 +27,13 @@ class DemoConfig:
 
     @property
     def head_dim(self) -> int:
+        """Per-head dimension ``dim // n_heads``."""
         return self.dim // self.n_heads
 
 
 class RMSNorm(nn.Module):
+    """``x / rms(x) * weight`` over the last dimension."""
+
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.eps = eps
@@ -48,6 +51,7 @@ class KVCache:
         self.v: list[torch.Tensor | None] = [None] * n_layers
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append the new keys/values of ``layer``; return the whole cached keys and values."""
         pk, pv = self.k[layer], self.v[layer]
         if pk is not None and pv is not None:
             k = torch.cat([pk, k], dim=2)
@@ -57,10 +61,13 @@ class KVCache:
 
     @property
     def length(self) -> int:
+        """Cached positions (of layer 0)."""
         return 0 if self.k[0] is None else int(self.k[0].shape[2])
 
 
 class Attention(nn.Module):
+    """Grouped-query attention through SDPA, causal in the prefill, over the cache in decode steps."""
+
     def __init__(self, cfg: DemoConfig, layer: int) -> None:
         super().__init__()
         self.cfg, self.layer = cfg, layer
@@ -86,6 +93,8 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+    """SwiGLU MLP: ``down_proj(silu(gate_proj(x)) * up_proj(x))``."""
+
     def __init__(self, cfg: DemoConfig) -> None:
         super().__init__()
         self.gate_proj = nn.Linear(cfg.dim, cfg.hidden, bias=False)
@@ -97,6 +106,8 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    """Pre-norm transformer block: attention and MLP, each with a residual add."""
+
     def __init__(self, cfg: DemoConfig, layer: int) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(cfg.dim, cfg.eps)

@@ -140,6 +140,7 @@ class FullMode(CountingMode):
         self.shapes: dict[tuple[int, int, int], dict[str, int]] = {}
 
     def flush(self) -> None:
+        """Write the buffered event-log lines."""
         if self.log is not None and self.buffer:
             self.log.write(b"".join(self.buffer))
             self.buffer.clear()
