@@ -73,6 +73,15 @@ def test_schema_and_malformed_files_are_rejected(demo_trace: Trace, tmp_path: Pa
     del broken["cells"]
     with pytest.raises(OpmeterError, match="malformed"):
         Trace.from_dict(broken)
+    # indices pointing outside their tables (queries would raise IndexError)
+    dangling = demo_trace.to_dict(tables=False)
+    dangling["contexts"][1] = [0, 999]
+    with pytest.raises(OpmeterError, match=r"malformed opmeter trace \(context 1 = \(0, 999\)"):
+        Trace.from_dict(dangling)
+    dangling = demo_trace.to_dict(tables=False)
+    dangling["cells"][0][1] = len(dangling["contexts"])
+    with pytest.raises(OpmeterError, match=r"malformed opmeter trace \(cells entry"):
+        Trace.from_dict(dangling)
 
 
 def test_dot_and_mermaid_class_graph(demo_trace: Trace) -> None:

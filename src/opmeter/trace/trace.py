@@ -643,7 +643,34 @@ class Trace:
                 t.shapes_raw.setdefault((int(g), int(c), op), {})[sig] = n
         except (KeyError, TypeError, ValueError) as exc:
             raise OpmeterError(f"malformed opmeter trace ({type(exc).__name__}: {exc})") from exc
+        bad = t._bad_reference()
+        if bad:
+            raise OpmeterError(f"malformed opmeter trace ({bad})")
         return t
+
+    def _bad_reference(self) -> str | None:
+        """What in the raw data points outside its table (the queries would fail with an IndexError), or None."""
+        n_mod, n_ctx, n_grp, n_stg = len(self.modules), len(self.contexts), len(self.groups), len(self.stage_records)
+        if len(self.first_call) != n_mod:
+            return f"first_call has {len(self.first_call)} entries for {n_mod} modules"
+        for i, (parent, mod) in enumerate(self.contexts):
+            if not (-1 <= parent < i and 0 <= mod < n_mod):
+                return f"context {i} = ({parent}, {mod}) is out of range"
+        for what, keys in (("cells", self.cells), ("ctx_stats", self.ctx_stats),
+                           ("shapes", {k[:2] for k in self.shapes_raw})):
+            for g, c in keys:
+                if not (0 <= g < n_grp and 0 <= c < n_ctx):
+                    return f"{what} entry (group {g}, context {c}) is out of range"
+        for st in self.stage_records:
+            if st.group not in self.groups:
+                return f"stage {st.name!r} has an unknown group {st.group!r}"
+        for m, stg, *_ in self.spans_raw:
+            if not (0 <= m < n_mod and -1 <= stg < n_stg):
+                return f"span (module {m}, stage {stg}) is out of range"
+        for stg, *_ in self.stage_spans_raw:
+            if not 0 <= stg < n_stg:
+                return f"stage span of stage {stg} is out of range"
+        return None
 
     def save(self, path: str | Path) -> Path:
         """Write the trace as JSON (orjson, atomic write); returns the path."""
