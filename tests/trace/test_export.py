@@ -54,6 +54,14 @@ def test_json_round_trip_gives_same_answers(demo_trace: Trace, tmp_path: Path) -
     assert not list(tmp_path.glob("run/.*.tmp"))  # atomic write leaves no temporary file
 
 
+def test_metadata_json_cannot_hold_is_saved_as_text(tmp_path: Path) -> None:
+    model = torch.nn.Linear(2, 2)
+    with OpTracer(model, metadata={"image": tmp_path / "page.png", "dtype": torch.bfloat16}) as trace:
+        model(torch.randn(1, 2))
+    loaded = load_trace(trace.save(tmp_path / "trace.json"))  # used to raise orjson's TypeError
+    assert loaded.metadata["image"] == str(tmp_path / "page.png") and loaded.metadata["dtype"] == "torch.bfloat16"
+
+
 def test_schema_and_malformed_files_are_rejected(demo_trace: Trace, tmp_path: Path) -> None:
     d = demo_trace.to_dict(tables=False)
     d["schema_version"] = "opmeter.trace/999"

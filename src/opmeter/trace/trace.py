@@ -673,8 +673,12 @@ class Trace:
         return None
 
     def save(self, path: str | Path) -> Path:
-        """Write the trace as JSON (orjson, atomic write); returns the path."""
-        data = orjson.dumps(self.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+        """Write the trace as JSON (orjson, atomic write); returns the path.
+
+        Metadata values JSON cannot hold (a ``Path``, a dtype...) are written as their ``str()``.
+        """
+        data = orjson.dumps(self.to_dict(), default=str,
+                            option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
         return atomic_write_bytes(path, data)
 
     def summary(self) -> str:
