@@ -201,3 +201,24 @@ def test_cpu_peaks_from_the_environment_give_mfu_and_the_time_ratio(
     assert joined.runtime is not None and joined.runtime["metrics"]["mfu_prefill"]["mean"] > 0
     total = joined.by_stage().set_index("stage").loc["total"]
     assert total["measured_over_predicted"] > 0
+
+
+def test_chrome_trace_is_gzipped_with_compress(tmp_path: Path) -> None:
+    import gzip
+
+    from opmeter.report.exporters import COMPRESS_MIN_BYTES, write_chrome_trace
+
+    class Timed:
+        def spans(self) -> list[int]:
+            return [1]
+
+        def to_chrome_trace(self, path: Path) -> Path:
+            Path(path).write_bytes(b"[" + b" " * COMPRESS_MIN_BYTES + b"]")
+            return Path(path)
+
+    plain = write_chrome_trace(Timed(), tmp_path / "chrome_trace.json")
+    assert plain is not None and plain.name == "chrome_trace.json"
+    packed = write_chrome_trace(Timed(), tmp_path / "chrome_trace.json", compress=True)
+    assert packed is not None and packed.name == "chrome_trace.json.gz"
+    assert not (tmp_path / "chrome_trace.json").exists()  # one format remains
+    assert gzip.decompress(packed.read_bytes()).startswith(b"[")

@@ -105,8 +105,12 @@ def write_callgraph(trace: Any, out_dir: str | Path) -> list[Path]:
     return written
 
 
-def write_chrome_trace(trace: Any, path: str | Path) -> Path | None:
-    """Chrome/Perfetto trace of module spans when the trace was timed; ``None`` otherwise."""
+def write_chrome_trace(trace: Any, path: str | Path, compress: bool = False) -> Path | None:
+    """Chrome/Perfetto trace of module spans when the trace was timed; ``None`` otherwise.
+
+    With ``compress`` a file over :data:`COMPRESS_MIN_BYTES` is gzipped to ``<path>.gz`` (Perfetto and
+    ``chrome://tracing`` open gzipped JSON traces as they are).
+    """
     fn = getattr(trace, "to_chrome_trace", None)
     spans = getattr(trace, "spans", None)
     if fn is None:
@@ -118,4 +122,7 @@ def write_chrome_trace(trace: Any, path: str | Path) -> Path | None:
         except Exception:
             return None
     result = fn(path)
-    return Path(result) if result is not None else Path(path)
+    written = Path(result) if result is not None else Path(path)
+    if written.is_file():
+        return write_maybe_gzip(written, written.read_bytes(), compress)
+    return written

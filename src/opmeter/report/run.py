@@ -678,7 +678,7 @@ class _Pipeline:
                 files += [p.name for p in exporters.write_table(df, out_dir, stem, o.compress)]
             files += [p.name for p in exporters.write_callgraph(trace, out_dir)]
             if timing_trace is not None:
-                chrome = exporters.write_chrome_trace(timing_trace, out_dir / "chrome_trace.json")
+                chrome = exporters.write_chrome_trace(timing_trace, out_dir / "chrome_trace.json", o.compress)
                 if chrome is not None:
                     files.append(chrome.name)
             comp = joined.by_component()

@@ -41,6 +41,12 @@ DECODER_ATTENTION = re.compile(r"^model\.layers\.\d+\.self_attn$")
 EXPERT = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)$")
 
 
+def _span(values: list[int]) -> str:
+    """``3`` or ``2-5``."""
+    lo, hi = min(values), max(values)
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
 def _op_name(op: str) -> str:
     """``aten._softmax.default`` -> ``_softmax``."""
     parts = str(op).split(".")
@@ -280,7 +286,7 @@ def _routing(
             active = [sum(1 for t in c.tokens if t) for c in pre if c is not None]
             spread = [max(c.tokens) for c in pre if c is not None]
             reasons.append(f"prefill routing measured from the trace (tokens per expert = expert tensor-core FLOPs / "
-                           f"{per_token} per token): {min(active)}-{max(active)} of {n_exp} experts active per MoE "
+                           f"{per_token} per token): {_span(active)} of {n_exp} experts active per MoE "
                            f"layer, at most {max(spread)} of {prefill_tokens * k} token-expert pairs on one expert "
                            f"(balanced: {-(-prefill_tokens * k // n_exp)})")
     decode: tuple[ExpertCounts | None, ...] | None = None
@@ -299,7 +305,7 @@ def _routing(
                 decode = dec
                 used = [sum(1 for x in c.calls if x) for c in dec if c is not None]
                 reasons.append(f"decode routing measured from the trace (per-expert calls and tokens over "
-                               f"{decode_steps} steps): {min(used)}-{max(used)} of {n_exp} experts used per MoE layer; "
+                               f"{decode_steps} steps): {_span(used)} of {n_exp} experts used per MoE layer; "
                                "the trace keeps per-stage-group totals, so per-step rows use a synthesised order "
                                "with the same totals")
     return prefill, decode, reasons
