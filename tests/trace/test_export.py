@@ -102,6 +102,18 @@ def test_dot_and_mermaid_class_graph(demo_trace: Trace) -> None:
     assert "-->|4|" in mmd and "Attention" in mmd
 
 
+def test_class_graph_keeps_classes_of_the_same_name() -> None:
+    def part_class(module: str) -> type[torch.nn.Module]:
+        return type("Part", (torch.nn.Linear,), {"__module__": module})
+
+    model = torch.nn.Sequential(part_class("vision")(2, 2), part_class("text")(2, 2))
+    with OpTracer(model) as trace:
+        model(torch.randn(1, 2))
+    assert len(trace.by_class().query("class_name == 'Part'")) == 2
+    node = next(line for line in trace.to_dot().splitlines() if line.startswith('  "Part" ['))
+    assert "calls=2 instances=2" in node  # not only the last of the two classes
+
+
 def test_stage_marker_after_exit_is_an_error(demo_trace: Trace) -> None:
     with pytest.raises(OpmeterError, match="tracer is active"):
         demo_trace.stage("late")

@@ -15,10 +15,14 @@ if TYPE_CHECKING:
 
 
 def _class_nodes(trace: Trace) -> tuple[dict[str, dict[str, Any]], list[tuple[str, str, int]]]:
-    classes = trace.by_class()
-    nodes = {str(r["class_name"]): {"calls": int(r["calls"]), "instances": int(r["instances"]),
-                                    "flops": float(r["flops_tensor"]) + float(r["flops_cuda"])}
-             for r in classes.to_dict(orient="records")}
+    # by_class() rows are per qualified class; the graph (like edges(level="class")) names classes by their short
+    # name, so classes of the same name in different modules share one node: their numbers add up.
+    nodes: dict[str, dict[str, Any]] = {}
+    for r in trace.by_class().to_dict(orient="records"):
+        n = nodes.setdefault(str(r["class_name"]), {"calls": 0, "instances": 0, "flops": 0.0})
+        n["calls"] += int(r["calls"])
+        n["instances"] += int(r["instances"])
+        n["flops"] += float(r["flops_tensor"]) + float(r["flops_cuda"])
     edges = [(str(r["parent"]), str(r["child"]), int(r["calls"]))
              for r in trace.edges(level="class").to_dict(orient="records")]
     return nodes, edges
