@@ -13,10 +13,7 @@ import attrs
 import pandas as pd
 from torch import nn
 
-
-def qualified_name(cls: type) -> str:
-    """``module.QualName`` of a class."""
-    return f"{cls.__module__}.{cls.__qualname__}"
+from opmeter.trace.modules import qualified_name
 
 
 @attrs.frozen

@@ -31,6 +31,7 @@ from opmeter.analytic import primitives as P
 from opmeter.analytic.base import Layer
 from opmeter.errors import OpmeterError
 from opmeter.models.deepseek_ocr import analytic as A
+from opmeter.trace.modules import qualified_name as _qualified
 
 LAYER = "layer"
 CONTAINER = "container"
@@ -369,8 +370,7 @@ MAPPING: tuple[MappingEntry, ...] = (
 
 def qualified_name(module_or_class: Any) -> str:
     """``module.qualname`` of a module instance or class (``torch.nn.modules.linear.Linear``)."""
-    cls = module_or_class if isinstance(module_or_class, type) else type(module_or_class)
-    return f"{cls.__module__}.{cls.__qualname__}"
+    return _qualified(module_or_class if isinstance(module_or_class, type) else type(module_or_class))
 
 
 def entry_for(qualified: str, path: str | None = None) -> MappingEntry | None:
