@@ -6,6 +6,10 @@ feel as ``Trace``):
 * :meth:`Joined.by_module` — per module path: measured (trace) vs predicted (analytic) tensor-core FLOPs,
   CUDA-core FLOPs, bytes, weight / activation / KV memory, with relative differences ``(measured - predicted) /
   predicted``; inclusive and ``self_*`` metrics, depth and parent, so it *is* the module hierarchy.
+  Modules never called through ``__call__`` whose children ran (the vendor CLIP block calls
+  ``self.self_attn.forward(...)``) are ``invoked == "forward"``: their inclusive metrics are their children's, their
+  ``self_*`` stay 0 (their own ops are in the caller's), and they are joined with the analytic layer of the same scope
+  (:meth:`Joined.forward_invoked`).
 * :meth:`Joined.by_class` — the same summed per module class.
 * :meth:`Joined.hierarchy` — the hierarchy with repeated siblings collapsed (``layers.*``), for reading.
 * :meth:`Joined.by_component` — disjoint named components (SAM encoder, CLIP tower, ..., LM head) built from the
@@ -195,7 +199,12 @@ class Joined:
 
     # -- queries ---------------------------------------------------------------------------------------------------
     def by_module(self) -> pd.DataFrame:
-        """Per module path: hierarchy, measured inclusive/self metrics, predicted metrics, relative differences."""
+        """Per module path: hierarchy, measured inclusive/self metrics, predicted metrics, relative differences.
+
+        ``invoked``: ``call`` / ``forward`` / ``container`` / ``never`` (see :func:`_forward_invoked`);
+        ``forward_calls``: inferred ``.forward()`` invocations of ``forward`` rows; ``pred_layer_*``: the whole analytic
+        layer of a ``forward`` row, own ops included (when the prediction provides it).
+        """
         return self._modules.copy()
 
     def joined_modules(self) -> pd.DataFrame:
@@ -681,6 +690,7 @@ def join(
             filler["parent"] = filler["module"].map(_parent)
             filler["depth"] = filler["module"].map(lambda p: str(p).count(".") + 1)
             filler["invoked"] = NEVER
+            filler["forward_calls"] = 0.0
             modules = pd.concat([modules[~modules["module"].isin(extra["module"])], filler], ignore_index=True)
             modules = modules.drop_duplicates("module", keep="first")
             for c in modules.columns:

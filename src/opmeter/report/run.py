@@ -6,7 +6,9 @@ leaves an existing report directory as it was (a finished run replaces files one
 Runs, in order:
 
 1. the counts trace (``OpTracer(count_ops=True)``) of ``model.infer()`` on the workload (meta = shape-only);
-2. the analytic prediction of the same workload (per module, per stage) and the roofline times at ``--hardware``;
+2. the analytic prediction of the same workload (per module, per stage) and the roofline times at ``--hardware``,
+   with the analytic variant read from the trace (:func:`opmeter.report.variant.choose_analytic`: dtype, fused or
+   math SDPA, host-side checks, balanced or measured MoE routing), so executed runs are predicted as they ran;
 3. when executing (``--device cpu|cuda``): ``--repeats`` timed runs after one warm-up (:mod:`opmeter.runtime`), one
    module-timing trace (``count_ops=False, timing=True``: per-module time, Chrome trace) and, unless disabled, one
    ``torch.profiler`` run for the operator table;
