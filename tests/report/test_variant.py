@@ -99,3 +99,12 @@ def test_balanced_choice_predicts_as_before(toy_run: dict[str, Any]) -> None:
                                           HARDWARE["H100-SXM"], choice)
     pd.testing.assert_frame_equal(modules, toy_run["pred_modules"])
     pd.testing.assert_frame_equal(stages, toy_run["pred_stages"])
+
+
+def test_rejoining_a_saved_cpu_trace_chooses_the_same_variant(cpu_report: Path, tmp_path: Path) -> None:
+    from opmeter.cli import main
+
+    assert main(["report", "--trace", str(cpu_report / "trace.json"), "--out", str(tmp_path)]) == 0
+    again = orjson.loads((tmp_path / "joined.json").read_bytes())["metadata"]["analytic_choice"]
+    first = orjson.loads((cpu_report / "joined.json").read_bytes())["metadata"]["analytic_choice"]
+    assert again == first

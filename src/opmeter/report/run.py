@@ -775,6 +775,8 @@ def _headline_lines(joined: Any, pred_head: dict[str, float]) -> list[str]:
     if "total" in st.index:
         rel = fmt.rel(st.loc["total", "rel_flops_tensor"])
         lines.append(f"measured vs analytic tensor-core FLOPs (whole run): {rel}")
+    if joined.metadata.get("analytic_variant"):
+        lines.append(f"analytic variant (from the trace): {joined.metadata['analytic_variant']}")
     hw = (joined.hardware or {}).get("name")
     lines.append(f"predicted on {hw}: TTFT {fmt.seconds(pred_head.get('predicted_ttft_s'))}, TPOT "
                  f"{fmt.seconds(pred_head.get('predicted_tpot_s'))}")
