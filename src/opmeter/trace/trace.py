@@ -144,8 +144,7 @@ class Trace:
                 if acc is None:
                     dest[op] = list(vals)
                 else:
-                    for i in range(_N):
-                        acc[i] += vals[i]
+                    self._add(acc, vals)
         return out
 
     def _ctx_calls_time(self, gids: set[int] | None) -> tuple[dict[int, int], dict[int, float]]:
