@@ -34,13 +34,13 @@ from opmeter.errors import OpmeterError
 from opmeter.hardware import HARDWARE
 from opmeter.io import atomic_write_text
 from opmeter.join import join
-from opmeter.models.deepseek_ocr.analytic import DeepseekOCRAnalytic
 from opmeter.models.deepseek_ocr.config import get_config
 from opmeter.models.deepseek_ocr.workloads import load_workload
 from opmeter.report import format as fmt
 from opmeter.report.exporters import read_maybe_gzip
 from opmeter.report.plots import _save
 from opmeter.report.run import predicted_frames
+from opmeter.report.variant import choose_analytic
 from opmeter.trace import Trace
 
 
@@ -75,10 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         if wmeta.get("image_width"):
             workload = attrs.evolve(workload, width=int(wmeta["image_width"]), height=int(wmeta["image_height"]))
         cfg = get_config(preset)
-        dtype = 4 if str(meta.get("dtype", "bfloat16")).endswith("float32") else 2
-        analytic = DeepseekOCRAnalytic(cfg, dtype=dtype)
-        pm, ps, _ = predicted_frames(analytic, workload.vision(cfg), workload.text_tokens(), workload.decode_steps,
-                                     HARDWARE[args.hardware])
+        vision = workload.vision(cfg)
+        # the same analytic variant the report picks: dtype, SDPA path, host checks and routing read from the trace
+        choice = choose_analytic(trace, cfg, workload.text_tokens() + vision.image_tokens, workload.decode_steps)
+        pm, ps, _ = predicted_frames(choice.analytic(cfg), vision, workload.text_tokens(), workload.decode_steps,
+                                     HARDWARE[args.hardware], choice)
         joined = join(trace, pm, ps)
     except OpmeterError as exc:
         print(f"compare_trace: error: {exc}", file=sys.stderr)
