@@ -38,7 +38,6 @@ class CountingMode(TorchDispatchMode):
     def __init__(self, recorder: Recorder) -> None:
         super().__init__()
         self.rec = recorder
-        self.infos: dict[int, OpInfo] = {}
         self.fast: dict[int, tuple[Any, Any, int, OpInfo]] = {}
         self.dtypes: dict[int, set[str]] = {}
         self.formula_errors: dict[str, str] = {}
@@ -47,11 +46,15 @@ class CountingMode(TorchDispatchMode):
         """Cache, per overload: the C++ callable (``OpOverload.__call__`` is a Python frame that only forwards to
         it), the cost function, a flag (0 count, 1 view: count with no cost, 2 decompose) and the :class:`OpInfo`."""
         info = compile_op(func)
-        self.infos[id(func)] = info
         flag = 2 if info.decompose else (1 if info.is_view else 0)
         entry = (getattr(func, "_op", func), info.cost, flag, info)
         self.fast[id(func)] = entry
         return entry
+
+    @property
+    def infos(self) -> dict[int, OpInfo]:
+        """The :class:`OpInfo` of every overload seen, by ``id(op)``."""
+        return {k: entry[3] for k, entry in self.fast.items()}
 
     def _seen_dtype(self, key: int, out: Any) -> None:
         """Output dtype of an op, noted the first time it runs in each (stage group, call path): off the hot path."""

@@ -243,15 +243,16 @@ class OpTracer:
     def _finish(self, mode: CountingMode | None, exc_type: Any, exc: Any) -> None:
         trace, rec = self.trace, self._recorder
         assert trace is not None and rec is not None
-        rec.finish({k: info.name for k, info in mode.infos.items()} if mode is not None else {})
+        infos = mode.infos if mode is not None else {}
+        rec.finish({k: info.name for k, info in infos.items()})
         trace._stage_ctl = None
         if mode is not None:
-            for info in mode.infos.values():
+            for info in infos.values():
                 trace.op_info[info.name] = (info.category, info.exact)
             trace.formula_errors = dict(mode.formula_errors)
-            trace.op_dtypes = {mode.infos[k].name: sorted(v) for k, v in mode.dtypes.items()}
+            trace.op_dtypes = {infos[k].name: sorted(v) for k, v in mode.dtypes.items()}
             if isinstance(mode, FullMode):
-                trace.shapes_raw = {(g, c, mode.infos[k].name): d for (g, c, k), d in mode.shapes.items()}
+                trace.shapes_raw = {(g, c, infos[k].name): d for (g, c, k), d in mode.shapes.items()}
                 try:
                     mode.flush()
                 except OSError as exc_:  # pragma: no cover
