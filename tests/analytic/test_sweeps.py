@@ -48,3 +48,5 @@ def test_sweep_command_writes_files(tmp_path: Path) -> None:
     assert main(["sweep", "decode", "--out", str(tmp_path), "--max-crops", "3", "--no-plots",
                  "--decode-steps", "5"]) == 0
     assert main(["sweep", "prefill", "--out", str(tmp_path), "--variants", "warp"]) == 1
+    # the measured column only exists in 'normal' rows: refused before tracing anything
+    assert main(["sweep", "vision", "--out", str(tmp_path), "--variants", "flash", "--measured", "1"]) == 1

@@ -53,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
         raise OpmeterError(f"--decode-steps must be at least 1, got {args.decode_steps}")
     if args.measured < 0:
         raise OpmeterError(f"--measured must be >= 0, got {args.measured}")
+    if args.measured and "normal" not in variants:  # the measured column sits in the 'normal' rows only
+        raise OpmeterError("--measured traces the reference's attention, the 'normal' variant: add it to --variants")
     sweep_cfg = SweepConfig(
         preset=args.preset, variants=variants, decode_steps=args.decode_steps, base_size=cfg.base_size,
         image_size=cfg.image_size, max_crops=args.max_crops,
