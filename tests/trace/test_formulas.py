@@ -233,3 +233,18 @@ def test_registering_a_cost_for_a_custom_op() -> None:
     row = trace.by_operator().set_index("op").loc["opmeter_cost.scaled.default"]
     assert (row["category"], row["flops_cuda"], row["bytes_read"], row["bytes_written"]) == ("elementwise", 5, 20, 20)
     assert bool(row["exact"])
+
+
+def test_category_registered_after_the_op_was_traced() -> None:
+    lib = torch.library.Library("opmeter_late", "FRAGMENT")
+    lib.define("twice(Tensor x) -> Tensor")
+    lib.impl("twice", lambda x: x * 2, "CompositeExplicitAutograd")
+    x = torch.ones(3)
+
+    def category() -> str:
+        ops = ours(lambda: torch.ops.opmeter_late.twice(x)).by_operator().set_index("op")
+        return str(ops.loc["opmeter_late.twice.default", "category"])
+
+    assert category() == cat.UNCLASSIFIED
+    cat.register_category("opmeter_late::twice", "elementwise")
+    assert category() == "elementwise"  # not the category compiled by the first trace

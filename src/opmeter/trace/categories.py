@@ -188,8 +188,11 @@ def register_category(pattern: str, category: str) -> None:
         An aten packet name (``"mm"``), a qualified custom-op name (``"mylib::fused_moe"``), or a glob of either.
     category
         One of :data:`CATEGORIES` except ``unclassified``.
+
+    Tracers entered afterwards see the rule, also for ops an earlier tracer already met.
     """
     from opmeter.errors import OpmeterError
+    from opmeter.trace import formulas  # imports this module: not at the top
 
     if category not in CATEGORIES or category == UNCLASSIFIED:
         raise OpmeterError(f"unknown category {category!r}; choose one of {', '.join(CATEGORIES[:-1])}")
@@ -197,6 +200,7 @@ def register_category(pattern: str, category: str) -> None:
         _GLOBS.insert(0, (pattern, category))
     else:
         _EXACT[pattern] = category
+    formulas._COMPILED.clear()  # compiled OpInfos carry the old category
 
 
 def category_of_name(qualified: str) -> str:
