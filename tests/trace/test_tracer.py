@@ -165,6 +165,26 @@ def test_explicit_stages_nest_and_override() -> None:
     assert rows(trace.by_module(stage="prefill"))["up"]["calls"] == 1
 
 
+def test_span_of_a_call_that_spans_a_stage_switch_starts_at_the_call() -> None:
+    class Staged(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(2, 2)
+            self.b = nn.Linear(2, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            with stage("vision"):  # inside the root call: switches stage twice while the root is open
+                x = self.a(x)
+            return self.b(x)
+
+    model = Staged()
+    with OpTracer(model, timing=True) as trace:
+        model(torch.randn(1, 2))
+    spans = trace.spans().set_index("module")
+    assert spans.loc[ROOT, "start_s"] <= spans.loc["a", "start_s"]  # used to start at the end of "vision"
+    assert spans.loc[ROOT, "end_s"] >= spans.loc["b", "end_s"]
+
+
 def test_stage_marks_only_this_threads_tracers() -> None:
     model = MLP(4, 4).eval()
     entered, release = threading.Event(), threading.Event()

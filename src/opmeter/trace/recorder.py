@@ -41,11 +41,13 @@ class Recorder:
         self.children: list[dict[int, int]] = [{}]
         self.first_call: list[int] = [-1] * len(records)
         self.call_counter = 0
-        # module stack: context ids and module objects (None at the bottom); start times only when timing.
+        # module stack: context ids and module objects (None at the bottom); when timing, the start of the time not
+        # yet charged (moved on at each stage switch) and the start of the call (for its span).
         # A module outside the tree pushes its parent's context again, so "known" == (ctx != the one below).
         self.stack: list[int] = [0]
         self.objs: list[Any] = [None]
         self.starts: list[float] = [0.0]
+        self.began: list[float] = [0.0]
         # per stage group, lists indexed by context: op cells {op id: [calls, ft, fc, br, bw, t]}, [calls, time]
         self.cells_by_gid: list[list[dict[int, list[Any]] | None]] = []
         self.stats_by_gid: list[list[list[Any] | None]] = []
@@ -187,7 +189,9 @@ class Recorder:
         self.objs.append(mod)
         if self.timing:
             self.sync()
-            self.starts.append(_perf())
+            now = _perf()
+            self.starts.append(now)
+            self.began.append(now)
         if self.nvtx_modules:
             st.NVTX.push(self.records[idx].path)
         gcells = self.gcells
@@ -211,6 +215,7 @@ class Recorder:
             ctx = stack.pop()
             objs.pop()
             start = self.starts.pop() if timing else 0.0
+            began = self.began.pop() if timing else 0.0
             if ctx == stack[-1]:  # a module outside the tree: nothing of its own
                 continue
             if self.nvtx_modules:
@@ -218,7 +223,7 @@ class Recorder:
             if timing:
                 self._stat(self.gstats, ctx)[1] += now - start
                 if len(self.spans) < SPAN_CAP:
-                    self.spans.append((self.contexts[ctx][1], self.stage_idx, start - self.t0, now - self.t0,
+                    self.spans.append((self.contexts[ctx][1], self.stage_idx, began - self.t0, now - self.t0,
                                        len(stack) - 1))
                 else:
                     self.trace.spans_truncated = True
@@ -236,6 +241,7 @@ class Recorder:
             self.objs.append(mod)
             if self.timing:
                 self.starts.append(0.0)
+                self.began.append(0.0)
         elif idx == ROOT_INDEX:
             self.root_pre_hook(mod, args, kwargs)
         else:
