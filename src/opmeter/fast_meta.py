@@ -109,6 +109,13 @@ def _pow_tensor_scalar(x: torch.Tensor, exponent: Any) -> torch.Tensor:
     return _empty(x.shape, x.dtype)
 
 
+def _dims_in_range(x: torch.Tensor, dim: Any) -> bool:
+    """Every dimension of ``dim`` (``None``, an int or a sequence) is valid for ``x`` (else the reference raises)."""
+    nd = max(x.dim(), 1)
+    dims = [] if dim is None else [dim] if isinstance(dim, int) else list(dim)
+    return all(-nd <= d < nd for d in dims)
+
+
 def _reduced_shape(x: torch.Tensor, dim: Any, keepdim: bool) -> list[int]:
     nd = x.dim()
     dims = list(range(nd)) if dim is None or (isinstance(dim, Sequence) and len(dim) == 0) else dim
@@ -124,7 +131,7 @@ def _reduction(ref: Callable[..., torch.Tensor], integer_to_long: bool) -> Calla
     def kernel(
         x: torch.Tensor, dim: Any = None, keepdim: bool = False, *, dtype: torch.dtype | None = None
     ) -> torch.Tensor:
-        if not _fast_ok(x) or x.dim() == 0 or x.dtype.is_complex:
+        if not _fast_ok(x) or x.dim() == 0 or x.dtype.is_complex or not _dims_in_range(x, dim):
             return ref(x, dim, keepdim, dtype=dtype)
         if dtype is None:
             if x.dtype.is_floating_point:
@@ -144,6 +151,7 @@ def _cat(tensors: Sequence[torch.Tensor], dim: int = 0) -> torch.Tensor:
     if (
         not ts
         or nd == 0
+        or not -nd <= dim < nd
         or any(t.dim() != nd or not _row_major(t) for t in ts)
         or any(t.shape[:dim % nd] + t.shape[dim % nd + 1 :] != ts[0].shape[:dim % nd] + ts[0].shape[dim % nd + 1 :]
                for t in ts)

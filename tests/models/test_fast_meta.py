@@ -45,6 +45,8 @@ def _cases() -> dict[str, Callable[[], torch.Tensor]]:
         "bmm_dtype": lambda: torch.bmm(q[0], q[0].transpose(1, 2).to(torch.bfloat16)),
         "silu": lambda: torch.nn.functional.silu(a),
         "silu_slice": lambda: torch.nn.functional.silu(qs),
+        "cat_bad_dim": lambda: torch.cat([q, q], 4), "mean_bad_dim": lambda: f.mean(3, keepdim=True),
+        "sum_bad_dims": lambda: f.sum(dim=(0, 5)),
     }
 
 
