@@ -70,11 +70,13 @@ def _empty(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
 
 def _binary(ref: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     def kernel(x: Any, y: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if not _fast_ok(x, y) or kwargs.get("rounding_mode") is not None:
-            return ref(x, y, *args, **kwargs)
+        if not _fast_ok(x, y) or kwargs.get("rounding_mode") is not None or kwargs.get("alpha", 1) != 1:
+            return ref(x, y, *args, **kwargs)  # (alpha: the reference checks it against the dtype)
         xs = x.shape if isinstance(x, torch.Tensor) else ()
         ys = y.shape if isinstance(y, torch.Tensor) else ()
         dtype = torch.result_type(x, y)
+        if dtype == torch.bool and ref is torch._refs.sub:
+            return ref(x, y, *args, **kwargs)  # subtracting booleans is an error
         if ref is torch._refs.div and not (dtype.is_floating_point or dtype.is_complex):
             dtype = torch.get_default_dtype()  # true division of integers
         return _empty(_broadcast(xs, ys), dtype)
@@ -96,7 +98,7 @@ def _inplace_binary(ref: Callable[..., torch.Tensor]) -> Callable[..., torch.Ten
 
 def _unary(ref: Callable[..., torch.Tensor], float_only: bool) -> Callable[..., torch.Tensor]:
     def kernel(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if args or kwargs or not _fast_ok(x) or (float_only and not x.dtype.is_floating_point):
+        if args or kwargs or not _fast_ok(x) or x.dtype == torch.bool or (float_only and not x.dtype.is_floating_point):
             return ref(x, *args, **kwargs)
         return _empty(x.shape, x.dtype)
 

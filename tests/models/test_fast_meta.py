@@ -47,6 +47,10 @@ def _cases() -> dict[str, Callable[[], torch.Tensor]]:
         "silu_slice": lambda: torch.nn.functional.silu(qs),
         "cat_bad_dim": lambda: torch.cat([q, q], 4), "mean_bad_dim": lambda: f.mean(3, keepdim=True),
         "sum_bad_dims": lambda: f.sum(dim=(0, 5)),
+        "neg_bool": lambda: -torch.empty(3, **M, dtype=torch.bool),
+        "sub_bool": lambda: torch.empty(3, **M, dtype=torch.bool) - torch.empty(3, **M, dtype=torch.bool),
+        "add_alpha_float_on_long": lambda: torch.add(lng, lng, alpha=1.5),
+        "add_alpha": lambda: torch.add(f, f, alpha=2),
     }
 
 
