@@ -38,9 +38,7 @@ STAGE_FIELDS = ("flops_tflops", "io_tb", "arithmetic_intensity", "activations_gb
 
 def sweep_grids(max_crops: int = MAX_CROPS) -> list[tuple[int, int]]:
     """Every ``(rows, cols)`` with ``rows <= cols`` and ``2 <= rows*cols <= max_crops``, by crop count."""
-    grids = [
-        (r, c) for r in range(1, max_crops + 1) for c in range(r, max_crops + 1) if 2 <= r * c <= max_crops
-    ]
+    grids = [(r, c) for r in range(1, max_crops + 1) for c in range(r, max_crops // r + 1) if r * c >= 2]
     return sorted(grids, key=lambda g: (g[0] * g[1], g[0]))
 
 
