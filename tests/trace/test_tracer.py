@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 from trace_helpers import MLP, Nested, global_state
 
 from opmeter import OpTracer
@@ -240,6 +241,27 @@ def test_exception_restores_globals_and_keeps_data(nested: Nested) -> None:
     with torch.no_grad(), OpTracer(nested) as again:
         nested(torch.randn(1, 8))
     assert again.complete is True and again.error is None
+
+
+def test_mode_leaves_the_stack_even_when_its_exit_fails(
+        nested: Nested, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from opmeter.trace.dispatch import CountingMode
+
+    def broken_exit(self: CountingMode, *exc: object) -> None:
+        raise RuntimeError("exit failed")
+
+    before = global_state()
+    monkeypatch.setattr(CountingMode, "__exit__", broken_exit)
+    above = TorchDispatchMode()
+    with OpTracer(nested) as trace:
+        nested(torch.randn(1, 8))
+        above.__enter__()  # a mode pushed over ours and still open when the tracer exits
+    assert _get_current_dispatch_mode_stack() == [above]  # ours is gone, the one above kept
+    above.__exit__(None, None, None)
+    assert global_state() == before and trace.complete
+    assert "exit failed" in capsys.readouterr().err
 
 
 def test_keyboard_interrupt_restores_globals() -> None:

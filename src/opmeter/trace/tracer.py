@@ -191,19 +191,25 @@ class OpTracer:
     # ------------------------------------------------------------------------------------------- exit
 
     def _pop_our_mode(self) -> None:
+        """Take our dispatch mode off the stack, wherever it is; modes pushed above it go back in place."""
         mode = self._mode
         if mode is None:
             return
         self._mode = None
-        stack = _get_current_dispatch_mode_stack()
-        if mode not in stack:
+        if mode not in _get_current_dispatch_mode_stack():
             return
         above: list[Any] = []
-        while _get_current_dispatch_mode_stack() and _get_current_dispatch_mode_stack()[-1] is not mode:
-            above.append(_pop_mode())
-        mode.__exit__(None, None, None)
-        for m in reversed(above):
-            _push_mode(m)
+        try:
+            while _get_current_dispatch_mode_stack()[-1] is not mode:
+                above.append(_pop_mode())
+            try:
+                mode.__exit__(None, None, None)
+            finally:
+                if _get_current_dispatch_mode_stack()[-1:] == [mode]:  # __exit__ failed before popping it
+                    _pop_mode()
+        finally:
+            for m in reversed(above):
+                _push_mode(m)
 
     def _restore(self) -> None:
         """Remove every global this tracer installed; never raises."""
