@@ -9,6 +9,34 @@ from pathlib import Path
 from opmeter.errors import OpmeterError
 
 
+def _mkdir(path: Path, what: str) -> None:
+    """``mkdir -p``; ``what`` starts the error message when some component exists as a regular file."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        raise OpmeterError(f"{what}: {blocker} exists and is not a directory") from None
+
+
+def ensure_output_dir(out: str | os.PathLike[str]) -> Path:
+    """Create the output directory ``out`` if needed and prove it is writable, before any long work starts.
+
+    Raises
+    ------
+    OpmeterError
+        When ``out`` (or a parent) is a regular file, or the directory cannot be created or written.
+    """
+    path = Path(out)
+    try:
+        _mkdir(path, f"output directory {path} cannot be created")
+        fd, probe = tempfile.mkstemp(prefix=".opmeter-probe.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OpmeterError(f"output directory {path} is not writable: {exc.strerror or exc}") from None
+    return path
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -37,7 +65,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """
     dest = Path(path)
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        _mkdir(dest.parent, f"cannot write {dest}")
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the mode open() would
     except OSError as exc:

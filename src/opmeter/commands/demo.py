@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from opmeter.io import ensure_output_dir
+
 NAME = "demo"
 HELP = "trace a small built-in demo transformer (prefill + decode) and write trace.json, CSV tables, call graph"
 
@@ -35,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     if args.prompt_tokens + args.new_tokens > cfg.max_seq:
         raise OpmeterError(f"--prompt-tokens + --new-tokens must be <= {cfg.max_seq}")
     torch.manual_seed(args.seed)
+    ensure_output_dir(args.out)  # fail now, not after the run
     model = DemoTransformer(cfg).eval()
     ids = torch.randint(0, cfg.vocab_size, (1, args.prompt_tokens))
     meta = {"workload": {"id": "opmeter-demo", "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from opmeter.errors import OpmeterError
+from opmeter.io import ensure_output_dir
 
 NAME = "sweep"
 HELP = (
@@ -59,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         preset=args.preset, variants=variants, decode_steps=args.decode_steps, base_size=cfg.base_size,
         image_size=cfg.image_size, max_crops=args.max_crops,
     )
+    ensure_output_dir(args.out)  # fail now, not after the run
     names = SWEEPS if args.name == "all" else (args.name,)
     for name in names:
         hook = None

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from opmeter.errors import OpmeterError
+from opmeter.io import ensure_output_dir
 
 NAME = "verify"
 HELP = (
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     progress = None if args.quiet else (lambda msg: print(f"  tracing {msg}", file=sys.stderr))
     if args.device == "cpu" and preset == "deepseek-ocr-v1-base":
         raise OpmeterError("--device cpu runs the model for real: use --fast or --preset deepseek-ocr-mini")
+    ensure_output_dir(args.out)  # fail now, not after the run
     df, seconds = run_verify(preset, args.out, args.grid, progress, args.device, args.attn)
     if df.empty:
         raise OpmeterError("no verification cases ran")

@@ -18,7 +18,6 @@ Runs, in order:
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +29,7 @@ import pandas as pd
 import torch
 
 from opmeter.errors import OpmeterError
+from opmeter.io import ensure_output_dir
 
 DEVICES = ("auto", "cpu", "cuda", "meta")
 DEFAULT_HARDWARE = "H100-SXM"
@@ -91,18 +91,8 @@ def resolve_device(device: str) -> str:
 
 
 def check_out_dir(out: str | Path) -> Path:
-    """Create ``out`` if needed and prove it is writable (a probe file, removed again)."""
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise OpmeterError(f"output directory {path} exists and is not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".opmeter-probe.", dir=path)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise OpmeterError(f"output directory {path} is not writable: {exc.strerror or exc}") from None
-    return path
+    """Create ``out`` if needed and prove it is writable (see :func:`opmeter.io.ensure_output_dir`)."""
+    return ensure_output_dir(out)
 
 
 def check_image(image: str | Path) -> Path:
