@@ -42,14 +42,13 @@ import pandas as pd
 
 from opmeter.errors import OpmeterError
 from opmeter.io import atomic_write_bytes
+from opmeter.trace import OUTSIDE, ROOT
 
 SCHEMA_VERSION = 1
 """Version of ``joined.json``; bumped on any incompatible change."""
 
 SCHEMA_NAME = "opmeter.joined"
 
-ROOT = "<root>"
-OUTSIDE = "<outside>"
 GLUE = "unattributed (glue)"
 UNCLASSIFIED = "unclassified"
 
@@ -412,6 +411,14 @@ class Joined:
         for share in ("flops_share", "bytes_share", "time_share"):
             out[f"unclassified_{share}"] = out[f"glue_{share}"] + out[f"no_category_{share}"]
             out[f"attributed_{share}"] = 1.0 - out[f"unclassified_{share}"]
+        # Time outside every model call (image preprocessing, tokenisation, the generate loop's host code) is glue
+        # by definition; the share of the *model's* own time attributed to components leaves it out.
+        outside = df[(df["kind"] == "glue") & (df["name"] == OUTSIDE)]
+        out["outside_time_share"] = float(outside["time_share"].sum()) if timed and len(outside) else math.nan
+        in_model = 1.0 - out["outside_time_share"]
+        out["attributed_time_share_in_model"] = (
+            out["attributed_time_share"] / in_model if timed and in_model > 0 else math.nan
+        )
         return out
 
     def totals(self) -> dict[str, float]:

@@ -222,3 +222,13 @@ def test_chrome_trace_is_gzipped_with_compress(tmp_path: Path) -> None:
     assert packed is not None and packed.name == "chrome_trace.json.gz"
     assert not (tmp_path / "chrome_trace.json").exists()  # one format remains
     assert gzip.decompress(packed.read_bytes()).startswith(b"[")
+
+
+def test_time_outside_model_calls_is_separated_from_the_models_own_time(cpu_report: Path) -> None:
+    summary = orjson.loads((cpu_report / "joined.json").read_bytes())["unclassified_summary"]
+    outside = summary["outside_time_share"]
+    assert 0.0 < outside < 1.0  # infer() preprocesses the page inside the traced block, outside every module
+    in_model = summary["attributed_time_share_in_model"]
+    assert in_model == pytest.approx(summary["attributed_time_share"] / (1.0 - outside))
+    assert in_model > summary["attributed_time_share"]
+    assert "time inside model calls attributed to named components" in (cpu_report / "report.md").read_text()

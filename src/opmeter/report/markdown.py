@@ -83,6 +83,11 @@ def _headline(joined: Joined, context: Mapping[str, Any]) -> list[str]:
         items.append(("measured time attributed to named components (module timing)",
                       fmt.pct(unc["attributed_time_share"], 2)))
         items.append(("unclassified time (glue + no category)", fmt.pct(unc["unclassified_time_share"], 2)))
+        if unc.get("outside_time_share", 0.0) > 0:
+            items.append(("… of which outside every model call (preprocessing, host loop)",
+                          fmt.pct(unc["outside_time_share"], 2)))
+            items.append(("time inside model calls attributed to named components",
+                          fmt.pct(unc["attributed_time_share_in_model"], 2)))
     cats = joined.by_category()
     if "time_share" in cats and cats["time_share"].notna().any():
         named = cats[cats["category"] != "unclassified"]["time_share"].sum()
