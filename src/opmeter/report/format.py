@@ -14,13 +14,19 @@ import pandas as pd
 _PREFIXES = ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
 
 
-def si(value: Any, unit: str = "", digits: int = 3) -> str:
-    """``1.234e12`` -> ``"1.23 T<unit>"``; ``None``/NaN -> ``"—"``."""
+def number(value: Any) -> float | None:
+    """``value`` as a float, or ``None`` when it is missing, not a number or NaN (the cells shown as "—")."""
     try:
         v = float(value)
     except (TypeError, ValueError):
-        return "—"
-    if math.isnan(v):
+        return None
+    return None if math.isnan(v) else v
+
+
+def si(value: Any, unit: str = "", digits: int = 3) -> str:
+    """``1.234e12`` -> ``"1.23 T<unit>"``; ``None``/NaN -> ``"—"``."""
+    v = number(value)
+    if v is None:
         return "—"
     if math.isinf(v):
         return "∞"
@@ -42,11 +48,8 @@ def nbytes(value: Any) -> str:
 
 def seconds(value: Any) -> str:
     """Seconds, switching to ms / µs for small values."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return "—"
-    if math.isnan(v):
+    v = number(value)
+    if v is None:
         return "—"
     if abs(v) >= 1:
         return f"{v:.3g} s"
@@ -57,22 +60,16 @@ def seconds(value: Any) -> str:
 
 def pct(value: Any, digits: int = 1) -> str:
     """A fraction as a percentage."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return "—"
-    if math.isnan(v):
+    v = number(value)
+    if v is None:
         return "—"
     return f"{100 * v:.{digits}f} %"
 
 
 def rel(value: Any) -> str:
     """A signed relative difference as a percentage with 2 decimals."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return "—"
-    if math.isnan(v):
+    v = number(value)
+    if v is None:
         return "—"
     return f"{100 * v:+.2f} %"
 

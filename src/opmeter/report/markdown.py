@@ -26,11 +26,8 @@ def _flops_cols(prefix: str = "") -> dict[str, Any]:
 
 
 def _verdict(value: Any) -> str:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return "—"
-    if math.isnan(v):
+    v = fmt.number(value)
+    if v is None:
         return "—"
     return "ok" if abs(v) <= REL_TOLERANCE else "**off**"
 
