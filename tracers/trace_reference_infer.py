@@ -13,10 +13,12 @@ workload rescaled to the preset's native sizes.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 
 from opmeter import OpTracer
+from opmeter.errors import OpmeterError
 from opmeter.models.deepseek_ocr import BuiltinTokenizer, build_reference, load_workload
 
 
@@ -45,4 +47,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except OpmeterError as exc:  # bad path, missing image, wrong transformers: one line, not a traceback
+        raise SystemExit(f"{sys.argv[0]}: error: {exc}") from None

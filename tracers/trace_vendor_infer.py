@@ -15,10 +15,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 
 from opmeter import OpTracer
+from opmeter.errors import OpmeterError
 from opmeter.models.deepseek_ocr import load_vendor, load_workload
 
 
@@ -51,4 +53,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except OpmeterError as exc:  # bad path, missing image, wrong transformers: one line, not a traceback
+        raise SystemExit(f"{sys.argv[0]}: error: {exc}") from None
