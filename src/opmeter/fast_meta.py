@@ -23,6 +23,8 @@ import torch
 _lock = threading.Lock()
 _depth = 0
 _lib: torch.library.Library | None = None
+_shadowed: set[str] = set()
+"""Keys of torch's own Python meta kernels that our registration shadows while it is installed."""
 
 _INT_TO_FLOAT_UNARY = ("rsqrt", "cos", "sin", "sigmoid", "sqrt", "exp")
 
@@ -176,15 +178,23 @@ def _silu(x: torch.Tensor) -> torch.Tensor:
 
 
 def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
-        raise RuntimeError(f"mm: incompatible operands {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0] or a.dtype != b.dtype:
+        return _torch_meta("meta_mm")(a, b)  # torch's own checks and messages (they differ between versions)
     return _empty((a.shape[0], b.shape[1]), a.dtype)  # as meta_mm: a fresh contiguous tensor of a's dtype
 
 
 def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.dim() != 3 or b.dim() != 3 or a.shape[0] != b.shape[0] or a.shape[2] != b.shape[1] or a.dtype != b.dtype:
-        raise RuntimeError(f"bmm: incompatible operands {tuple(a.shape)} {a.dtype} and {tuple(b.shape)} {b.dtype}")
+        return _torch_meta("meta_bmm")(a, b)  # e.g. mixed dtypes: torch 2.6 accepts them, 2.13 refuses
     return _empty((a.shape[0], a.shape[1], b.shape[2]), a.dtype)
+
+
+def _torch_meta(name: str) -> Callable[..., torch.Tensor]:
+    """torch's own Python meta kernel ``name`` of the installed version, for the cases the fast path leaves."""
+    import torch._meta_registrations as registrations
+
+    kernel: Callable[..., torch.Tensor] = getattr(registrations, name)
+    return kernel
 
 
 def _kernels() -> dict[str, Callable[..., torch.Tensor]]:
@@ -225,12 +235,7 @@ def fast_meta_kernels() -> Iterator[None]:
         return
     with _lock:
         if _depth == 0:
-            lib = torch.library.Library("aten", "IMPL")
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                for name, fn in _kernels().items():
-                    lib.impl(name, fn, "Meta")
-            _lib = lib
+            _lib = _install()
         _depth += 1
     try:
         yield
@@ -238,5 +243,45 @@ def fast_meta_kernels() -> Iterator[None]:
         with _lock:
             _depth -= 1
             if _depth == 0 and _lib is not None:
-                _lib._destroy()
+                _uninstall(_lib)
                 _lib = None
+
+
+def _registry_keys() -> set[str]:
+    """torch's record of the kernels registered from Python (``"aten/add.Tensor/Meta"``, ...)."""
+    keys: set[str] = torch.library._impls  # type: ignore[attr-defined]
+    return keys
+
+
+def _install() -> torch.library.Library:
+    """Register the fast kernels over torch's own Python meta kernels.
+
+    torch < 2.8 refuses, in ``Library.impl``, to override a kernel that another Python library registered for the
+    same key (torch's meta registrations are such kernels); newer versions allow it. The dispatcher itself keeps the
+    previous kernel underneath and restores it when our library is destroyed, so the refusal is lifted by taking our
+    keys out of the Python-side record for the registration, and :func:`_uninstall` puts torch's own back.
+    """
+    global _shadowed
+    lib = torch.library.Library("aten", "IMPL")
+    kernels = _kernels()
+    keys = _registry_keys()
+    wanted = {f"aten/{name}/Meta" for name in kernels}
+    _shadowed = wanted & keys
+    keys.difference_update(_shadowed)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for name, fn in kernels.items():
+                lib.impl(name, fn, "Meta")
+    except BaseException:
+        _uninstall(lib)
+        raise
+    return lib
+
+
+def _uninstall(lib: torch.library.Library) -> None:
+    """Destroy our library (the dispatcher restores torch's kernels) and restore torch's Python-side record."""
+    global _shadowed
+    lib._destroy()
+    _registry_keys().update(_shadowed)
+    _shadowed = set()

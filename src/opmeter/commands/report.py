@@ -63,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="NVTX ranges per module call in the module-timing run (stage ranges are always on)")
     parser.add_argument("--verify", action="store_true",
                         help="also run the per-layer verification of the preset (opmeter verify) into the report")
+    parser.add_argument("--no-weights", action="store_true",
+                        help="--model vendor:PATH: random initialisation from config.json instead of the checkpoint's "
+                        "weights (shape-only runs never load weights)")
     parser.add_argument("--no-profiler", action="store_true", help="skip the torch.profiler operator table")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -86,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         write_trace_json=args.trace_json == "full",
         compress=args.compress,
         profiler=not args.no_profiler,
+        weights=not args.no_weights,
         verify=args.verify,
         nvtx_modules=args.nvtx_modules,
         progress=not args.no_progress and sys.stderr.isatty(),

@@ -49,6 +49,11 @@ def _header(joined: Joined, context: Mapping[str, Any]) -> list[str]:
     rows = [(k, context[k]) for k in ("command", "model", "preset", "workload", "device", "dtype", "hardware")
             if context.get(k) is not None]
     rows += [(k, v) for k, v in (context.get("extra") or {}).items()]
+    if meta.get("vendor_patches"):
+        rows.append(("vendor compatibility patches", ", ".join(f"`{p}`" for p in meta["vendor_patches"])))
+    if meta.get("host_reads_answered"):
+        rows.append(("shape-only host reads answered", ", ".join(
+            f"{k} {v}" for k, v in meta["host_reads_answered"].items())))
     if rows:
         lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows] + [""]
     return lines

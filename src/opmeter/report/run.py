@@ -18,6 +18,7 @@ Runs, in order:
 from __future__ import annotations
 
 import contextlib
+import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +31,8 @@ import torch
 
 from opmeter.errors import OpmeterError
 from opmeter.io import ensure_output_dir
+
+log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda", "meta")
 DEFAULT_HARDWARE = "H100-SXM"
@@ -54,6 +57,8 @@ class ReportOptions:
     compress: bool = False
     """Write trace.json, joined.json and the CSV tables gzipped (``*.gz``): for committed example reports."""
     profiler: bool = True
+    weights: bool = True
+    """``--model vendor:``: load the checkpoint's weights (``False``: random initialisation from config.json)."""
     nvtx_modules: bool = False
     """NVTX ranges per module call (not only per stage) in the module-timing run, for Nsight Systems."""
     verify: bool = False
@@ -422,23 +427,22 @@ class _Pipeline:
 
             get_config(self.opts.preset)  # one clear line for an unknown preset
             return build_reference(self.opts.preset, device=device), BuiltinTokenizer(), self.opts.preset
-        try:
-            from opmeter.models.deepseek_ocr.vendor import load_vendor
-        except ImportError as exc:
-            raise OpmeterError(f"the vendor loader is not available in this installation ({exc})") from None
+        from opmeter.models.deepseek_ocr.vendor import check_preset, load_vendor
+        from opmeter.models.deepseek_ocr.vendor_compat import metadata
+
         # on meta the vendor structure is built from config.json alone (no weights), as the loader requires
-        loaded = load_vendor(str(vendor_path), weights=device != "meta", device=device)
-        model, tokenizer = loaded if isinstance(loaded, tuple) else (loaded, None)
-        if tokenizer is None:
-            try:
-                from transformers import AutoTokenizer
+        model = load_vendor(str(vendor_path), weights=self.opts.weights and device != "meta", device=device)
+        check_preset(model, self.opts.preset)
+        try:
+            from transformers import AutoTokenizer
 
-                tokenizer = AutoTokenizer.from_pretrained(str(vendor_path), trust_remote_code=True)
-            except Exception:
-                tokenizer = BuiltinTokenizer()
-        from opmeter.models.deepseek_ocr.config import FULL_SIZE
-
-        return model, tokenizer, FULL_SIZE
+            tokenizer: Any = AutoTokenizer.from_pretrained(str(vendor_path), trust_remote_code=True)
+        except Exception as exc:  # no tokenizer files in the checkout: same token ids policy as the reference
+            log.warning("no tokenizer in %s (%s: %s); using the built-in tokenizer", vendor_path,
+                        type(exc).__name__, exc)
+            metadata(model)["tokenizer"] = "builtin (checkpoint tokenizer not loadable)"
+            tokenizer = BuiltinTokenizer()
+        return model, tokenizer, self.opts.preset
 
     def _hardware(self, device: str) -> tuple[Any, Any]:
         """(hardware for predicted times, hardware for MFU)."""
@@ -473,12 +477,8 @@ class _Pipeline:
                 model, tokenizer, preset = self._model(kind, vendor_path, device)
             image_file = image if image is not None else workload.save_image(tmp)
             kwargs = workload.infer_kwargs(image_file)
-            if kind == "vendor":  # the vendor infer() has no max_new_tokens / ignore_eos / crop_grid extensions
-                import inspect
-
-                accepted = inspect.signature(model.infer).parameters
-                if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
-                    kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+            if kind == "vendor":
+                kwargs = vendor_infer_kwargs(model, kwargs, Path(tmp) / "vendor-output")
 
             def infer() -> Any:
                 return model.infer(tokenizer, **kwargs)
@@ -488,10 +488,12 @@ class _Pipeline:
                 "model_spec": o.model, "device": device, "image_file": str(image) if image else "synthetic",
                 "decode_tokens": workload.max_new_tokens,
             }
-            trace = self._trace(model, infer, meta, workload.max_new_tokens, progress, out_dir, device)
-            runtime = timing_trace = op_table = None
-            if device != "meta":
-                runtime, timing_trace, op_table = self._execute(model, infer, workload, trace, progress, device)
+            with vendor_context(model, kind, workload.max_new_tokens):
+                trace = self._trace(model, infer, meta, workload.max_new_tokens, progress, out_dir, device)
+                workload = traced_decode_length(trace, workload)
+                runtime = timing_trace = op_table = None
+                if device != "meta":
+                    runtime, timing_trace, op_table = self._execute(model, infer, workload, trace, progress, device)
             return self._finish(out_dir, trace, timing_trace, runtime, op_table, model, workload, preset, device,
                                 total_start)
 
@@ -734,6 +736,45 @@ def _verify_view(df: pd.DataFrame) -> pd.DataFrame:
     for col in ("rel_tensor", "rel_cuda", "rel_bytes"):
         out[col] = out[col].map(fmt.rel)
     return out.reset_index(drop=True)
+
+
+def vendor_infer_kwargs(model: Any, kwargs: dict[str, Any], output_path: Path) -> dict[str, Any]:
+    """The workload's ``infer()`` arguments the vendor signature takes, with an ``output_path`` (the vendor creates
+    it: an empty one fails). The decode budget is enforced by :func:`vendor_context` instead."""
+    import inspect
+
+    accepted = inspect.signature(model.infer).parameters
+    kwargs = {**kwargs, "output_path": str(output_path)}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        return kwargs
+    dropped = sorted(k for k in kwargs if k not in accepted)
+    if dropped:
+        log.info("vendor infer() does not take %s; the generation cap enforces the decode budget", dropped)
+    return {k: v for k, v in kwargs.items() if k in accepted}
+
+
+def vendor_context(model: Any, kind: str, budget: int) -> contextlib.AbstractContextManager[Any]:
+    """For the vendor model: the fixed token budget, CPU compatibility and, on meta, the shape-only patches
+    (:mod:`opmeter.models.deepseek_ocr.vendor_compat`); entered outside every tracer."""
+    if kind != "vendor":
+        return contextlib.nullcontext()
+    from opmeter.models.deepseek_ocr.vendor_compat import vendor_run
+
+    return vendor_run(model, budget)
+
+
+def traced_decode_length(trace: Any, workload: Any) -> Any:
+    """The workload with the number of new tokens the trace actually generated (prefill + decode steps), so the
+    prediction covers the same work as the trace."""
+    stages = trace.stages()
+    if stages.empty or "group" not in stages:
+        return workload
+    traced = int((stages["group"] == "prefill").sum() + (stages["group"] == "decode").sum())
+    if traced and traced != workload.max_new_tokens:
+        log.warning("the run generated %d tokens where the workload asks for %d; predicting the traced %d",
+                    traced, workload.max_new_tokens, traced)
+        workload = attrs.evolve(workload, max_new_tokens=traced)
+    return workload
 
 
 def _version() -> str:

@@ -308,6 +308,13 @@ class DeepseekV2MoE(nn.Module):
         y = self.moe_infer(hidden_states, topk_idx, topk_weight).view(*orig_shape)
         return y + self.shared_experts(identity)
 
+    def _host_counts(self, tokens_per_expert: torch.Tensor, topk_ids: torch.Tensor) -> np.ndarray:
+        """Tokens per expert on the host: read, as the vendor does; shape-only, the balanced policy."""
+        if is_shape_only(tokens_per_expert):
+            return balanced_routing_counts(topk_ids.shape[0], topk_ids.shape[1], len(self.experts))
+        counts: np.ndarray = tokens_per_expert.cpu().numpy()
+        return counts
+
     @torch.no_grad()
     def moe_infer(self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weight: torch.Tensor) -> torch.Tensor:
         """Sort token-expert pairs by expert, run each expert on its contiguous slice, scatter back, weight, sum."""
@@ -316,10 +323,7 @@ class DeepseekV2MoE(nn.Module):
         tokens_per_expert_t = cnts.sum(dim=0)
         idxs = topk_ids.view(-1).argsort()  # [T*6]
         sorted_tokens = x[idxs // topk_ids.shape[1]]  # [T*6, 1280]
-        if is_shape_only(tokens_per_expert_t):
-            tokens_per_expert = balanced_routing_counts(topk_ids.shape[0], topk_ids.shape[1], len(self.experts))
-        else:
-            tokens_per_expert = tokens_per_expert_t.cpu().numpy()  # host read, as the vendor does
+        tokens_per_expert = self._host_counts(tokens_per_expert_t, topk_ids)
         outputs = []
         start_idx = 0
         for i, num_tokens in enumerate(tokens_per_expert):

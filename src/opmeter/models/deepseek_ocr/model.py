@@ -108,15 +108,22 @@ class DeepseekOCRModel(DeepseekV2Model):
         features = torch.cat((features_2[:, 1:], features_1.flatten(2).permute(0, 2, 1)), dim=-1)  # [N, g*g, 2048]
         return self.projector(features)
 
+    def _has_image(self, image_ori: torch.Tensor) -> bool:
+        """Whether the global view holds an image (the vendor reads its pixel sum on the host)."""
+        return is_shape_only(image_ori) or torch.sum(image_ori).item() != 0
+
+    def _has_crops(self, patches: torch.Tensor, crop_shape: tuple[int, int]) -> bool:
+        """Whether crop tiles exist (the vendor reads their pixel sum; shape-only takes the grid)."""
+        if is_shape_only(patches):
+            return crop_shape[0] > 1 or crop_shape[1] > 1
+        return bool(torch.sum(patches).item() != 0)
+
     def _image_features(
         self, patches: torch.Tensor, image_ori: torch.Tensor, crop_shape: tuple[int, int]
     ) -> torch.Tensor:
         """Token features of one image: ``[local rows with newlines], [global rows with newlines], separator``."""
         width_crop_num, height_crop_num = crop_shape
-        if is_shape_only(patches):
-            has_crops = width_crop_num > 1 or height_crop_num > 1
-        else:
-            has_crops = torch.sum(patches).item() != 0
+        has_crops = self._has_crops(patches, crop_shape)
         if has_crops:
             local_features = self._encode_views(patches)  # crops first, as the vendor
         global_features = self._encode_views(image_ori)
@@ -155,7 +162,7 @@ class DeepseekOCRModel(DeepseekV2Model):
             images is not None
             and len(images) > 0
             and (inputs_embeds.shape[1] != 1 or self.training)
-            and (is_shape_only(images[0][1]) or torch.sum(images[0][1]).item() != 0)
+            and self._has_image(images[0][1])
         )
         if run_vision:
             assert images is not None

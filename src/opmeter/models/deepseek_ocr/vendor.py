@@ -8,6 +8,8 @@ is imported only inside :func:`load_vendor`, never when opmeter is imported.
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,34 @@ from torch import nn
 
 from opmeter.errors import OpmeterError
 
+log = logging.getLogger(__name__)
+
 REQUIRED_TRANSFORMERS = "4.46"
-WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("*.safetensors", "*.bin")
+SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def missing_weights(root: Path) -> str | None:
+    """Why ``root`` has no loadable weights (``None`` when it has them).
+
+    A weight file (``*.safetensors``, ``*.bin``) is enough; a shard index counts only when every shard it names is
+    present (a checkpoint downloaded without its shards is a common half-state).
+    """
+    for index_name in SHARD_INDEXES:
+        index = root / index_name
+        if not index.is_file():
+            continue
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            return f"{index_name} is not a readable shard index ({exc.__class__.__name__})"
+        absent = sorted(s for s in shards if not (root / s).is_file())
+        if absent:
+            return f"{index_name} names {len(absent)} shard(s) that are not there (first: {absent[0]})"
+        return None
+    if any(any(root.glob(p)) for p in WEIGHT_FILES):
+        return None
+    return "no weight files (*.safetensors / *.bin)"
 
 
 def check_checkpoint_dir(path: str | Path, weights: bool = True) -> Path:
@@ -43,12 +71,19 @@ def check_checkpoint_dir(path: str | Path, weights: bool = True) -> Path:
             f"{root} has no remote code (modeling_deepseekocr.py and friends); the vendor loader needs the "
             "checkpoint's Python files next to config.json"
         )
-    if weights and not any(any(root.glob(p)) for p in WEIGHT_PATTERNS):
-        raise OpmeterError(
-            f"{root} has no weight files (*.safetensors / *.bin); pass weights=False (--no-weights) for a random "
-            "initialisation from config.json"
-        )
+    why = missing_weights(root) if weights else None
+    if why is not None:
+        raise OpmeterError(f"{root} has {why}; pass --no-weights (weights=False) for a random initialisation "
+                           "from config.json")
     return root
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
 
 
 def _version_hint(version: str) -> str:
@@ -101,24 +136,29 @@ def load_vendor(
     except ImportError as exc:
         raise OpmeterError(f"the vendor loader needs transformers {REQUIRED_TRANSFORMERS}.x: {exc}") from None
     version = transformers.__version__
+    dtype_arg = "dtype" if _version_tuple(version) >= (4, 56) else "torch_dtype"  # renamed in transformers 4.56
     try:
         config = AutoConfig.from_pretrained(str(root), trust_remote_code=True)
         if weights:
             model = AutoModel.from_pretrained(
                 str(root), trust_remote_code=True, use_safetensors=any(root.glob("*.safetensors")),
-                torch_dtype=dt, _attn_implementation=attn_implementation,
+                _attn_implementation=attn_implementation, **{dtype_arg: dt},
             )
         else:
             ctx = torch.device("meta") if dev.type == "meta" else contextlib.nullcontext()
             with ctx:
                 model = AutoModel.from_config(
-                    config, trust_remote_code=True, torch_dtype=dt, attn_implementation=attn_implementation
+                    config, trust_remote_code=True, attn_implementation=attn_implementation, **{dtype_arg: dt}
                 )
     except (ImportError, AttributeError, TypeError) as exc:
         raise OpmeterError(f"{_version_hint(version)}; the import failed with: {exc}") from None
     except (OSError, ValueError) as exc:
         hint = "" if version.startswith(REQUIRED_TRANSFORMERS + ".") else f" ({_version_hint(version)})"
         raise OpmeterError(f"cannot load the vendor model from {root}: {exc}{hint}") from None
+    except Exception as exc:  # remote code may raise anything while importing or building: one line, not a traceback
+        log.debug("vendor model load failed", exc_info=True)
+        raise OpmeterError(f"the remote code in {root} failed while building the model: "
+                           f"{type(exc).__name__}: {exc}") from None
     if dev.type != "meta":
         model = model.to(device=dev, dtype=dt)
     model.eval()
@@ -127,10 +167,31 @@ def load_vendor(
         "checkpoint": str(root),
         "execution": "shape-only" if dev.type == "meta" else "real",
         "moe_routing": "learned-gate",
-        "weights": "checkpoint" if weights else "random-init",
+        "weights": "checkpoint" if weights else ("none" if dev.type == "meta" else "random-init"),
         "attn_implementation": attn_implementation,
         "dtype": str(dt).removeprefix("torch."),
         "transformers": version,
     }
     model.opmeter_metadata = metadata
     return model
+
+
+def check_preset(model: nn.Module, preset: str) -> None:
+    """Refuse a ``preset`` whose reference model does not have the vendor model's parameter count.
+
+    The analytic prediction and the workload sizes follow the preset, so a mismatch would compare the trace with
+    another model.
+
+    Raises
+    ------
+    OpmeterError
+        Naming both counts.
+    """
+    from opmeter.models.deepseek_ocr.config import get_config
+    from opmeter.models.deepseek_ocr.model import build_reference
+
+    expected = sum(p.numel() for p in build_reference(get_config(preset), device="meta").parameters())
+    got = sum(p.numel() for p in model.parameters())
+    if got != expected:
+        raise OpmeterError(f"the vendor model has {got:,} parameters but preset {preset!r} has {expected:,}; pass "
+                           "the --preset its config.json describes")
