@@ -438,8 +438,9 @@ class _Pipeline:
 
             tokenizer: Any = AutoTokenizer.from_pretrained(str(vendor_path), trust_remote_code=True)
         except Exception as exc:  # no tokenizer files in the checkout: same token ids policy as the reference
+            first_line = (str(exc).splitlines() or [""])[0]
             log.warning("no tokenizer in %s (%s: %s); using the built-in tokenizer", vendor_path,
-                        type(exc).__name__, exc)
+                        type(exc).__name__, first_line)
             metadata(model)["tokenizer"] = "builtin (checkpoint tokenizer not loadable)"
             tokenizer = BuiltinTokenizer()
         return model, tokenizer, self.opts.preset
