@@ -266,8 +266,8 @@ def deepseek_ocr_cases(
             return attn(x, **kwargs)
 
         def analytic() -> Layer:
-            return A.LlamaFlashAttention2(1, q_len, past, h, dc.num_attention_heads, dc.num_key_value_heads,
-                                          dc.head_dim)
+            return A.LlamaFlashAttention2(batch=1, q_len=q_len, past=past, hidden=h, heads=dc.num_attention_heads,
+                                          kv_heads=dc.num_key_value_heads, head_dim=dc.head_dim)
 
         return Case("LlamaFlashAttention2", f"{tag} vs traced eager LlamaAttention", attn, call, analytic,
                     implementation="(flash-attn not installed: same GEMMs as eager)", tensor_only=True)

@@ -245,7 +245,8 @@ def _routing(
     moe_layers = [i for i in range(n_layers) if d.is_moe_layer(i)]
     if not moe_layers:
         return None, None, []
-    per_token = DeepseekV2MLP(1, d.hidden_size, d.moe_intermediate_size, dtype).tensor_core_flops()
+    per_token = DeepseekV2MLP(tokens=1, hidden=d.hidden_size, intermediate=d.moe_intermediate_size,
+                              dtype=dtype).tensor_core_flops()
 
     def counts(stage: str) -> tuple[tuple[ExpertCounts | None, ...] | None, str | None]:
         table = _expert_table(trace, stage, n_layers)

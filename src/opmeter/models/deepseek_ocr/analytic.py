@@ -22,6 +22,15 @@ import attrs
 import pandas as pd
 
 from opmeter.analytic.base import Composite, Layer, Op, layer_frame
+from opmeter.analytic.blocks import (
+    GatedMLP,
+    RotaryEmbedding,
+    SelfAttention,
+    SparseMoE,
+    TopKGate,
+    balanced_active_experts,
+    balanced_expert_tokens,
+)
 from opmeter.analytic.primitives import (
     FP32,
     INT64,
@@ -36,7 +45,6 @@ from opmeter.analytic.primitives import (
     pointwise,
     reduction,
     sdpa_ops,
-    softmax_op,
 )
 from opmeter.analytic.stage_cost import ParameterFootprint, StageCost
 from opmeter.conventions import ELEMENTWISE_FLOPS, SIGMOID_FLOPS
@@ -602,292 +610,80 @@ class DeepseekV2RMSNorm(RMSNorm):
     class_name: str = "DeepseekV2RMSNorm"
 
 
-@attrs.frozen(repr=False)
-class LlamaRotaryEmbedding(Layer):
-    """Default RoPE of transformers 4.46, called inside every attention layer.
+@attrs.frozen(repr=False, kw_only=True)
+class LlamaRotaryEmbedding(RotaryEmbedding):
+    """Default RoPE of transformers 4.46, called inside every attention layer (see
+    :class:`~opmeter.analytic.blocks.RotaryEmbedding`)."""
 
-    Positions to fp32; ``inv_freq [B, D/2, 1] @ positions [B, 1, S]`` as a ``bmm`` (``2 * B * D/2 * S`` tensor-core
-    FLOPs); ``cat``; ``cos``; ``sin``; two multiplications by ``attention_scaling``; two casts to the model dtype.
-    """
-
-    batch: int
-    seq: int
     head_dim: int = 128
     dtype: int = BF16
     class_name: str = "LlamaRotaryEmbedding"
 
-    def ops(self) -> Sequence[Op]:
-        b, s, hd, d = self.batch, self.seq, self.head_dim, self.dtype
-        half = hd // 2
-        n = b * s * hd
-        return [
-            *_cast(b * s, INT64, FP32),
-            gemm("bmm", half, s, 1, batch=b, a=FP32, b=FP32, out=FP32),
-            copy("cat", n, FP32, FP32),
-            _ew("cos", n, [n * FP32], FP32),
-            _ew("sin", n, [n * FP32], FP32),
-            _ew("mul", n, [n * FP32], FP32),
-            _ew("mul", n, [n * FP32], FP32),
-            *_cast(n, FP32, d),
-            *_cast(n, FP32, d),
-        ]
 
-    def own_weight_bytes(self) -> int:
-        return self.head_dim // 2 * FP32
+@attrs.frozen(repr=False, kw_only=True)
+class LlamaAttention(SelfAttention):
+    """Eager LLaMA attention of transformers 4.46 with DeepSeek-OCR's decoder sizes (10 heads x 128, no GQA), its
+    rotary angles computed inside (see :class:`~opmeter.analytic.blocks.SelfAttention`)."""
 
-
-def rotary_apply_ops(numel: int, cos_numel: int, dtype: int) -> list[Op]:
-    """``x * cos + rotate_half(x) * sin`` for one of q / k: mul, neg, cat, mul, add."""
-    n, d = numel, dtype
-    return [
-        _ew("mul", n, [n * d, cos_numel * d], d),
-        _ew("neg", n // 2, [n // 2 * d], d),
-        copy("cat", n, d, d),
-        _ew("mul", n, [n * d, cos_numel * d], d),
-        _ew("add", n, [n * d, n * d], d),
-    ]
-
-
-@attrs.frozen(repr=False)
-class LlamaAttention(Layer):
-    """Eager LLaMA attention for ``q_len`` new tokens over ``past`` cached positions (prefill: ``past = 0``;
-    decode step: ``q_len = 1``, ``past = L``).
-
-    q/k/v projections, rotary (``rotary_emb`` child plus its application), KV-cache append (``cat`` when ``past``),
-    ``matmul(q, kᵀ)``, ``/ √d``, causal-mask add, fp32 softmax and cast back, ``matmul(p, v)``, head merge copy
-    (prefill only), ``o_proj``. With batch 1 every head reshape is a view.
-    """
-
-    batch: int
-    q_len: int
-    past: int = 0
     hidden: int = 1280
     heads: int = 10
     kv_heads: int = 10
     head_dim: int = 128
-    masked: bool = True
     dtype: int = BF16
-    sdpa: str | None = None
-    """``None``: eager (two matmuls); ``"math"`` / ``"fused"``: ``attn_implementation="sdpa"`` (one
-    ``F.scaled_dot_product_attention`` on contiguous q, k, v with the causal mask), decomposed or fused."""
     class_name: str = "LlamaAttention"
-
-    @property
-    def kv_len(self) -> int:
-        """Keys attended to: cached plus new positions."""
-        return self.past + self.q_len
-
-    def children(self) -> Sequence[tuple[str, Layer]]:
-        t, h, d = self.batch * self.q_len, self.hidden, self.dtype
-        qd, kd = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        return [
-            ("q_proj", Linear(t, h, qd, bias=False, dtype=d)),
-            ("k_proj", Linear(t, h, kd, bias=False, dtype=d)),
-            ("v_proj", Linear(t, h, kd, bias=False, dtype=d)),
-            ("rotary_emb", LlamaRotaryEmbedding(self.batch, self.q_len, self.head_dim, d)),
-            ("o_proj", Linear(t, qd, h, bias=False, dtype=d)),
-        ]
-
-    def _pre_ops(self) -> list[Op]:
-        b, s, d = self.batch, self.q_len, self.dtype
-        nq = b * self.heads * s * self.head_dim
-        nk = b * self.kv_heads * s * self.head_dim
-        cos_n = b * s * self.head_dim
-        ops = rotary_apply_ops(nq, cos_n, d) + rotary_apply_ops(nk, cos_n, d)
-        if self.past:
-            ncache = b * self.kv_heads * self.past * self.head_dim
-            nall = b * self.kv_heads * self.kv_len * self.head_dim
-            for _ in range(2):
-                ops.append(Op("cat", bytes_read=(ncache + nk) * d, bytes_written=nall * d,
-                              kv_bytes=(ncache + nall) * d))
-        return ops
-
-    def _sdpa_ops(self) -> list[Op]:
-        b, s, lk, nh, hd, d = self.batch, self.q_len, self.kv_len, self.heads, self.head_dim, self.dtype
-        ops: list[Op] = []
-        if s > 1:  # .contiguous() of the rotated q (a transposed layout); k, v too unless they come from the cache
-            ops.append(copy("clone", b * nh * s * hd, d, d))
-            if not self.past:
-                ops += [copy("clone", b * self.kv_heads * s * hd, d, d)] * 2
-        mask = b * s * lk if self.masked else 0
-        kv = 2 * b * self.kv_heads * lk * hd * d if self.past else 0
-        ops += [attrs.evolve(op, kv_bytes=kv if op.tensor_flops else 0) for op in sdpa_ops(
-            b, nh, s, lk, hd, dtype=d, mask_numel=mask, impl=self.sdpa or "math")]
-        if s > 1:
-            ops.append(copy("clone", b * s * nh * hd, d, d))  # attn_output.transpose(1, 2).contiguous()
-        return ops
-
-    def _core_ops(self) -> list[Op]:
-        if self.sdpa is not None:
-            return self._sdpa_ops()
-        b, s, lk, nh, hd, d = self.batch, self.q_len, self.kv_len, self.heads, self.head_dim, self.dtype
-        scores = b * nh * s * lk
-        kv = b * self.kv_heads * lk * hd * d if self.past else 0  # K and V come from the cache in decode
-        ops = [
-            attrs.evolve(gemm("bmm", s, lk, hd, batch=b * nh, a=d, b=d), kv_bytes=kv),
-            _ew("div", scores, [scores * d], d),
-        ]
-        if self.masked:
-            ops.append(_ew("add", scores, [scores * d, b * s * lk * d], d))
-        ops += [
-            *_cast(scores, d, FP32),
-            softmax_op(scores, FP32),
-            *_cast(scores, FP32, d),
-            attrs.evolve(gemm("bmm", s, hd, lk, batch=b * nh, a=d, b=d), kv_bytes=kv),
-        ]
-        if s > 1:
-            ops.append(copy("clone", b * s * nh * hd, d, d))  # attn_output.transpose(1, 2).contiguous()
-        return ops
-
-    def ops(self) -> Sequence[Op]:
-        return self._pre_ops() + self._core_ops()
-
-    def own_kv_cache_bytes(self) -> int:
-        return 2 * self.batch * self.kv_heads * self.kv_len * self.head_dim * self.dtype
+    rotary_class_name: str = "LlamaRotaryEmbedding"
 
 
-@attrs.frozen(repr=False)
+@attrs.frozen(repr=False, kw_only=True)
 class LlamaFlashAttention2(LlamaAttention):
     """LLaMA attention through one fused flash-attention call (causal, no mask tensor); same tensor-core FLOPs as
     :class:`LlamaAttention`, no score matrix in memory."""
 
+    flash: bool = True
     masked: bool = False
     class_name: str = "LlamaFlashAttention2"
 
-    def _core_ops(self) -> list[Op]:
-        b, s, lk, nh, hd, d = self.batch, self.q_len, self.kv_len, self.heads, self.head_dim, self.dtype
-        ops = sdpa_ops(b, nh, s, lk, hd, dtype=d, impl="fused")
-        kv = 2 * b * self.kv_heads * lk * hd * d if self.past else 0
-        return [attrs.evolve(op, kv_bytes=kv) for op in ops]
 
+@attrs.frozen(repr=False, kw_only=True)
+class DeepseekV2MLP(GatedMLP):
+    """SiLU-gated MLP (dense layer 0: 6848 wide; experts 896; shared experts 1792)."""
 
-@attrs.frozen(repr=False)
-class DeepseekV2MLP(Layer):
-    """SiLU-gated MLP over ``tokens``: ``gate_proj``, ``act_fn`` (SiLU), ``up_proj``, mul, ``down_proj``."""
-
-    tokens: int
     hidden: int = 1280
     intermediate: int = 6848
     dtype: int = BF16
     class_name: str = "DeepseekV2MLP"
 
-    def children(self) -> Sequence[tuple[str, Layer]]:
-        t, h, i, d = self.tokens, self.hidden, self.intermediate, self.dtype
-        return [
-            ("gate_proj", Linear(t, h, i, bias=False, dtype=d)),
-            ("act_fn", Activation("silu", t * i, d, class_name="SiLU")),
-            ("up_proj", Linear(t, h, i, bias=False, dtype=d)),
-            ("down_proj", Linear(t, i, h, bias=False, dtype=d)),
-        ]
 
-    def ops(self) -> Sequence[Op]:
-        n, d = self.tokens * self.intermediate, self.dtype
-        return [_ew("mul", n, [n * d, n * d], d)]
+@attrs.frozen(repr=False, kw_only=True)
+class MoEGate(TopKGate):
+    """DeepSeek-V2 router: 64 experts, greedy top-6 of an fp32 softmax, no renormalisation."""
 
-
-@attrs.frozen(repr=False)
-class MoEGate(Layer):
-    """Router: fp32 casts of hidden states and weight, ``mm``, softmax, top-k (unsorted), ``* routed_scaling``."""
-
-    tokens: int
     hidden: int = 1280
     experts: int = 64
     top_k: int = 6
     dtype: int = BF16
     class_name: str = "MoEGate"
 
-    def ops(self) -> Sequence[Op]:
-        t, h, e, k, d = self.tokens, self.hidden, self.experts, self.top_k, self.dtype
-        return [
-            *_cast(t * h, d, FP32),
-            *(attrs.evolve(op, weights_read=e * h * d) for op in _cast(e * h, d, FP32)),
-            gemm("mm", t, e, h, a=FP32, b=FP32, out=FP32),
-            softmax_op(t * e, FP32),
-            Op("topk", bytes_read=t * e * FP32, bytes_written=t * k * (FP32 + INT64)),
-            _ew("mul", t * k, [t * k * FP32], FP32),
-        ]
 
-    def own_weight_bytes(self) -> int:
-        return self.experts * self.hidden * self.dtype
+@attrs.frozen(repr=False, kw_only=True)
+class DeepseekV2MoE(SparseMoE):
+    """DeepSeek-V2 MoE: 64 routed experts of 896, top-6, ``shared`` shared experts on every token."""
 
-
-def balanced_active_experts(tokens: int, top_k: int, experts: int) -> int:
-    """Experts called under the reference's shape-only policy (token ``t`` to ``(t*k + j) mod E``)."""
-    return min(experts, tokens * top_k)
-
-
-def balanced_expert_tokens(tokens: int, top_k: int, experts: int) -> list[int]:
-    """Tokens per expert under the balanced policy: the pair ids ``t*k + j`` are ``0 .. T*k - 1``, so expert ``i``
-    gets ``T*k // E`` pairs plus one when ``i < T*k mod E``."""
-    pairs = tokens * top_k
-    base, extra = divmod(pairs, experts)
-    return [base + (1 if i < extra else 0) for i in range(experts)]
-
-
-@attrs.frozen(repr=False)
-class DeepseekV2MoE(Layer):
-    """MoE over ``tokens``: ``gate``; pair bookkeeping (count, ``argsort``, gather); the called ``experts.i``
-    (``top_k`` pairs per token in all); ``cat``, ``index_put``, fp32 weighting and sum; ``shared_experts``; residual add
-    of the two paths."""
-
-    tokens: int
     hidden: int = 1280
     experts: int = 64
     top_k: int = 6
     moe_intermediate: int = 896
-    shared: int = 2
-    expert_tokens: tuple[int, ...] | None = None
-    """Tokens routed to each expert (sums to ``tokens * top_k``); default: the balanced policy."""
     dtype: int = BF16
+    shared: int = 2
+    shared_intermediate: int = attrs.field(
+        default=attrs.Factory(lambda self: self.moe_intermediate * self.shared, takes_self=True))
     class_name: str = "DeepseekV2MoE"
 
-    @property
-    def pairs(self) -> int:
-        """Routed token-expert pairs: ``tokens * top_k``."""
-        return self.tokens * self.top_k
+    def _gate(self, tokens: int) -> TopKGate:
+        return MoEGate(tokens=tokens, hidden=self.hidden, experts=self.experts, top_k=self.top_k, dtype=self.dtype)
 
-    def children(self) -> Sequence[tuple[str, Layer]]:
-        t, h, d = self.tokens, self.hidden, self.dtype
-        counts = self.expert_tokens
-        if counts is None:
-            counts = tuple(balanced_expert_tokens(t, self.top_k, self.experts))
-        kids: list[tuple[str, Layer]] = [("gate", MoEGate(t, h, self.experts, self.top_k, d))]
-        # Only experts that received tokens are called (the ModuleList itself never is).
-        kids += [
-            (f"experts.{i}", DeepseekV2MLP(n, h, self.moe_intermediate, d)) for i, n in enumerate(counts) if n
-        ]
-        kids.append(("shared_experts", DeepseekV2MLP(t, h, self.moe_intermediate * self.shared, d)))
-        return kids
-
-    def weight_bytes(self) -> int:
-        # every expert is resident, called or not
-        one = DeepseekV2MLP(1, self.hidden, self.moe_intermediate, self.dtype).weight_bytes()
-        gate = MoEGate(1, self.hidden, self.experts, self.top_k, self.dtype).weight_bytes()
-        shared = DeepseekV2MLP(1, self.hidden, self.moe_intermediate * self.shared, self.dtype).weight_bytes()
-        return self.experts * one + gate + shared
-
-    def ops(self) -> Sequence[Op]:
-        t, h, e, d = self.tokens, self.hidden, self.experts, self.dtype
-        p = self.pairs
-        return [
-            Op("new_zeros", bytes_read=p * INT64, bytes_written=t * e * INT64),  # reads its template (topk ids)
-            Op("scatter_", bytes_read=2 * p * INT64, bytes_written=p * INT64),  # scalar source: index-sized
-            reduction("sum", t * e, e, INT64),
-            Op("sort", bytes_read=p * INT64, bytes_written=2 * p * INT64),
-            _ew("floor_divide", p, [p * INT64], INT64),
-            Op("index", bytes_read=p * h * d + p * INT64, bytes_written=p * h * d),
-            copy("cat", p * h, d, d),
-            Op("empty_like", bytes_read=p * h * d, bytes_written=p * h * d),
-            Op("index_put_", bytes_read=p * h * d + p * INT64, bytes_written=p * h * d),
-            *_cast(p * h, d, FP32),
-            _ew("mul", p * h, [p * h * FP32, p * FP32], FP32),
-            reduction("sum", p * h, t * h, FP32),
-            *_cast(t * h, FP32, d),
-            _ew("add", t * h, [t * h * d, t * h * d], d),
-        ]
-
-    def held_bytes(self) -> int:
-        return self.tokens * self.hidden * self.dtype
+    def _expert(self, tokens: int, intermediate: int) -> GatedMLP:
+        return DeepseekV2MLP(tokens=tokens, hidden=self.hidden, intermediate=intermediate, dtype=self.dtype)
 
 
 @attrs.frozen(repr=False)
@@ -920,14 +716,15 @@ class DeepseekV2DecoderLayer(Layer):
         b, s, h, d = self.batch, self.q_len, self.hidden, self.dtype
         t = b * s
         attn_cls = LlamaFlashAttention2 if self.flash else LlamaAttention
-        attn = attn_cls(b, s, self.past, h, self.heads, self.kv_heads, self.head_dim, dtype=d,
-                        sdpa=None if self.flash else self.attn_sdpa)
+        attn = attn_cls(batch=b, q_len=s, past=self.past, hidden=h, heads=self.heads, kv_heads=self.kv_heads,
+                        head_dim=self.head_dim, dtype=d, sdpa=None if self.flash else self.attn_sdpa)
         mlp: Layer
         if self.moe:
-            mlp = DeepseekV2MoE(t, h, self.experts, self.top_k, self.moe_intermediate, self.shared,
+            mlp = DeepseekV2MoE(tokens=t, hidden=h, experts=self.experts, top_k=self.top_k,
+                                moe_intermediate=self.moe_intermediate, shared=self.shared,
                                 expert_tokens=self.expert_tokens, dtype=d)
         else:
-            mlp = DeepseekV2MLP(t, h, self.intermediate, d)
+            mlp = DeepseekV2MLP(tokens=t, hidden=h, intermediate=self.intermediate, dtype=d)
         return [
             ("input_layernorm", DeepseekV2RMSNorm(t, h, d)),
             ("self_attn", attn),
