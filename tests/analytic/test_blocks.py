@@ -49,7 +49,7 @@ def test_mla_hand_count() -> None:
     assert mla.tensor_core_flops() == proj + core
     no_lora = MultiLatentAttention(batch=1, q_len=12, hidden=64, heads=4, q_lora_rank=0, kv_lora_rank=16,
                                    qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16, dtype=2)
-    assert [n for n, _ in no_lora.children()][0] == "q_proj"
+    assert next(n for n, _ in no_lora.children()) == "q_proj"
 
 
 def test_moe_routes_top_k_pairs_and_calls_only_loaded_experts() -> None:
