@@ -50,4 +50,3 @@ ATTENTION_SOFTMAX_FLOPS: Final = SOFTMAX_FLOPS + 1.0
 ATTENTION_MASK_FLOPS: Final = 1.0
 """Inside fused attention with an explicit additive mask, per score element."""
 
-BITS_PER_BYTE: Final = 8

@@ -27,6 +27,7 @@ from opmeter.analytic.base import Layer
 from opmeter.analytic.stage_cost import StageCost
 from opmeter.errors import OpmeterError
 from opmeter.io import atomic_write_text
+from opmeter.units import gigabytes, terabits, tflops
 
 SWEEPS = ("vision", "prefill", "decode")
 MAX_CROPS = 29
@@ -88,7 +89,7 @@ def _component_tflops(vision: Layer) -> dict[str, float]:
     key = {"model.sam_model": "sam", "model.vision_model": "clip", "model.projector": "projector"}
     for name, child in vision.children():
         if name in key:
-            out[key[name]] += child.flops() / 1e12
+            out[key[name]] += tflops(child.flops())
     return out
 
 
@@ -136,13 +137,13 @@ def run_sweep(name: str, cfg: SweepConfig | None = None) -> pd.DataFrame:
                     row[f"{stage}_io_tb"] = st[stage].io_tb
                 for budget in TTFT_BUDGETS_S:
                     row[f"required_tflops_ttft_{budget:g}s"] = st["prefill"].flops_tflops / budget
-                    row[f"required_gbps_ttft_{budget:g}s"] = st["prefill"].io_tb * 1e12 / 8 / 1e9 / budget
+                    row[f"required_gbps_ttft_{budget:g}s"] = gigabytes(st["prefill"].io_bytes) / budget
                 rows_out.append(row)
             else:
                 total_c, step = st["decode"], st["decode_step"]
                 k = total_c.steps
                 mean_flops = total_c.flops_tflops / k
-                mean_bytes_gb = total_c.io_tb * 1e12 / 8 / 1e9 / k
+                mean_bytes_gb = gigabytes(total_c.io_bytes) / k
                 rows_out.append({
                     **base, "text_tokens": text, "seq": pred.seq, "decode_steps": k, **_cost_cols(total_c),
                     **_cost_cols(step, "step_"),
@@ -393,9 +394,9 @@ def measured_vision_column(
                 ocr._image_features(patches, image_ori, tuple(vw.crop_grid))
             tot = tr.totals()
             sel = (df["rows"] == rows) & (df["cols"] == cols) & (df["variant"] == "normal")
-            df.loc[sel, "measured_tensor_tflops"] = tot["flops_tensor"] / 1e12
-            df.loc[sel, "measured_cuda_tflops"] = tot["flops_cuda"] / 1e12
-            df.loc[sel, "measured_io_tb"] = (tot["bytes_read"] + tot["bytes_written"]) * 8 / 1e12
+            df.loc[sel, "measured_tensor_tflops"] = tflops(tot["flops_tensor"])
+            df.loc[sel, "measured_cuda_tflops"] = tflops(tot["flops_cuda"])
+            df.loc[sel, "measured_io_tb"] = terabits(tot["bytes_read"] + tot["bytes_written"])
         return df
 
     return hook

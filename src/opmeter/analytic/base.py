@@ -28,7 +28,7 @@ from typing import Any
 import attrs
 import pandas as pd
 
-from opmeter.conventions import BITS_PER_BYTE
+from opmeter.units import flops_per_bit
 
 DTYPE_BYTES: dict[str, int] = {
     "float64": 8,
@@ -188,8 +188,7 @@ class Layer:
 
     def arithmetic_intensity(self) -> float:
         """FLOPs (tensor-core + CUDA-core) per bit of I/O; 0 when there is no I/O."""
-        bits = self.io_bytes() * BITS_PER_BYTE
-        return self.flops() / bits if bits else 0.0
+        return flops_per_bit(self.flops(), self.io_bytes())
 
     def summary(self) -> dict[str, float]:
         """All contract quantities in one dict (plain units: FLOPs, bytes)."""

@@ -339,8 +339,7 @@ def predicted_frames(
         }
 
     def from_cost(stage: str, cost: Any) -> dict[str, Any]:
-        return row(stage, cost.flops_tensor_tflops * 1e12, cost.flops_cuda_tflops * 1e12, cost.io_tb * 1e12 / 8,
-                   cost.activations_gb * 1e9, cost.kv_gb * 1e9)
+        return row(stage, cost.flops_tensor, cost.flops_cuda, cost.io_bytes, cost.activation_bytes, cost.kv_bytes)
 
     rows = []
     # vision = the vision modules' calls only (as measured: the model's own glue around them is prefill)
@@ -348,12 +347,12 @@ def predicted_frames(
     vt, vc = float(vis_rows["flops_tensor"].sum()), float(vis_rows["flops_cuda"].sum())
     vb = float((vis_rows["bytes_read"] + vis_rows["bytes_written"]).sum())
     if len(vis_rows):
-        act = (StageCost.from_layer("vision", analytic.vision(vision), kv_bytes=0).activations_gb * 1e9
+        act = (StageCost.from_layer("vision", analytic.vision(vision), kv_bytes=0).activation_bytes
                if vision is not None else float(vis_rows["activation_bytes"].max()))
         rows.append(row("vision", vt, vc, vb, act, 0.0))
     pf = StageCost.from_layer("prefill", root)
-    rows.append(row("prefill", pf.flops_tensor_tflops * 1e12 - vt, pf.flops_cuda_tflops * 1e12 - vc,
-                    pf.io_tb * 1e12 / 8 - vb, pf.activations_gb * 1e9, pf.kv_gb * 1e9))
+    rows.append(row("prefill", pf.flops_tensor - vt, pf.flops_cuda - vc, pf.io_bytes - vb, pf.activation_bytes,
+                    pf.kv_bytes))
     total_cost = pf
     if decode_steps > 0:
         if steps:
@@ -368,8 +367,8 @@ def predicted_frames(
                 def lin(f: str, i: int = i) -> float:
                     return float(getattr(a, f) + i * (getattr(b, f) - getattr(a, f)))
 
-                rows.append(row(f"decode[{i}]", lin("flops_tensor_tflops") * 1e12, lin("flops_cuda_tflops") * 1e12,
-                                lin("io_tb") * 1e12 / 8, lin("activations_gb") * 1e9, lin("kv_gb") * 1e9))
+                rows.append(row(f"decode[{i}]", lin("flops_tensor"), lin("flops_cuda"), lin("io_bytes"),
+                                lin("activation_bytes"), lin("kv_bytes")))
             decode_cost = analytic.decode_cost(seq, decode_steps)
         dec_rows = pd.DataFrame(rows[-decode_steps:])
         d = from_cost("decode", decode_cost)

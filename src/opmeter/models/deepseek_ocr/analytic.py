@@ -1148,11 +1148,11 @@ class DeepseekOCRAnalytic:
         last = self.decode_step(past + steps - 1)
         return StageCost(
             stage="decode",
-            flops_tensor_tflops=tot("flops_tensor_tflops"),
-            flops_cuda_tflops=tot("flops_cuda_tflops"),
-            io_tb=tot("io_tb"),
-            activations_gb=last.activation_bytes() / 1e9,
-            kv_gb=last.kv_cache_bytes() / 1e9,
+            flops_tensor=tot("flops_tensor"),
+            flops_cuda=tot("flops_cuda"),
+            io_bytes=tot("io_bytes"),
+            activation_bytes=last.activation_bytes(),
+            kv_bytes=last.kv_cache_bytes(),
             steps=steps,
         )
 
