@@ -104,6 +104,16 @@ def copy(name: str, numel: int, src: int, dst: int) -> Op:
     return Op(name, bytes_read=numel * src, bytes_written=numel * dst)
 
 
+def elementwise(name: str, numel: int, reads: Sequence[int], out: int, weights_read: int = 0) -> Op:
+    """A plain arithmetic elementwise op (``ELEMENTWISE_FLOPS`` per output element)."""
+    return pointwise(name, numel, ELEMENTWISE_FLOPS, reads, out, weights_read=weights_read)
+
+
+def cast(numel: int, src: int, dst: int) -> list[Op]:
+    """``tensor.to(dtype)``: a ``_to_copy`` unless the element size does not change (then no op at all)."""
+    return [] if src == dst else [copy("_to_copy", numel, src, dst)]
+
+
 def reduction(name: str, numel_in: int, numel_out: int, size: int) -> Op:
     """A reduction (``mean``, ``sum``...): ``REDUCTION_FLOPS`` per input element."""
     return Op(name, cuda_flops=REDUCTION_FLOPS * numel_in, bytes_read=numel_in * size, bytes_written=numel_out * size)

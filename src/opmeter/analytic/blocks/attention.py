@@ -20,17 +20,18 @@ from collections.abc import Sequence
 import attrs
 
 from opmeter.analytic.base import Layer, Op
-from opmeter.analytic.primitives import FP32, INT64, Linear, RMSNorm, copy, gemm, pointwise, sdpa_ops, softmax_op
-from opmeter.conventions import ELEMENTWISE_FLOPS
-
-
-def _ew(name: str, numel: int, reads: Sequence[int], out: int) -> Op:
-    return pointwise(name, numel, ELEMENTWISE_FLOPS, reads, out)
-
-
-def _cast(numel: int, src: int, dst: int) -> list[Op]:
-    """``tensor.to(dtype)``: a ``_to_copy`` unless the element size does not change (then no op at all)."""
-    return [] if src == dst else [copy("_to_copy", numel, src, dst)]
+from opmeter.analytic.primitives import (
+    FP32,
+    INT64,
+    Linear,
+    RMSNorm,
+    cast,
+    copy,
+    elementwise,
+    gemm,
+    sdpa_ops,
+    softmax_op,
+)
 
 
 @attrs.frozen(repr=False, kw_only=True)
@@ -49,15 +50,15 @@ class RotaryEmbedding(Layer):
         half = hd // 2
         n = b * s * hd
         return [
-            *_cast(b * s, INT64, FP32),
+            *cast(b * s, INT64, FP32),
             gemm("bmm", half, s, 1, batch=b, a=FP32, b=FP32, out=FP32),
             copy("cat", n, FP32, FP32),
-            _ew("cos", n, [n * FP32], FP32),
-            _ew("sin", n, [n * FP32], FP32),
-            _ew("mul", n, [n * FP32], FP32),
-            _ew("mul", n, [n * FP32], FP32),
-            *_cast(n, FP32, d),
-            *_cast(n, FP32, d),
+            elementwise("cos", n, [n * FP32], FP32),
+            elementwise("sin", n, [n * FP32], FP32),
+            elementwise("mul", n, [n * FP32], FP32),
+            elementwise("mul", n, [n * FP32], FP32),
+            *cast(n, FP32, d),
+            *cast(n, FP32, d),
         ]
 
     def own_weight_bytes(self) -> int:
@@ -68,11 +69,11 @@ def rotary_apply_ops(numel: int, cos_numel: int, dtype: int) -> list[Op]:
     """``x * cos + rotate_half(x) * sin`` for one of q / k: mul, neg, cat, mul, add."""
     n, d = numel, dtype
     return [
-        _ew("mul", n, [n * d, cos_numel * d], d),
-        _ew("neg", n // 2, [n // 2 * d], d),
+        elementwise("mul", n, [n * d, cos_numel * d], d),
+        elementwise("neg", n // 2, [n // 2 * d], d),
         copy("cat", n, d, d),
-        _ew("mul", n, [n * d, cos_numel * d], d),
-        _ew("add", n, [n * d, n * d], d),
+        elementwise("mul", n, [n * d, cos_numel * d], d),
+        elementwise("add", n, [n * d, n * d], d),
     ]
 
 
@@ -162,14 +163,14 @@ class SelfAttention(Layer):
         kv = b * self.kv_heads * lk * hd * d if self.past else 0  # K and V come from the cache in decode
         ops = [
             attrs.evolve(gemm("bmm", s, lk, hd, batch=b * nh, a=d, b=d), kv_bytes=kv),
-            _ew("div", scores, [scores * d], d),
+            elementwise("div", scores, [scores * d], d),
         ]
         if self.masked:
-            ops.append(_ew("add", scores, [scores * d, b * s * lk * d], d))
+            ops.append(elementwise("add", scores, [scores * d, b * s * lk * d], d))
         ops += [
-            *_cast(scores, d, FP32),
+            *cast(scores, d, FP32),
             softmax_op(scores, FP32),
-            *_cast(scores, FP32, d),
+            *cast(scores, FP32, d),
             attrs.evolve(gemm("bmm", s, hd, lk, batch=b * nh, a=d, b=d), kv_bytes=kv),
         ]
         if s > 1:
@@ -263,11 +264,11 @@ class MultiLatentAttention(Layer):
         return [
             *ops,
             attrs.evolve(gemm("bmm", s, lk, dq, batch=b * nh, a=d, b=d), kv_bytes=kv),
-            _ew("mul", scores, [scores * d], d),
-            _ew("add", scores, [scores * d, b * s * lk * d], d),
-            *_cast(scores, d, FP32),
+            elementwise("mul", scores, [scores * d], d),
+            elementwise("add", scores, [scores * d, b * s * lk * d], d),
+            *cast(scores, d, FP32),
             softmax_op(scores, FP32),
-            *_cast(scores, FP32, d),
+            *cast(scores, FP32, d),
             gemm("bmm", s, dv, lk, batch=b * nh, a=d, b=d),
         ]
 

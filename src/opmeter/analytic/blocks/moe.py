@@ -14,16 +14,7 @@ import attrs
 
 from opmeter.analytic.base import Layer, Op
 from opmeter.analytic.blocks.mlp import GatedMLP
-from opmeter.analytic.primitives import FP32, INT64, copy, gemm, pointwise, reduction, softmax_op
-from opmeter.conventions import ELEMENTWISE_FLOPS
-
-
-def _ew(name: str, numel: int, reads: Sequence[int], out: int) -> Op:
-    return pointwise(name, numel, ELEMENTWISE_FLOPS, reads, out)
-
-
-def _cast(numel: int, src: int, dst: int) -> list[Op]:
-    return [] if src == dst else [copy("_to_copy", numel, src, dst)]
+from opmeter.analytic.primitives import FP32, INT64, cast, copy, elementwise, gemm, reduction, softmax_op
 
 
 def balanced_active_experts(tokens: int, top_k: int, experts: int) -> int:
@@ -52,12 +43,12 @@ class TopKGate(Layer):
     def ops(self) -> Sequence[Op]:
         t, h, e, k, d = self.tokens, self.hidden, self.experts, self.top_k, self.dtype
         return [
-            *_cast(t * h, d, FP32),
-            *(attrs.evolve(op, weights_read=e * h * d) for op in _cast(e * h, d, FP32)),
+            *cast(t * h, d, FP32),
+            *(attrs.evolve(op, weights_read=e * h * d) for op in cast(e * h, d, FP32)),
             gemm("mm", t, e, h, a=FP32, b=FP32, out=FP32),
             softmax_op(t * e, FP32),
             Op("topk", bytes_read=t * e * FP32, bytes_written=t * k * (FP32 + INT64)),
-            _ew("mul", t * k, [t * k * FP32], FP32),
+            elementwise("mul", t * k, [t * k * FP32], FP32),
         ]
 
     def own_weight_bytes(self) -> int:
@@ -122,18 +113,18 @@ class SparseMoE(Layer):
             Op("scatter_", bytes_read=2 * p * INT64, bytes_written=p * INT64),  # scalar source: index-sized
             reduction("sum", t * e, e, INT64),
             Op("sort", bytes_read=p * INT64, bytes_written=2 * p * INT64),
-            _ew("floor_divide", p, [p * INT64], INT64),
+            elementwise("floor_divide", p, [p * INT64], INT64),
             Op("index", bytes_read=p * h * d + p * INT64, bytes_written=p * h * d),
             copy("cat", p * h, d, d),
             Op("empty_like", bytes_read=p * h * d, bytes_written=p * h * d),
             Op("index_put_", bytes_read=p * h * d + p * INT64, bytes_written=p * h * d),
-            *_cast(p * h, d, FP32),
-            _ew("mul", p * h, [p * h * FP32, p * FP32], FP32),
+            *cast(p * h, d, FP32),
+            elementwise("mul", p * h, [p * h * FP32, p * FP32], FP32),
             reduction("sum", p * h, t * h, FP32),
-            *_cast(t * h, FP32, d),
+            *cast(t * h, FP32, d),
         ]
         if self.shared_intermediate:
-            ops.append(_ew("add", t * h, [t * h * d, t * h * d], d))
+            ops.append(elementwise("add", t * h, [t * h * d, t * h * d], d))
         return ops
 
     def held_bytes(self) -> int:

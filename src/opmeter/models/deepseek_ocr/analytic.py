@@ -40,14 +40,16 @@ from opmeter.analytic.primitives import (
     LayerNorm,
     Linear,
     RMSNorm,
+    cast,
     copy,
+    elementwise,
     gemm,
     pointwise,
     reduction,
     sdpa_ops,
 )
 from opmeter.analytic.stage_cost import ParameterFootprint, StageCost
-from opmeter.conventions import ELEMENTWISE_FLOPS, SIGMOID_FLOPS
+from opmeter.conventions import SIGMOID_FLOPS
 from opmeter.errors import OpmeterError
 from opmeter.models.deepseek_ocr.config import DeepseekOCRConfig, get_config
 from opmeter.models.deepseek_ocr.geometry import VisionWorkload
@@ -60,13 +62,6 @@ VARIANTS = ("normal", "flash")
 ``flash`` (fused attention kernels everywhere)."""
 
 
-def _ew(name: str, numel: int, reads: Sequence[int], out: int, weights_read: int = 0) -> Op:
-    return pointwise(name, numel, ELEMENTWISE_FLOPS, reads, out, weights_read=weights_read)
-
-
-def _cast(numel: int, src: int, dst: int) -> list[Op]:
-    """``tensor.to(dtype)``: a ``_to_copy`` unless the element size (dtype) does not change (then no op at all)."""
-    return [] if src == dst else [copy("_to_copy", numel, src, dst)]
 
 
 def upsample_op(name: str, c: int, src: int, dst: int, size: int = FP32) -> Op:
@@ -114,15 +109,15 @@ class LayerNorm2d(Layer):
         r = self.batch * self.height * self.width
         return [
             reduction("mean", n, r, d),
-            _ew("sub", n, [n * d, r * d], d),
-            _ew("pow", n, [n * d], d),
+            elementwise("sub", n, [n * d, r * d], d),
+            elementwise("pow", n, [n * d], d),
             reduction("mean", n, r, d),
-            _ew("sub", n, [n * d, r * d], d),
-            _ew("add", r, [r * d], d),
-            _ew("sqrt", r, [r * d], d),
-            _ew("div", n, [n * d, r * d], d),
-            _ew("mul", n, [c * d, n * d], d, weights_read=c * d),
-            _ew("add", n, [n * d, c * d], d, weights_read=c * d),
+            elementwise("sub", n, [n * d, r * d], d),
+            elementwise("add", r, [r * d], d),
+            elementwise("sqrt", r, [r * d], d),
+            elementwise("div", n, [n * d, r * d], d),
+            elementwise("mul", n, [c * d, n * d], d, weights_read=c * d),
+            elementwise("add", n, [n * d, c * d], d, weights_read=c * d),
         ]
 
     def own_weight_bytes(self) -> int:
@@ -136,18 +131,18 @@ def rel_pos_ops(size: int, table: int, head_dim: int, dtype: int) -> list[Op]:
     ops: list[Op] = []
     if table != need:
         ops += [
-            *_cast(table * c, d, FP32),
+            *cast(table * c, d, FP32),
             upsample_op("upsample_linear1d", c, table, need),
-            *_cast(need * c, FP32, d),
+            *cast(need * c, FP32, d),
         ]
     ops += [
         Op("arange", bytes_written=n * INT64),
-        _ew("mul", n, [n * INT64], FP32),
+        elementwise("mul", n, [n * INT64], FP32),
         Op("arange", bytes_written=n * INT64),
-        _ew("mul", n, [n * INT64], FP32),
-        _ew("sub", n * n, [n * FP32, n * FP32], FP32),
-        _ew("add", n * n, [n * n * FP32], FP32),
-        *_cast(n * n, FP32, INT64),
+        elementwise("mul", n, [n * INT64], FP32),
+        elementwise("sub", n * n, [n * FP32, n * FP32], FP32),
+        elementwise("add", n * n, [n * n * FP32], FP32),
+        *cast(n * n, FP32, INT64),
         Op("index", bytes_read=n * n * c * d + n * n * INT64, bytes_written=n * n * c * d),  # gathers rows
     ]
     return ops
@@ -211,7 +206,7 @@ class Attention(Layer):
             ops.append(copy("clone", bh * hw * h, d, d))  # rel_h.reshape of a permuted einsum result
             ops.append(copy("clone", bh * hw * w, d, d))  # rel_w.reshape
             mask = bh * hw * h * w
-            ops.append(_ew("add", mask, [bh * hw * h * d, bh * hw * w * d], d))
+            ops.append(elementwise("add", mask, [bh * hw * h * d, bh * hw * w * d], d))
         ops += sdpa_ops(b, nh, hw, hw, hd, dtype=d, mask_numel=mask, impl=self.sdpa)
         if self.sdpa == "math" or b > 1:
             # x.view(...).permute(...).reshape(B, h, w, C) copies a head-major output; a fused kernel writes its
@@ -302,8 +297,8 @@ class Block(Layer):
             ops.append(copy("clone", np_, d, d))  # window_unpartition: permute(...).contiguous()
             if self.padded != self.grid:
                 ops.append(copy("clone", n, d, d))  # [:, :h, :w, :].contiguous()
-        ops.append(_ew("add", n, [n * d, n * d], d))  # shortcut + x
-        ops.append(_ew("add", n, [n * d, n * d], d))  # x + mlp(norm2(x))
+        ops.append(elementwise("add", n, [n * d, n * d], d))  # shortcut + x
+        ops.append(elementwise("add", n, [n * d, n * d], d))  # x + mlp(norm2(x))
         return ops
 
     def held_bytes(self) -> int:
@@ -385,14 +380,14 @@ class ImageEncoderViT(Layer):
         pos_w = 0
         if g != ng:
             ops += [
-                *_cast(c * ng * ng, d, FP32),
+                *cast(c * ng * ng, d, FP32),
                 upsample_op("_upsample_bicubic2d_aa", c, ng * ng, g * g),
-                *_cast(c * g * g, FP32, d),
+                *cast(c * g * g, FP32, d),
             ]
         else:
             pos_w = c * g * g * d
         n = b * g * g * c
-        ops.append(_ew("add", n, [n * d, c * g * g * d], d, weights_read=pos_w))
+        ops.append(elementwise("add", n, [n * d, c * g * g * d], d, weights_read=pos_w))
         g2 = self._g2()
         ops.append(copy("clone", b * self.net_2_chans * g2 * g2, d, d))  # net_3(x2.clone())
         return ops
@@ -430,12 +425,12 @@ class CLIPVisionEmbeddings(Layer):
         if g != ng:
             ops += [
                 copy("clone", ng * ng * c, d, d),
-                *_cast(ng * ng * c, d, FP32),
+                *cast(ng * ng * c, d, FP32),
                 upsample_op("_upsample_bicubic2d_aa", c, ng * ng, g * g),
-                *_cast(g * g * c, FP32, d),
+                *cast(g * g * c, FP32, d),
                 copy("cat", seq * c, d, d),
             ]
-        ops.append(_ew("add", b * seq * c, [b * seq * c * d, seq * c * d], d))
+        ops.append(elementwise("add", b * seq * c, [b * seq * c * d, seq * c * d], d))
         return ops
 
     def own_weight_bytes(self) -> int:
@@ -484,9 +479,9 @@ class NoTPFeedForward(Layer):
     def ops(self) -> Sequence[Op]:
         n, d = self.tokens * self.ffn, self.dtype
         return [
-            _ew("mul", n, [n * d], d),
+            elementwise("mul", n, [n * d], d),
             pointwise("sigmoid", n, SIGMOID_FLOPS, [n * d], d),
-            _ew("mul", n, [n * d, n * d], d),
+            elementwise("mul", n, [n * d, n * d], d),
         ]
 
 
@@ -524,9 +519,9 @@ class NoTPTransformerBlock(Layer):
         n, d = self.batch * self.seq * self.hidden, self.dtype
         return [
             *self.attention().ops(),
-            _ew("add", n, [n * d, n * d], d),
+            elementwise("add", n, [n * d, n * d], d),
             *self.feed_forward().ops(),
-            _ew("add", n, [n * d, n * d], d),
+            elementwise("add", n, [n * d, n * d], d),
         ]
 
     def held_bytes(self) -> int:
@@ -734,7 +729,7 @@ class DeepseekV2DecoderLayer(Layer):
 
     def ops(self) -> Sequence[Op]:
         n, d = self.batch * self.q_len * self.hidden, self.dtype
-        return [_ew("add", n, [n * d, n * d], d), _ew("add", n, [n * d, n * d], d)]
+        return [elementwise("add", n, [n * d, n * d], d), elementwise("add", n, [n * d, n * d], d)]
 
     def held_bytes(self) -> int:
         return self.batch * self.q_len * self.hidden * self.dtype
@@ -994,7 +989,7 @@ class DeepseekOCRForCausalLM(Layer):
         return [("model", self.model()), ("lm_head", self.lm_head())]
 
     def ops(self) -> Sequence[Op]:
-        return _cast(self.batch * self.seq * self.config.decoder.vocab_size, self.dtype, FP32)
+        return cast(self.batch * self.seq * self.config.decoder.vocab_size, self.dtype, FP32)
 
 
 def parameter_footprint(cfg: DeepseekOCRConfig, dtype: int = BF16) -> ParameterFootprint:
