@@ -113,7 +113,7 @@ def test_flash_attn_varlen_counts_each_sequence_from_cu_seqlens() -> None:
     assert row["flops_tensor"] == sum(4 * h * n * n * d for n in lengths) == 4 * h * d * (9 + 49 + 4)
     # the same as the sequences run one by one through the dense op
     dense = 0
-    for i, n in enumerate(lengths):
+    for i in range(len(lengths)):
         part = slice(int(cu[i]), int(cu[i + 1]))
         one = traced(lambda p=part: fa._flash_attn_forward(q[p][None], k[p][None], v[p][None], 0.0, 0.5, True, -1, -1,
                                                            0.0, None, False))
@@ -164,7 +164,7 @@ def test_flash_attn_varlen_backward_sums_sequences() -> None:
     assert row["flops_tensor"] == sum(10 * h * n * n * d for n in lengths)
 
 
-# ----------------------------------------------------------------------------------------------- aten attention backwards
+# ------------------------------------------------------------------------------------- aten attention backwards
 
 B, M, H, K = 2, 4, 4, 8  # M == H: torch's [B, H, M, K] reading of these [B, M, H, K] kernels then agrees with ours
 
@@ -194,7 +194,7 @@ def test_aten_cudnn_backward_equals_sdpa_cudnn_backward() -> None:
     assert got == flop_registry[aten._scaled_dot_product_cudnn_attention_backward](q.shape, q.shape, k.shape, k.shape)
 
 
-# ----------------------------------------------------------------------------------------------- grouped / quantised GEMMs
+# ------------------------------------------------------------------------------------ grouped / quantised GEMMs
 
 
 def _bf16(*shape: int) -> torch.Tensor:
@@ -207,8 +207,8 @@ def test_grouped_mm_2d_3d_counts_rows_up_to_the_last_offset() -> None:
     offs = torch.tensor([2, 6, 9], dtype=torch.int32)  # row 9 belongs to no group
     row = op_row(traced(lambda: torch._grouped_mm(a, w, offs=offs)), "aten._grouped_mm.default")
     assert row["category"] == "gemm" and row["flops_tensor"] == 2 * 9 * 8 * 16
-    starts = [0, 2, 6]
-    per_group = torch_total(lambda: [a[s:e].float() @ w[g].float() for g, (s, e) in enumerate(zip(starts, offs))])
+    bounds = [(0, 2), (2, 6), (6, 9)]
+    per_group = torch_total(lambda: [a[s:e].float() @ w[g].float() for g, (s, e) in enumerate(bounds)])
     assert row["flops_tensor"] == per_group
     on_meta = op_cost(aten._grouped_mm.default, (a.to("meta"), w.to("meta"), offs.to("meta")), {}, None)
     assert on_meta.flops_tensor == 2 * 10 * 8 * 16  # offsets unknown: every row

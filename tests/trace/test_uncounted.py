@@ -30,11 +30,11 @@ def mystery_mm() -> Any:
 
 def _run(op: Any) -> Trace:
     a, b = torch.randn(4, 5), torch.randn(5, 3)
-    with pytest.warns(UncountedOpWarning, match=rf"{OP} \(2 calls\)"):
-        with torch.no_grad(), OpTracer(torch.nn.Identity()) as trace:
-            op(a, b)
-            op(a, b)
-            torch.mm(a, b)
+    with (pytest.warns(UncountedOpWarning, match=rf"{OP} \(2 calls\)"), torch.no_grad(),
+          OpTracer(torch.nn.Identity()) as trace):
+        op(a, b)
+        op(a, b)
+        torch.mm(a, b)
     return trace
 
 
