@@ -16,29 +16,29 @@ import torch
 Tensor = torch.Tensor
 SCHEMAS = {
     "_flash_attn_forward": (
-        "flash_attn::_flash_attn_forward(Tensor q, Tensor k, Tensor v, float dropout_p, float softmax_scale, "
-        "bool causal, SymInt window_size_left, SymInt window_size_right, float softcap, Tensor? alibi_slopes, "
-        "bool return_softmax) -> (Tensor, Tensor, Tensor, Tensor)"
+        "flash_attn::_flash_attn_forward(Tensor q, Tensor k, Tensor v, float dropout_p, float softmax_scale, bool"
+        " causal, SymInt window_size_left, SymInt window_size_right, float softcap, Tensor? alibi_slopes, bool "
+        "return_softmax) -> (Tensor, Tensor, Tensor, Tensor)"
     ),
     "_flash_attn_backward": (
-        "flash_attn::_flash_attn_backward(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, "
-        "Tensor(a6!)? dq, Tensor(a7!)? dk, Tensor(a8!)? dv, float dropout_p, float softmax_scale, bool causal, "
-        "SymInt window_size_left, SymInt window_size_right, float softcap, Tensor? alibi_slopes, bool deterministic, "
-        "Tensor? rng_state=None) -> Tensor"
-    ),
-    "_flash_attn_varlen_forward": (
-        "flash_attn::_flash_attn_varlen_forward(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, "
-        "Tensor cu_seqlens_k, SymInt max_seqlen_q, SymInt max_seqlen_k, float dropout_p, float softmax_scale, "
-        "bool causal, SymInt window_size_left=-1, SymInt window_size_right=-1, float softcap=0., "
-        "Tensor? alibi_slopes=None, bool return_softmax=False, Tensor? block_table=None, Tensor? leftpad_k=None, Tensor? seqused_k=None) "
-        "-> (Tensor, Tensor, Tensor, Tensor)"
-    ),
-    "_flash_attn_varlen_backward": (
-        "flash_attn::_flash_attn_varlen_backward(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, "
-        "Tensor softmax_lse, Tensor(a6!)? dq, Tensor(a7!)? dk, Tensor(a8!)? dv, Tensor cu_seqlens_q, "
-        "Tensor cu_seqlens_k, SymInt max_seqlen_q, SymInt max_seqlen_k, float dropout_p, float softmax_scale, "
+        "flash_attn::_flash_attn_backward(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor "
+        "softmax_lse, Tensor(a6!)? dq, Tensor(a7!)? dk, Tensor(a8!)? dv, float dropout_p, float softmax_scale, "
         "bool causal, SymInt window_size_left, SymInt window_size_right, float softcap, Tensor? alibi_slopes, "
         "bool deterministic, Tensor? rng_state=None) -> Tensor"
+    ),
+    "_flash_attn_varlen_forward": (
+        "flash_attn::_flash_attn_varlen_forward(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor "
+        "cu_seqlens_k, SymInt max_seqlen_q, SymInt max_seqlen_k, float dropout_p, float softmax_scale, bool "
+        "causal, SymInt window_size_left=-1, SymInt window_size_right=-1, float softcap=0., Tensor? "
+        "alibi_slopes=None, bool return_softmax=False, Tensor? block_table=None, Tensor? leftpad_k=None, Tensor? "
+        "seqused_k=None) -> (Tensor, Tensor, Tensor, Tensor)"
+    ),
+    "_flash_attn_varlen_backward": (
+        "flash_attn::_flash_attn_varlen_backward(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor "
+        "softmax_lse, Tensor(a6!)? dq, Tensor(a7!)? dk, Tensor(a8!)? dv, Tensor cu_seqlens_q, Tensor "
+        "cu_seqlens_k, SymInt max_seqlen_q, SymInt max_seqlen_k, float dropout_p, float softmax_scale, bool "
+        "causal, SymInt window_size_left, SymInt window_size_right, float softcap, Tensor? alibi_slopes, bool "
+        "deterministic, Tensor? rng_state=None) -> Tensor"
     ),
 }
 """Schemas of flash-attn 2.7's registrations (``flash_attn_interface.py``) the stand-ins must reproduce."""
