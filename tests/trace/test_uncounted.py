@@ -102,3 +102,18 @@ def test_a_failing_formula_on_a_compute_op_is_uncounted() -> None:
     assert "opmeter_unc3.broken_mm.default" in trace.formula_errors
     assert trace.uncounted()["op"].tolist() == ["opmeter_unc3.broken_mm.default"]
     lib._destroy()
+
+
+def test_report_headline_names_uncounted_ops(mystery_mm: Any, tmp_path: Path) -> None:
+    from opmeter.join import join, load_joined
+    from opmeter.report.markdown import render
+
+    joined = join(_run(mystery_mm))
+    assert joined.metadata["uncounted_ops"] == {OP: 2}
+    headline = render(joined, {}).split("## Headline numbers")[1].split("\n## ")[0]
+    assert f"| compute ops with unknown FLOPs (no formula: uncounted, not zero) | 1 op: `{OP}` (2 calls) |" in headline
+    reloaded = load_joined(joined.save(tmp_path / "joined.json"))
+    assert reloaded.metadata["uncounted_ops"] == {OP: 2}
+    with torch.no_grad(), OpTracer(torch.nn.Identity()) as clean:
+        torch.mm(torch.randn(2, 2), torch.randn(2, 2))
+    assert "| compute ops with unknown FLOPs (no formula: uncounted, not zero) | none |" in render(join(clean), {})
