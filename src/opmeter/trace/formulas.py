@@ -9,6 +9,14 @@ Ours return two numbers, tensor-core FLOPs and CUDA-core FLOPs, from ``(args, kw
   (``aten._scaled_dot_product_flash_attention_for_cpu``, the overrideable fused attention, ``mv``/``dot``...).
   One knowing deviation: torch feeds the ``[B, M, H, K]`` inputs of ``aten._flash_attention_forward`` /
   ``aten._efficient_attention_forward`` to its ``[B, H, M, K]`` formula; we count them in their real layout.
+* Attention counts both matmuls over the full ``L x S`` score matrix: causal, sliding-window and padding masks are
+  *not* discounted (as in torch). Packed (varlen) attention counts each sequence at its length from the
+  ``cu_seqlens`` offsets; on fake/meta tensors, whose offsets hold no values, every sequence counts at its maximum
+  length (an upper bound, as torch does). Backwards count torch's five matmuls (2.5x the forward). flash-attn's
+  custom ops (``flash_attn::*``) follow the same rules.
+* Grouped GEMMs count ``2 * M * N * K`` summed over the groups (:func:`grouped_mm_flops`).
+* A compute op (gemm, attention, convolution) without a formula is *uncounted* (:attr:`OpInfo.uncounted`): the
+  trace reports it by name instead of letting it count as zero in silence.
 * CUDA-core FLOPs are per-element constants per op family (estimates, ``exact=False``).
 * Bytes read are the logical sizes (``numel * itemsize``) of tensor inputs, bytes written those of the outputs.
   Views and aliases move nothing. Gathers (embedding, index_select, index, gather) read the rows they fetch, not
