@@ -57,6 +57,7 @@ CATEGORY_TABLE: Final[dict[str, tuple[str, ...]]] = {
         "addr", "einsum", "_scaled_mm", "_int_mm", "_weight_int4pack_mm", "_weight_int8pack_mm", "_addmm_activation",
         "_grouped_mm", "_scaled_grouped_mm", "_scaled_grouped_mm_v2", "_scaled_mm_v2", "_weight_int4pack_mm_for_cpu",
         "_weight_int4pack_mm_with_scales_and_zeros", "_dyn_quant_matmul_4bit",
+        "transformers::grouped_mm_fallback", "transformers::grouped_mm_fallback_backward",
     ),
     ATTENTION: (
         "scaled_dot_product_attention", "_scaled_dot_product_attention_math",

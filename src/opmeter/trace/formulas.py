@@ -388,6 +388,19 @@ def _scaled_grouped_mm_v2(args: tuple[Any, ...], kwargs: dict[str, Any], out: An
     return grouped_mm_flops(args[0], args[1], _arg(args, kwargs, 8, "offs")), 0.0
 
 
+@register_formula("transformers::grouped_mm_fallback")
+def _hf_grouped_mm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    """transformers' loop-of-``mm`` stand-in for ``_grouped_mm`` (a custom op: its ``mm`` calls are not seen),
+    ``(input [rows, K], weight [G, K, N], offs)``."""
+    return grouped_mm_flops(args[0], args[1], args[2]), 0.0
+
+
+@register_formula("transformers::grouped_mm_fallback_backward")
+def _hf_grouped_mm_backward(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    """``(input, weight, offs, grad_output)``: two grouped GEMMs (input and weight gradients)."""
+    return 2 * grouped_mm_flops(args[0], args[1], args[2]), 0.0
+
+
 # ----------------------------------------------------------------------------------------------- convolution
 
 
