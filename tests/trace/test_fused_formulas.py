@@ -270,7 +270,8 @@ def _tiny_mixtral(experts_implementation: str) -> Any:
     transformers = pytest.importorskip("transformers")
     config = transformers.MixtralConfig(
         vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, experts_implementation=experts_implementation)
+        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+        experts_implementation=experts_implementation)
     torch.manual_seed(0)
     return transformers.MixtralForCausalLM(config).eval()
 
