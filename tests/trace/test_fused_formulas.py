@@ -290,6 +290,7 @@ def test_transformers_moe_grouped_mm_counts_what_the_eager_experts_count() -> No
     grouped = op_row(trace, "aten._grouped_mm.default")
     assert grouped["calls"] == 2 and grouped["flops_tensor"] == 2 * (2 * 8 * 2 * 32 * 64) + 2 * 8 * 2 * 64 * 32
     assert totals["grouped_mm"] == totals["eager"] > 0
+    assert grouped["flops_tensor"] / totals["eager"] == pytest.approx(0.68, abs=0.005)
 
 
 def test_transformers_grouped_mm_fallback_custom_op() -> None:

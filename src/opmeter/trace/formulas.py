@@ -541,9 +541,14 @@ def _bmhk_pairs(q: Tensor, k: Tensor, cu_q: Any, cu_k: Any, max_q: Any, max_k: A
 
 def _bmhk_flops(q: Tensor, k: Tensor, v: Tensor, cu_q: Any, cu_k: Any, max_q: Any, max_k: Any) -> tuple[int, float]:
     """Attention on ``[B, M, H, K]`` inputs (flash / efficient kernels), optionally packed via offsets."""
+    return _pairs_flops(q, k, v, _bmhk_pairs(q, k, cu_q, cu_k, max_q, max_k))
+
+
+def _pairs_flops(q: Tensor, k: Tensor, v: Tensor, pairs: list[tuple[int, int, int]]) -> tuple[int, float]:
+    """Attention FLOPs over the ``(batch, query length, key length)`` blocks of :func:`_bmhk_pairs`."""
     h, d, hk, dv = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
     ft, fc = 0, 0.0
-    for b, lq, lk in _bmhk_pairs(q, k, cu_q, cu_k, max_q, max_k):
+    for b, lq, lk in pairs:
         qs, ks = (b, h, lq, d), (b, hk, lk, d)
         ft += sdpa_flops(qs, ks, (b, hk, lk, dv))
         fc += _attn_cuda(qs, ks, False)
@@ -621,7 +626,7 @@ def _cudnn_bwd(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple
 _FLASH_ATTN_NAMESPACES = ("flash_attn", "flashattn")
 
 
-def _flash_attn_extra_cuda(q: Tensor, k: Tensor, alibi: Any, softcap: Any, pairs: list[tuple[int, int, int]]) -> float:
+def _flash_attn_extra_cuda(q: Tensor, alibi: Any, softcap: Any, pairs: list[tuple[int, int, int]]) -> float:
     """CUDA-core FLOPs of an ALiBi bias (one add per score) and a soft cap (a tanh and two multiplies)."""
     per = (cv.ATTENTION_MASK_FLOPS if isinstance(alibi, Tensor) else 0.0)
     per += (cv.TANH_FLOPS + 2.0) if softcap else 0.0
@@ -633,9 +638,9 @@ def _flash_attn_fwd(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> 
     """``(q, k, v, dropout_p, softmax_scale, causal, window_size_left, window_size_right, softcap, alibi_slopes,
     return_softmax)``."""
     q, k, v = args[0], args[1], args[2]
-    ft, fc = _bmhk_flops(q, k, v, None, None, None, None)
     pairs = _bmhk_pairs(q, k, None, None, None, None)
-    return ft, fc + _flash_attn_extra_cuda(q, k, _arg(args, kwargs, 9, "alibi_slopes"),
+    ft, fc = _pairs_flops(q, k, v, pairs)
+    return ft, fc + _flash_attn_extra_cuda(q, _arg(args, kwargs, 9, "alibi_slopes"),
                                            _arg(args, kwargs, 8, "softcap", 0.0), pairs)
 
 
@@ -646,9 +651,9 @@ def _flash_attn_varlen_fwd(args: tuple[Any, ...], kwargs: dict[str, Any], out: A
     leftpad_k=None, seqused_k=None)``; key lengths come from ``cu_seqlens_k`` also with a paged KV cache."""
     q, k, v = args[0], args[1], args[2]
     cu_q, cu_k, max_q, max_k = args[3], args[4], args[5], args[6]
-    ft, fc = _bmhk_flops(q, k, v, cu_q, cu_k, max_q, max_k)
-    pairs = _bmhk_pairs(q, k, cu_q, cu_k, max_q, max_k)
-    return ft, fc + _flash_attn_extra_cuda(q, k, _arg(args, kwargs, 13, "alibi_slopes"),
+    pairs = _bmhk_pairs(q, k, cu_q, cu_k, max_q, max_k)  # reads the offsets once
+    ft, fc = _pairs_flops(q, k, v, pairs)
+    return ft, fc + _flash_attn_extra_cuda(q, _arg(args, kwargs, 13, "alibi_slopes"),
                                            _arg(args, kwargs, 12, "softcap", 0.0), pairs)
 
 
