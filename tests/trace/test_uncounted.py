@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from opmeter import OpTracer, load_trace
+from opmeter.trace import UncountedOpWarning
 from opmeter.trace import categories as cat
-from opmeter.trace.recorder import UncountedOpWarning
 from opmeter.trace.trace import Trace
 
 OP = "opmeter_unc.mystery_mm.default"
