@@ -343,3 +343,47 @@ def test_transformers_grouped_mm_fallback_custom_op() -> None:
     assert row["category"] == "gemm" and row["flops_tensor"] == 2 * 10 * 16 * 8
     back = traced(lambda: torch.ops.transformers.grouped_mm_fallback_backward(x, w, offs, torch.randn(10, 8)))
     assert back.totals()["flops_tensor"] == 2 * row["flops_tensor"]
+
+
+# ------------------------------------------------------------------------------------- math SDPA stays attention
+
+
+def _sdpa_trace(device: str, backend: Any, gqa: bool) -> Any:
+    from torch.nn.attention import sdpa_kernel
+
+    q = torch.randn(2, 4, 6, 8, device=device)
+    kv = torch.randn(2, 2 if gqa else 4, 10, 8, device=device)
+    with torch.inference_mode(), sdpa_kernel(backend), OpTracer(torch.nn.Identity()) as trace:
+        F.scaled_dot_product_attention(q, kv, kv, is_causal=False, enable_gqa=gqa)
+    return trace
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_math_sdpa_fallback_keeps_the_attention_category(device: str) -> None:
+    """Where SDPA falls back to its math decomposition (meta device, a forced backend, GQA on older torch), its
+    parts are one row of the attention op: same FLOPs and bytes as the parts, category ``attention``."""
+    from torch.nn.attention import SDPBackend
+
+    trace = _sdpa_trace(device, SDPBackend.MATH, gqa=True)
+    ops = trace.by_operator()
+    assert list(ops["op"]) == ["aten._scaled_dot_product_attention_math.default"]
+    row = ops.iloc[0]
+    assert row["category"] == "attention" and row["calls"] == 1
+    assert row["flops_tensor"] == 4 * 2 * 4 * 6 * 10 * 8
+    assert trace.totals()["ops"] == 1 and trace.uncounted_ops == []
+    # the parts, as a trace that cannot see SDPA (outside inference_mode) records them: same FLOPs and bytes
+    q, kv = torch.randn(2, 4, 6, 8, device=device), torch.randn(2, 2, 10, 8, device=device)
+    from torch.nn.attention import sdpa_kernel
+
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), OpTracer(torch.nn.Identity()) as parts:
+        F.scaled_dot_product_attention(q, kv, kv, enable_gqa=True)
+    assert "aten.bmm.default" in set(parts.by_operator()["op"])
+    for key in ("flops_tensor", "flops_cuda", "bytes_read", "bytes_written"):
+        assert trace.totals()[key] == parts.totals()[key]
+
+
+def test_fused_sdpa_inside_the_decomposition_stays_its_own_row() -> None:
+    from torch.nn.attention import SDPBackend
+
+    ops = _sdpa_trace("cpu", SDPBackend.FLASH_ATTENTION, gqa=False).by_operator()
+    assert list(ops["op"]) == ["aten._scaled_dot_product_flash_attention_for_cpu.default"]

@@ -938,7 +938,8 @@ def compile_op(func: Any) -> OpInfo:
             br, bw = bf(a, k, o)
             return ft, fc, br, bw
 
-    uncounted = category in cat.COMPUTE and registered is None and custom is None and not is_view
+    # composite ops are counted through their parts (attention ones as one row of those: see dispatch)
+    uncounted = category in cat.COMPUTE and registered is None and custom is None and not is_view and not decompose
     if uncounted:
         exact = False
     info = OpInfo(name=str(func), category=category, exact=exact, is_view=is_view, decompose=decompose, cost=cost,
