@@ -97,7 +97,8 @@ def test_a_failing_formula_on_a_compute_op_is_uncounted() -> None:
     def _broken(a: Any, k: Any, o: Any) -> tuple[int, float]:
         raise ValueError("bad shape")
 
-    with torch.no_grad(), OpTracer(torch.nn.Identity()) as trace:
+    with (pytest.warns(UncountedOpWarning, match="opmeter_unc3.broken_mm.default failed"), torch.no_grad(),
+          OpTracer(torch.nn.Identity()) as trace):
         torch.ops.opmeter_unc3.broken_mm(torch.randn(4, 5), torch.randn(5, 3))
     assert "opmeter_unc3.broken_mm.default" in trace.formula_errors
     assert trace.uncounted()["op"].tolist() == ["opmeter_unc3.broken_mm.default"]

@@ -8,15 +8,16 @@ function, one dict lookup in the current cell and a handful of in-place addition
 from __future__ import annotations
 
 import time
+import warnings
 from typing import IO, Any
 
 import orjson
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from opmeter.trace.categories import ATTENTION
+from opmeter.trace.categories import ATTENTION, COMPUTE
 from opmeter.trace.formulas import OpInfo, compile_op
-from opmeter.trace.recorder import Recorder
+from opmeter.trace.recorder import Recorder, UncountedOpWarning
 
 _EMPTY: dict[str, Any] = {}
 _push = getattr(torch._C, "_push_on_torch_dispatch_stack", None)
@@ -126,6 +127,9 @@ class CountingMode(TorchDispatchMode):
         try:
             return info.cost(args, kwargs, out)
         except Exception as exc:  # a formula must never break the model
+            if info.name not in self.formula_errors and info.category in COMPUTE:
+                warnings.warn(f"opmeter: the FLOP formula of {info.name} failed ({type(exc).__name__}: {exc}); its "
+                              "FLOPs are unknown and it is reported as uncounted", UncountedOpWarning, stacklevel=2)
             self.formula_errors.setdefault(info.name, f"{type(exc).__name__}: {exc}")
             return 0, 0.0, 0, 0
 
