@@ -387,3 +387,13 @@ def test_fused_sdpa_inside_the_decomposition_stays_its_own_row() -> None:
 
     ops = _sdpa_trace("cpu", SDPBackend.FLASH_ATTENTION, gqa=False).by_operator()
     assert list(ops["op"]) == ["aten._scaled_dot_product_flash_attention_for_cpu.default"]
+
+
+def test_flash_attn_ops_count_on_meta_tensors() -> None:
+    """Shape-only runs: flash-attn's ops run their fake kernels on meta tensors and count as on real ones."""
+    q, kv = _meta(2, 6, 4, 8), _meta(2, 9, 2, 8)
+    trace = traced(lambda: fa._flash_attn_forward(q, kv, kv, 0.0, 0.5, True, -1, -1, 0.0, None, False))
+    assert op_row(trace, "flash_attn._flash_attn_forward.default")["flops_tensor"] == 4 * 2 * 4 * 6 * 9 * 8
+    packed, cu = _meta(12, 4, 8), _meta(3, dtype=torch.int32)
+    varlen = traced(lambda: fa._flash_attn_varlen_forward(packed, packed, packed, cu, cu, 7, 7, 0.0, 0.5, True))
+    assert varlen.totals()["flops_tensor"] == 2 * 4 * 4 * 7 * 7 * 8  # two sequences, each at max_seqlen
