@@ -619,6 +619,9 @@ def join(
     meta.setdefault("complete", bool(getattr(trace, "complete", True)))
     if getattr(trace, "error", None):
         meta.setdefault("error", str(trace.error))
+    uncounted = _call(trace, "uncounted")  # compute ops without a FLOP formula: named in the report's headline
+    if len(uncounted):
+        meta["uncounted_ops"] = {str(r["op"]): int(r["calls"]) for r in uncounted.to_dict("records")}
 
     modules = _call(trace, "by_module")
     if modules.empty:

@@ -129,3 +129,14 @@ def table(
     if max_rows is not None and len(df) > max_rows:
         lines.append(f"\n*… {len(df) - max_rows} more rows in the CSV/JSON exports.*")
     return "\n".join(lines)
+
+
+def uncounted(ops: Mapping[str, int] | None, listed: int = 5) -> str:
+    """Compute ops whose FLOPs are unknown (no formula), most calls first: ``"none"`` or ``"2 ops: a (24 calls),
+    b (3 calls)"``, at most ``listed`` of them named."""
+    if not ops:
+        return "none"
+    ranked = sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))
+    names = ", ".join(f"`{op}` ({calls} calls)" for op, calls in ranked[:listed])
+    more = f", and {len(ranked) - listed} more" if len(ranked) > listed else ""
+    return f"{len(ranked)} op{'s' if len(ranked) > 1 else ''}: {names}{more}"

@@ -69,6 +69,8 @@ def _headline(joined: Joined, context: Mapping[str, Any]) -> list[str]:
         ("CUDA-core FLOPs (whole run)", fmt.flops(tot.get("flops_cuda"))),
         ("bytes read + written by ops", fmt.nbytes(tot.get("bytes"))),
         ("aten op calls", fmt.integer(tot.get("calls", tot.get("ops")))),
+        ("compute ops with unknown FLOPs (no formula: uncounted, not zero)",
+         fmt.uncounted(joined.metadata.get("uncounted_ops"))),
     ]
     for stage in ("vision", "prefill", "decode"):
         if stage in st.index:

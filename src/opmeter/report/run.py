@@ -803,6 +803,9 @@ def _headline_lines(joined: Any, pred_head: dict[str, float]) -> list[str]:
         f"attributed FLOPs {fmt.pct(unc['attributed_flops_share'], 3)}; unclassified "
         f"{fmt.pct(unc['unclassified_flops_share'], 3)} FLOPs / {fmt.pct(unc['unclassified_bytes_share'], 3)} bytes",
     ]
+    if joined.metadata.get("uncounted_ops"):
+        lines.append(f"UNCOUNTED compute ops (no FLOP formula, FLOPs unknown): "
+                     f"{fmt.uncounted(joined.metadata['uncounted_ops']).replace('`', '')}")
     if "total" in st.index:
         rel = fmt.rel(st.loc["total", "rel_flops_tensor"])
         lines.append(f"measured vs analytic tensor-core FLOPs (whole run): {rel}")

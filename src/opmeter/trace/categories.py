@@ -31,6 +31,9 @@ OTHER: Final = "other"
 UNCLASSIFIED: Final = "unclassified"
 """No rule matched: listed by name in ``Trace.unclassified()``."""
 
+COMPUTE: Final = frozenset({GEMM, ATTENTION, CONVOLUTION})
+"""Categories whose ops must have a FLOP formula: one without is reported as *uncounted*, never as zero."""
+
 CATEGORIES: Final = (
     GEMM,
     ATTENTION,
@@ -52,7 +55,9 @@ CATEGORY_TABLE: Final[dict[str, tuple[str, ...]]] = {
     GEMM: (
         "mm", "addmm", "bmm", "baddbmm", "addbmm", "matmul", "linear", "mv", "addmv", "dot", "vdot", "outer", "ger",
         "addr", "einsum", "_scaled_mm", "_int_mm", "_weight_int4pack_mm", "_weight_int8pack_mm", "_addmm_activation",
-        "_grouped_mm", "_scaled_grouped_mm", "mm_backward",
+        "_grouped_mm", "_scaled_grouped_mm", "_scaled_grouped_mm_v2", "_scaled_mm_v2", "_weight_int4pack_mm_for_cpu",
+        "_weight_int4pack_mm_with_scales_and_zeros", "_dyn_quant_matmul_4bit",
+        "transformers::grouped_mm_fallback", "transformers::grouped_mm_fallback_backward",
     ),
     ATTENTION: (
         "scaled_dot_product_attention", "_scaled_dot_product_attention_math",
@@ -64,7 +69,7 @@ CATEGORY_TABLE: Final[dict[str, tuple[str, ...]]] = {
         "_scaled_dot_product_efficient_attention_backward", "_scaled_dot_product_cudnn_attention_backward",
         "_scaled_dot_product_fused_attention_overrideable_backward", "_flash_attention_backward",
         "_efficient_attention_backward", "_cudnn_attention_backward",
-        "flash_attn::*", "flash_attn_2_cuda::*", "flash_attn_3::*", "xformers::*", "xformers_flash::*",
+        "flash_attn::*", "flashattn::*", "flash_attn_2_cuda::*", "flash_attn_3::*", "xformers::*", "xformers_flash::*",
     ),
     CONVOLUTION: (
         "convolution", "_convolution", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",

@@ -8,14 +8,16 @@ function, one dict lookup in the current cell and a handful of in-place addition
 from __future__ import annotations
 
 import time
+import warnings
 from typing import IO, Any
 
 import orjson
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from opmeter.trace.categories import ATTENTION, COMPUTE
 from opmeter.trace.formulas import OpInfo, compile_op
-from opmeter.trace.recorder import Recorder
+from opmeter.trace.recorder import Recorder, UncountedOpWarning
 
 _EMPTY: dict[str, Any] = {}
 _push = getattr(torch._C, "_push_on_torch_dispatch_stack", None)
@@ -66,8 +68,14 @@ class CountingMode(TorchDispatchMode):
         """Run a CompositeImplicitAutograd op's decomposition with this mode re-pushed, so its parts are counted.
 
         (Under ``inference_mode`` composite ops such as ``aten.linear`` reach dispatch modes.) Pushing the mode on
-        the C++ stack directly costs a fraction of ``with self:``.
+        the C++ stack directly costs a fraction of ``with self:``. Composite *attention* (SDPA and its math
+        fallback) goes through :meth:`_decompose_attention`.
         """
+        if self.fast[id(func)][3].category == ATTENTION:
+            return self._decompose_attention(func, args, kwargs)
+        return self._run_decomposition(func, args, kwargs)
+
+    def _run_decomposition(self, func: Any, args: Any, kwargs: Any) -> Any:
         if _push is None or _pop is None:  # pragma: no cover - older torch
             with self:
                 return func.decompose(*args, **(kwargs or _EMPTY))
@@ -77,11 +85,51 @@ class CountingMode(TorchDispatchMode):
         finally:
             _pop(None)
 
+    def _decompose_attention(self, func: Any, args: Any, kwargs: Any) -> Any:
+        """Decompose a composite attention op, keeping its work in the ``attention`` category.
+
+        Where no fused kernel applies, SDPA falls back to its math decomposition (``bmm``, ``_safe_softmax``,
+        ``mul``...). Those parts are then added up into one row of the attention op itself (its FLOPs and bytes are
+        the parts', following the installed torch's decomposition); when a fused attention kernel ran among the
+        parts, they are kept as they are. Only composite ops that reach the mode are seen this way: under
+        ``no_grad`` (not ``inference_mode``) torch decomposes SDPA before any dispatch mode sees it.
+        """
+        rec = self.rec
+        outer = rec.cell
+        parts: dict[int, list[Any]] = {}
+        rec.cell = parts
+        try:
+            out = self._run_decomposition(func, args, kwargs)
+        finally:
+            if rec.cell is parts:  # (unless a module hook inside the decomposition moved on to its own cell)
+                rec.cell = outer
+        fused = any(self.fast[k][3].category == ATTENTION for k in parts)
+        if fused or out is NotImplemented or rec.cell is not outer:
+            for k, vals in parts.items():
+                acc = outer.setdefault(k, [0, 0, 0.0, 0, 0, 0.0])
+                for i in range(6):
+                    acc[i] += vals[i]
+            return out
+        key = id(func)
+        if key not in outer:
+            outer[key] = [0, 0, 0.0, 0, 0, 0.0]
+            self._seen_dtype(key, out)
+        row = outer[key]
+        row[0] += 1
+        for vals in parts.values():
+            for i in range(1, 6):
+                row[i] += vals[i]
+        rec.stage_tot[0] -= sum(vals[0] for vals in parts.values()) - 1  # the parts ran as one op
+        return out
+
     def _cost(self, info: OpInfo, args: Any, kwargs: Any, out: Any) -> tuple[int, float, int, int]:
         """The op's cost; a failing formula counts zero and is reported once per op in ``formula_errors``."""
         try:
             return info.cost(args, kwargs, out)
         except Exception as exc:  # a formula must never break the model
+            if info.name not in self.formula_errors and info.category in COMPUTE:
+                warnings.warn(f"opmeter: the FLOP formula of {info.name} failed ({type(exc).__name__}: {exc}); its "
+                              "FLOPs are unknown and it is reported as uncounted", UncountedOpWarning, stacklevel=2)
             self.formula_errors.setdefault(info.name, f"{type(exc).__name__}: {exc}")
             return 0, 0.0, 0, 0
 

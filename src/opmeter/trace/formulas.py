@@ -9,6 +9,14 @@ Ours return two numbers, tensor-core FLOPs and CUDA-core FLOPs, from ``(args, kw
   (``aten._scaled_dot_product_flash_attention_for_cpu``, the overrideable fused attention, ``mv``/``dot``...).
   One knowing deviation: torch feeds the ``[B, M, H, K]`` inputs of ``aten._flash_attention_forward`` /
   ``aten._efficient_attention_forward`` to its ``[B, H, M, K]`` formula; we count them in their real layout.
+* Attention counts both matmuls over the full ``L x S`` score matrix: causal, sliding-window and padding masks are
+  *not* discounted (as in torch). Packed (varlen) attention counts each sequence at its length from the
+  ``cu_seqlens`` offsets; on fake/meta tensors, whose offsets hold no values, every sequence counts at its maximum
+  length (an upper bound, as torch does). Backwards count torch's five matmuls (2.5x the forward). flash-attn's
+  custom ops (``flash_attn::*``) follow the same rules.
+* Grouped GEMMs count ``2 * M * N * K`` summed over the groups (:func:`grouped_mm_flops`).
+* A compute op (gemm, attention, convolution) without a formula is *uncounted* (:attr:`OpInfo.uncounted`): the
+  trace reports it by name instead of letting it count as zero in silence.
 * CUDA-core FLOPs are per-element constants per op family (estimates, ``exact=False``).
 * Bytes read are the logical sizes (``numel * itemsize``) of tensor inputs, bytes written those of the outputs.
   Views and aliases move nothing. Gathers (embedding, index_select, index, gather) read the rows they fetch, not
@@ -21,6 +29,7 @@ Public entry point: :func:`op_cost`. The tracer uses :func:`compile_op` which re
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from math import prod
 from typing import Any
@@ -33,6 +42,7 @@ from opmeter.trace import categories as cat
 
 aten = torch.ops.aten
 Tensor = torch.Tensor
+log = logging.getLogger(__name__)
 
 FlopFormula = Callable[[tuple[Any, ...], dict[str, Any], Any], tuple[int, float]]
 """``(args, kwargs, out) -> (tensor_core_flops, cuda_core_flops)``."""
@@ -47,6 +57,8 @@ _COSTS: dict[Any, tuple[CostFn, bool]] = {}
 
 
 def _targets(targets: Any) -> Iterable[Any]:
+    """Registry keys: ``OpOverload``, ``OpOverloadPacket`` or a qualified name ``"namespace::op"`` (for custom ops
+    that a library registers only when it is imported, such as flash-attn's)."""
     if isinstance(targets, (list, tuple, set)):
         for t in targets:
             yield from _targets(t)
@@ -60,8 +72,9 @@ def register_formula(targets: Any, *, exact: bool = True) -> Callable[[FlopFormu
     Parameters
     ----------
     targets
-        An ``OpOverloadPacket`` (``aten.mm``: every overload), an ``OpOverload`` (``aten.mm.default``), or a
-        list of them. Missing ops (``None``, e.g. from ``getattr(aten, name, None)``) are skipped.
+        An ``OpOverloadPacket`` (``aten.mm``: every overload), an ``OpOverload`` (``aten.mm.default``), a qualified
+        name (``"mylib::fused_mm"``: every overload, also of an op registered later), or a list of them. Missing
+        ops (``None``, e.g. from ``getattr(aten, name, None)``) are skipped.
     exact
         Whether the count is exact under our conventions (GEMM, attention, convolution) or an estimate.
     """
@@ -148,6 +161,31 @@ def _in_numel(args: tuple[Any, ...]) -> int:
         if t is not None:
             return int(t.numel())
     return 0
+
+
+def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], pos: int, name: str, default: Any = None) -> Any:
+    """Argument ``name`` at position ``pos`` of the schema: the dispatcher passes trailing defaults nowhere and
+    keyword-only arguments as ``kwargs``."""
+    if len(args) > pos:
+        return args[pos]
+    return kwargs.get(name, default)
+
+
+def is_shape_only(t: Tensor) -> bool:
+    """Whether ``t`` holds no values (fake, functional or meta tensor)."""
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch._subclasses.functional_tensor import FunctionalTensor
+
+    return isinstance(t, (FakeTensor, FunctionalTensor)) or t.device.type == "meta"
+
+
+_ESTIMATES_LOGGED: set[str] = set()
+
+
+def _log_estimate(what: str) -> None:
+    if what not in _ESTIMATES_LOGGED:
+        _ESTIMATES_LOGGED.add(what)
+        log.info("opmeter formulas: %s", what)
 
 
 def read_bytes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
@@ -263,6 +301,106 @@ def _dot(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, 
     return 2 * int(args[0].numel()), 0.0
 
 
+@register_formula([aten.addbmm])
+def _addbmm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    """``self + sum_b batch1[b] @ batch2[b]``: a batched GEMM whose products are summed (the sum not counted)."""
+    return bmm_flops(args[1].shape, args[2].shape), 0.0
+
+
+@register_formula([aten.addr, _op("outer"), _op("ger")])
+def _outer(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    """Outer product (``addr``: plus ``self``), a GEMM with ``K = 1``: ``2 * N * M``."""
+    a, b = (args[1], args[2]) if len(args) > 2 else (args[0], args[1])
+    return 2 * int(a.numel()) * int(b.numel()), 0.0
+
+
+@register_formula(aten.linear)
+def _linear(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    """``linear.out`` (``linear`` itself decomposes into ``addmm`` / ``mm``): ``2 * rows * N * K``."""
+    x, w = args[0], args[1]
+    k = x.shape[-1]
+    return 2 * (int(x.numel()) // max(k, 1)) * int(w.shape[0]) * k, 0.0
+
+
+@register_formula([_op("_scaled_mm_v2")])
+def _scaled_mm_v2(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    return mm_flops(args[0].shape, args[1].shape), 0.0
+
+
+@register_formula([_op("_weight_int8pack_mm"), _op("_weight_int4pack_mm"), _op("_weight_int4pack_mm_for_cpu"),
+                   _op("_weight_int4pack_mm_with_scales_and_zeros"), _op("_dyn_quant_matmul_4bit")])
+def _packed_weight_mm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    """Activations ``[M, K]`` times a packed (int8 / int4) weight of ``N`` output features: ``2 * M * N * K``, with
+    ``N`` read from the output since the packed weight's shape does not show it."""
+    x = args[0]
+    k = x.shape[-1]
+    n = _first_tensor(out).shape[-1]  # type: ignore[union-attr]
+    return 2 * (int(x.numel()) // max(k, 1)) * int(n) * k, 0.0
+
+
+def _offsets_end(offs: Any, full: int) -> int:
+    """Rows (or columns) a grouped GEMM covers: the last cumulative offset, or all of them when the offsets hold no
+    values (fake/meta tensors: an upper bound)."""
+    if not isinstance(offs, Tensor) or offs.numel() == 0:
+        return full
+    if is_shape_only(offs):
+        _log_estimate("grouped GEMM offsets on fake/meta tensors: every row counted")
+        return full
+    return min(int(offs[-1]), full)
+
+
+def grouped_mm_flops(a: Tensor, b: Tensor, offs: Any) -> int:
+    """FLOPs of ``aten._grouped_mm``-style grouped GEMMs, ``2 * M * N * K`` summed over the groups.
+
+    * ``a [G, M, K] @ b [G, K, N]``: a batched GEMM;
+    * ``a [rows, K]`` (rows sorted by group) ``@ b [G, K, N]``: ``2 * rows * N * K``, rows up to the last offset;
+    * ``a [G, M, K] @ b [K, cols]``: ``2 * M * K * cols``, columns up to the last offset;
+    * ``a [M, Ktot] @ b [Ktot, N]`` -> ``[G, M, N]``: ``2 * M * N * Ktot``, the contraction split by the offsets.
+    """
+    if a.dim() == 3 and b.dim() == 3:
+        g, m, k = a.shape
+        return 2 * g * m * k * b.shape[-1]
+    if a.dim() == 2 and b.dim() == 3:
+        rows, k = a.shape
+        return 2 * _offsets_end(offs, rows) * k * b.shape[-1]
+    if a.dim() == 3:
+        _, m, k = a.shape
+        return 2 * m * k * _offsets_end(offs, b.shape[-1])
+    m, k = a.shape
+    return 2 * m * _offsets_end(offs, k) * b.shape[-1]
+
+
+@register_formula(_op("_grouped_mm"))
+def _grouped_mm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    """``(self, mat2, offs=None, bias=None, out_dtype=None)``."""
+    return grouped_mm_flops(args[0], args[1], _arg(args, kwargs, 2, "offs")), 0.0
+
+
+@register_formula(_op("_scaled_grouped_mm"))
+def _scaled_grouped_mm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    """``(self, mat2, scale_a, scale_b, offs=None, ...)``: the scaling is not counted, as for ``_scaled_mm``."""
+    return grouped_mm_flops(args[0], args[1], _arg(args, kwargs, 4, "offs")), 0.0
+
+
+@register_formula(_op("_scaled_grouped_mm_v2"))
+def _scaled_grouped_mm_v2(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    """``(self, mat2, scale_a, recipe_a, swizzle_a, scale_b, recipe_b, swizzle_b, offs=None, ...)``."""
+    return grouped_mm_flops(args[0], args[1], _arg(args, kwargs, 8, "offs")), 0.0
+
+
+@register_formula("transformers::grouped_mm_fallback")
+def _hf_grouped_mm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    """transformers' loop-of-``mm`` stand-in for ``_grouped_mm`` (a custom op: its ``mm`` calls are not seen),
+    ``(input [rows, K], weight [G, K, N], offs)``."""
+    return grouped_mm_flops(args[0], args[1], args[2]), 0.0
+
+
+@register_formula("transformers::grouped_mm_fallback_backward")
+def _hf_grouped_mm_backward(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    """``(input, weight, offs, grad_output)``: two grouped GEMMs (input and weight gradients)."""
+    return 2 * grouped_mm_flops(args[0], args[1], args[2]), 0.0
+
+
 # ----------------------------------------------------------------------------------------------- convolution
 
 
@@ -288,7 +426,8 @@ def _conv(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int,
 
 
 @register_formula([_op("mkldnn_convolution"), _op("_conv_depthwise2d"), _op("slow_conv3d_forward"),
-                   _op("slow_conv_dilated2d"), _op("slow_conv_dilated3d"), _op("miopen_convolution")])
+                   _op("slow_conv_dilated2d"), _op("slow_conv_dilated3d"), _op("miopen_convolution"),
+                   _op("_nnpack_spatial_convolution")])
 def _conv_plain(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
     return conv_flops(args[0].shape, args[1].shape, _first_tensor(out).shape, False), 0.0  # type: ignore[union-attr]
 
@@ -378,29 +517,54 @@ def _sdpa_mps(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[
     return _sdpa_from(args, mask)
 
 
-def _lengths(offsets: Any, max_len: int) -> list[int]:
-    from torch._subclasses.fake_tensor import FakeTensor
+def _lengths(offsets: Tensor, max_len: Any) -> list[int]:
+    """Sequence lengths from cumulative offsets ``[0, l0, l0 + l1, ...]``.
 
-    if isinstance(offsets, FakeTensor) or offsets.device.type == "meta":
+    Real tensors are read (one device-to-host copy on a GPU). On fake or meta tensors the values do not exist, so
+    every sequence is taken at ``max_len``: an upper bound, as ``torch.utils.flop_counter`` does.
+    """
+    if is_shape_only(offsets):
+        _log_estimate("sequence lengths of fake/meta offsets are unknown: each counted at its maximum length")
         return [int(max_len)] * (offsets.size(0) - 1)
     return [int(x) for x in offsets.diff().tolist()]
 
 
-def _bmhk_flops(q: Tensor, k: Tensor, v: Tensor, cu_q: Any, cu_k: Any, max_q: Any, max_k: Any) -> tuple[int, float]:
-    """Attention on ``[B, M, H, K]`` inputs (flash / efficient kernels), optionally nested via offsets."""
+def _bmhk_pairs(q: Tensor, k: Tensor, cu_q: Any, cu_k: Any, max_q: Any, max_k: Any) -> list[tuple[int, int, int]]:
+    """``(batch, query length, key length)`` blocks of attention on ``[B, M, H, K]`` inputs, or, with cumulative
+    offsets, on packed ``[total, H, K]`` inputs (one block per sequence)."""
     if isinstance(cu_q, Tensor):
-        _, h, d = q.shape[-3:]
-        hk = k.shape[-2]
-        dv = v.shape[-1]
         lq = _lengths(cu_q, max_q)
         lk = _lengths(cu_k if isinstance(cu_k, Tensor) else cu_q, max_k)
-        ft = sum(sdpa_flops((1, h, a, d), (1, hk, b, d), (1, hk, b, dv)) for a, b in zip(lq, lk, strict=False))
-        fc = sum(_attn_cuda((1, h, a, d), (1, hk, b, d), False) for a, b in zip(lq, lk, strict=False))
-        return ft, fc
-    b, m, h, d = q.shape
-    n = k.shape[1]
-    qs, ks, vs = (b, h, m, d), (b, k.shape[2], n, d), (b, v.shape[2], n, v.shape[3])
-    return sdpa_flops(qs, ks, vs), _attn_cuda(qs, ks, False)
+        return [(1, a, b) for a, b in zip(lq, lk, strict=False)]
+    return [(int(q.shape[0]), int(q.shape[1]), int(k.shape[1]))]
+
+
+def _bmhk_flops(q: Tensor, k: Tensor, v: Tensor, cu_q: Any, cu_k: Any, max_q: Any, max_k: Any) -> tuple[int, float]:
+    """Attention on ``[B, M, H, K]`` inputs (flash / efficient kernels), optionally packed via offsets."""
+    return _pairs_flops(q, k, v, _bmhk_pairs(q, k, cu_q, cu_k, max_q, max_k))
+
+
+def _pairs_flops(q: Tensor, k: Tensor, v: Tensor, pairs: list[tuple[int, int, int]]) -> tuple[int, float]:
+    """Attention FLOPs over the ``(batch, query length, key length)`` blocks of :func:`_bmhk_pairs`."""
+    h, d, hk, dv = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
+    ft, fc = 0, 0.0
+    for b, lq, lk in pairs:
+        qs, ks = (b, h, lq, d), (b, hk, lk, d)
+        ft += sdpa_flops(qs, ks, (b, hk, lk, dv))
+        fc += _attn_cuda(qs, ks, False)
+    return ft, fc
+
+
+def _bmhk_backward_flops(q: Tensor, k: Tensor, v: Tensor, cu_q: Any, cu_k: Any, max_q: Any,
+                         max_k: Any) -> tuple[int, float]:
+    """Attention backward on ``[B, M, H, K]`` (or packed) inputs: torch's five matmuls, softmax twice."""
+    h, d, hk, dv = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
+    ft, fc = 0, 0.0
+    for b, lq, lk in _bmhk_pairs(q, k, cu_q, cu_k, max_q, max_k):
+        qs, ks = (b, h, lq, d), (b, hk, lk, d)
+        ft += sdpa_backward_flops((b, h, lq, dv), qs, ks, (b, hk, lk, dv))
+        fc += 2.0 * _scores(qs, ks) * cv.ATTENTION_SOFTMAX_FLOPS
+    return ft, fc
 
 
 @register_formula(_op("_flash_attention_forward"))
@@ -430,6 +594,88 @@ def _cudnn_fwd(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple
 def _sdpa_bwd(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
     g, q, k, v = args[0].shape, args[1].shape, args[2].shape, args[3].shape
     return sdpa_backward_flops(g, q, k, v), 2.0 * _scores(q, k) * cv.ATTENTION_SOFTMAX_FLOPS
+
+
+@register_formula(_op("_flash_attention_backward"))
+def _flash_bwd(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    """``(grad_out, query, key, value, out, logsumexp, cum_seq_q, cum_seq_k, max_q, max_k, ...)``, ``[B, M, H, K]``
+    (torch reads them as ``[B, H, M, K]``: the same deviation as for the forward)."""
+    return _bmhk_backward_flops(args[1], args[2], args[3], args[6], args[7], args[8], args[9])
+
+
+@register_formula(_op("_efficient_attention_backward"))
+def _efficient_bwd(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    """``(grad_out, query, key, value, bias, out, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, ...)``."""
+    return _bmhk_backward_flops(args[1], args[2], args[3], args[6], args[7], args[8], args[9])
+
+
+@register_formula(_op("_cudnn_attention_backward"))
+def _cudnn_bwd(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    """``(grad_out, query, key, value, out, logsumexp, philox_seed, philox_offset, attn_bias, cum_seq_q, cum_seq_k,
+    max_q, max_k, ...)``: ``[B, H, L, D]`` like the SDPA cuDNN backward, or packed ``[total, H, D]`` with offsets."""
+    q, k, v = args[1], args[2], args[3]
+    if q.dim() == 3 and isinstance(args[9], Tensor):
+        return _bmhk_backward_flops(q, k, v, args[9], args[10], args[11], args[12])
+    return _sdpa_bwd(args, kwargs, out)
+
+
+# flash-attn 2.x registers its CUDA kernels as torch custom ops (``torch.library.custom_op``) under ``flash_attn::``
+# (``flashattn::`` in later releases). Inputs are ``[batch, seqlen, heads, head_dim]``, or packed
+# ``[total_tokens, heads, head_dim]`` with ``cu_seqlens`` offsets for the varlen ops. Conventions as for SDPA: both
+# matmuls, masks of any kind (causal, sliding window) not discounted, real lengths of packed sequences.
+_FLASH_ATTN_NAMESPACES = ("flash_attn", "flashattn")
+
+
+def _flash_attn_extra_cuda(q: Tensor, alibi: Any, softcap: Any, pairs: list[tuple[int, int, int]]) -> float:
+    """CUDA-core FLOPs of an ALiBi bias (one add per score) and a soft cap (a tanh and two multiplies)."""
+    per = (cv.ATTENTION_MASK_FLOPS if isinstance(alibi, Tensor) else 0.0)
+    per += (cv.TANH_FLOPS + 2.0) if softcap else 0.0
+    return per * sum(b * q.shape[-2] * lq * lk for b, lq, lk in pairs)
+
+
+@register_formula([f"{ns}::_flash_attn_forward" for ns in _FLASH_ATTN_NAMESPACES])
+def _flash_attn_fwd(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    """``(q, k, v, dropout_p, softmax_scale, causal, window_size_left, window_size_right, softcap, alibi_slopes,
+    return_softmax)``."""
+    q, k, v = args[0], args[1], args[2]
+    pairs = _bmhk_pairs(q, k, None, None, None, None)
+    ft, fc = _pairs_flops(q, k, v, pairs)
+    return ft, fc + _flash_attn_extra_cuda(q, _arg(args, kwargs, 9, "alibi_slopes"),
+                                           _arg(args, kwargs, 8, "softcap", 0.0), pairs)
+
+
+@register_formula([f"{ns}::_flash_attn_varlen_forward" for ns in _FLASH_ATTN_NAMESPACES])
+def _flash_attn_varlen_fwd(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    """``(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, causal,
+    window_size_left=-1, window_size_right=-1, softcap=0.0, alibi_slopes=None, return_softmax=False, block_table=None,
+    leftpad_k=None, seqused_k=None)``; key lengths come from ``cu_seqlens_k`` also with a paged KV cache."""
+    q, k, v = args[0], args[1], args[2]
+    cu_q, cu_k, max_q, max_k = args[3], args[4], args[5], args[6]
+    pairs = _bmhk_pairs(q, k, cu_q, cu_k, max_q, max_k)  # reads the offsets once
+    ft, fc = _pairs_flops(q, k, v, pairs)
+    return ft, fc + _flash_attn_extra_cuda(q, _arg(args, kwargs, 13, "alibi_slopes"),
+                                           _arg(args, kwargs, 12, "softcap", 0.0), pairs)
+
+
+@register_formula([f"{ns}::_flash_attn_backward" for ns in _FLASH_ATTN_NAMESPACES])
+def _flash_attn_bwd(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    """``(dout, q, k, v, out, softmax_lse, dq, dk, dv, dropout_p, softmax_scale, causal, ...)``."""
+    return _bmhk_backward_flops(args[1], args[2], args[3], None, None, None, None)
+
+
+@register_formula([f"{ns}::_flash_attn_varlen_backward" for ns in _FLASH_ATTN_NAMESPACES])
+def _flash_attn_varlen_bwd(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, float]:
+    """``(dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+    ...)``."""
+    return _bmhk_backward_flops(args[1], args[2], args[3], args[9], args[10], args[11], args[12])
+
+
+@register_bytes([f"{ns}::{name}" for ns in _FLASH_ATTN_NAMESPACES
+                 for name in ("_flash_attn_backward", "_flash_attn_varlen_backward")])
+def _flash_attn_bwd_bytes(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, int]:
+    """The gradient buffers ``dq, dk, dv`` (arguments 6-8, written in place) are written, not read."""
+    grads = _nbytes(args[6]) + _nbytes(args[7]) + _nbytes(args[8])
+    return read_bytes(args, kwargs) - grads, written_bytes(out) + grads
 
 
 # ----------------------------------------------------------------------------------------------- CUDA-core families
@@ -588,6 +834,9 @@ class OpInfo:
     decompose: bool
     """Has a CompositeImplicitAutograd kernel (seen under ``inference_mode``): decomposed, not counted itself."""
     cost: CostFn
+    uncounted: bool = False
+    """A compute op (gemm, attention, convolution) with no FLOP formula: its FLOPs are unknown, not zero, and the
+    trace reports it as *uncounted* (``Trace.uncounted()``)."""
 
 
 _VIEW_EXTRA = frozenset({"_unsafe_view", "lift_fresh", "alias", "detach", "_reshape_alias", "view", "_conj",
@@ -635,6 +884,10 @@ def _lookup(registry: dict[Any, Any], func: Any) -> Any:
     hit = registry.get(func)
     if hit is None:
         hit = registry.get(getattr(func, "_overloadpacket", None))
+    if hit is None:
+        schema = getattr(func, "_schema", None)
+        if schema is not None:
+            hit = registry.get(schema.name)
     return hit
 
 
@@ -685,9 +938,42 @@ def compile_op(func: Any) -> OpInfo:
             br, bw = bf(a, k, o)
             return ft, fc, br, bw
 
-    info = OpInfo(name=str(func), category=category, exact=exact, is_view=is_view, decompose=decompose, cost=cost)
+    # composite ops are counted through their parts (attention ones as one row of those: see dispatch)
+    uncounted = category in cat.COMPUTE and registered is None and custom is None and not is_view and not decompose
+    if uncounted:
+        exact = False
+    info = OpInfo(name=str(func), category=category, exact=exact, is_view=is_view, decompose=decompose, cost=cost,
+                  uncounted=uncounted)
     _COMPILED[func] = info
     return info
+
+
+def resolve_op(name: str) -> Any:
+    """The ``OpOverload`` a traced op name (``aten.mm.default``, ``flash_attn._flash_attn_forward.default``) refers
+    to in this process, or ``None`` (unknown namespace or op, or not an overload name)."""
+    parts = name.split(".")
+    if len(parts) != 3:
+        return None
+    ns, packet, overload = parts
+    try:
+        return getattr(getattr(getattr(torch.ops, ns), packet), overload)
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def is_uncounted(name: str) -> bool:
+    """Whether the traced op ``name`` is a compute op without a FLOP formula (see :attr:`OpInfo.uncounted`).
+
+    Ops this process cannot resolve are judged by their qualified name: a compute op with no formula registered
+    under that name is uncounted.
+    """
+    func = resolve_op(name)
+    if func is None:
+        ns, _, rest = name.partition(".")
+        qualified = f"{ns}::{rest.split('.')[0]}"
+        known = qualified in _FLOPS or qualified in _COSTS
+        return not known and cat.category_of_name(qualified) in cat.COMPUTE
+    return compile_op(func).uncounted
 
 
 def op_cost(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None, out: Any) -> OpCost:

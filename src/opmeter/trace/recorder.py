@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -321,3 +322,24 @@ class Recorder:
         self.trace.ctx_stats = {(gid, ctx): s for gid, gstats in enumerate(self.stats_by_gid)
                                 for ctx, s in enumerate(gstats) if s is not None}
         self.trace.first_call = self.first_call
+        self._note_uncounted(cells)
+
+    def _note_uncounted(self, cells: dict[tuple[int, int], dict[str, list[Any]]]) -> None:
+        """Record the compute ops that ran without a FLOP formula and warn, naming each with its call count."""
+        from opmeter.trace.formulas import is_uncounted
+
+        calls: dict[str, int] = {}
+        for ops in cells.values():
+            for name, vals in ops.items():
+                calls[name] = calls.get(name, 0) + vals[0]
+        uncounted = sorted((n for n in calls if is_uncounted(n)), key=lambda n: (-calls[n], n))
+        self.trace.uncounted_ops = uncounted
+        if uncounted:
+            listed = ", ".join(f"{n} ({calls[n]} calls)" for n in uncounted)
+            warnings.warn(f"opmeter: {len(uncounted)} compute op(s) have no FLOP formula, so their FLOPs are "
+                          f"unknown and left out of the totals (reported as uncounted, not zero): {listed}; "
+                          "add one with opmeter.trace.formulas.register_formula", UncountedOpWarning, stacklevel=5)
+
+
+class UncountedOpWarning(UserWarning):
+    """A compute op (gemm, attention, convolution) ran without a FLOP formula: its FLOPs are unknown."""

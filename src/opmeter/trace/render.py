@@ -87,7 +87,7 @@ def print_trace(trace: Trace, console: Console | None = None, *, top: int = 15, 
     if unc.empty:
         c.print("Unclassified: nothing (every op has a category and runs inside a module).")
     else:
-        c.print(_table("Unclassified (no category / outside every module)", unc.head(top), [
+        c.print(_table("Unclassified (no category / uncounted / outside every module)", unc.head(top), [
             ("reason", "reason", None), ("op", "op", None), ("calls", "calls", human),
             ("share_flops", "FLOPs share", lambda v: f"{float(v):.2%}"),
             ("share_bytes", "bytes share", lambda v: f"{float(v):.2%}")]))

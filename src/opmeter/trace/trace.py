@@ -93,6 +93,8 @@ class Trace:
     shapes_raw: dict[tuple[int, int, str], dict[str, int]] = attrs.Factory(dict)
     formula_errors: dict[str, str] = attrs.Factory(dict)
     op_dtypes: dict[str, list[str]] = attrs.Factory(dict)
+    uncounted_ops: list[str] = attrs.Factory(list)
+    """Compute ops (gemm, attention, convolution) with no FLOP formula: FLOPs unknown, not zero (:meth:`uncounted`)."""
     schema_version: str = SCHEMA_VERSION
     _stage_ctl: Any = attrs.field(default=None, repr=False)
 
@@ -448,27 +450,32 @@ class Trace:
     def unclassified(self, stage: str | Sequence[str] | None = None) -> pd.DataFrame:
         """Ops of no category, and ops run outside every module of the tree, with their shares.
 
-        Columns: ``reason`` (``"no category"`` or ``"outside modules"``), ``op, category, calls, flops_tensor,
+        Columns: ``reason`` (``"no category"``, ``"uncounted"`` — a compute op with no FLOP formula, see
+        :meth:`uncounted` — or ``"outside modules"``), ``op, category, calls, flops_tensor,
         flops_cuda, bytes_read, bytes_written, time_s, share_flops, share_bytes, share_time`` (shares of the
         grand total of the same stage selection; FLOPs = tensor + CUDA core).
         """
         merged = self._merged(self._group_ids(stage))
         total = [0, 0, 0.0, 0, 0, 0.0]
         no_cat: dict[str, list[Any]] = {}
+        uncounted: dict[str, list[Any]] = {}
         outside: dict[str, list[Any]] = {}
+        uncounted_names = self._uncounted_names()
         for ctx, ops in merged.items():
             is_out = self.contexts[ctx][1] == OUTSIDE_INDEX
             for op, vals in ops.items():
                 self._add(total, vals)
                 if self.op_info.get(op, (cat.UNCLASSIFIED, False))[0] == cat.UNCLASSIFIED:
                     self._add(no_cat.setdefault(op, [0, 0, 0.0, 0, 0, 0.0]), vals)
+                if op in uncounted_names:
+                    self._add(uncounted.setdefault(op, [0, 0, 0.0, 0, 0, 0.0]), vals)
                 if is_out:
                     self._add(outside.setdefault(op, [0, 0, 0.0, 0, 0, 0.0]), vals)
         tf = total[1] + total[2]
         tb = total[3] + total[4]
         tt = total[5]
         rows = []
-        for reason, table in (("no category", no_cat), ("outside modules", outside)):
+        for reason, table in (("no category", no_cat), ("uncounted", uncounted), ("outside modules", outside)):
             for op, v in sorted(table.items(), key=lambda kv: (-(kv[1][1] + kv[1][2]), -kv[1][0], kv[0])):
                 row = {"reason": reason, **self._op_row(op, v)}
                 row.pop("exact")
@@ -480,6 +487,28 @@ class Trace:
                 "time_s", "share_flops", "share_bytes", "share_time"]
         return pd.DataFrame(rows, columns=cols)
 
+    def _uncounted_names(self) -> set[str]:
+        """Compute ops without a FLOP formula, and compute ops whose formula failed (they counted zero)."""
+        failed = {op for op in self.formula_errors if self.op_info.get(op, (cat.UNCLASSIFIED,))[0] in cat.COMPUTE}
+        return set(self.uncounted_ops) | failed
+
+    def uncounted(self, stage: str | Sequence[str] | None = None) -> pd.DataFrame:
+        """Compute ops (gemm, attention, convolution) whose FLOPs are unknown: no formula (or a failing one).
+
+        Their FLOPs are *not* zero: the totals leave them out and say so. Columns: ``op, category, calls,
+        bytes_read, bytes_written, time_s``, most calls first.
+        """
+        names = self._uncounted_names()
+        acc: dict[str, list[Any]] = {}
+        for ops in self._merged(self._group_ids(stage)).values():
+            for op, vals in ops.items():
+                if op in names:
+                    self._add(acc.setdefault(op, [0, 0, 0.0, 0, 0, 0.0]), vals)
+        rows = [{"op": op, "category": self.op_info.get(op, (cat.UNCLASSIFIED,))[0], "calls": v[0],
+                 "bytes_read": v[3], "bytes_written": v[4], "time_s": self._time_or_nan(v[5])}
+                for op, v in sorted(acc.items(), key=lambda kv: (-kv[1][0], kv[0]))]
+        return pd.DataFrame(rows, columns=["op", "category", "calls", "bytes_read", "bytes_written", "time_s"])
+
     def uncalled_modules(self) -> pd.DataFrame:
         """Modules of the tree never called inside the block: ``module, class_name, qualified_class, parent``."""
         rows = [{"module": r.path, "class_name": r.class_name, "qualified_class": r.qualified_class,
@@ -489,12 +518,15 @@ class Trace:
 
     def totals(self, stage: str | Sequence[str] | None = None) -> dict[str, Any]:
         """Grand totals: ``ops, flops_tensor, flops_cuda, bytes_read, bytes_written, time_s, op_time_s, modules,
-        modules_called, outside_ops, unclassified_ops, complete, error, schema_version``."""
+        modules_called, outside_ops, unclassified_ops, uncounted_ops (calls of compute ops with unknown FLOPs),
+        complete, error, schema_version``."""
         gids = self._group_ids(stage)
         merged = self._merged(gids)
         tot = [0, 0, 0.0, 0, 0, 0.0]
         outside_ops = 0
         uncl = 0
+        uncounted = 0
+        uncounted_names = self._uncounted_names()
         for ctx, ops in merged.items():
             for op, vals in ops.items():
                 self._add(tot, vals)
@@ -502,6 +534,8 @@ class Trace:
                     outside_ops += vals[0]
                 if self.op_info.get(op, (cat.UNCLASSIFIED, False))[0] == cat.UNCLASSIFIED:
                     uncl += vals[0]
+                if op in uncounted_names:
+                    uncounted += vals[0]
         measured = self.count_ops
         return {
             "ops": tot[0] if measured else NAN, "flops_tensor": tot[1] if measured else NAN,
@@ -510,7 +544,8 @@ class Trace:
             "time_s": (self.wall_time_s if gids is None else self._stage_time(gids)) if self.timing else NAN,
             "op_time_s": self._time_or_nan(tot[5]),
             "modules": len(self.modules) - 1, "modules_called": sum(1 for f in self.first_call[1:] if f >= 0),
-            "outside_ops": outside_ops, "unclassified_ops": uncl, "complete": self.complete, "error": self.error,
+            "outside_ops": outside_ops, "unclassified_ops": uncl, "uncounted_ops": uncounted,
+            "complete": self.complete, "error": self.error,
             "schema_version": self.schema_version,
         }
 
@@ -577,6 +612,7 @@ class Trace:
             "shapes": [[g, c, op, sig, n] for (g, c, op), d2 in self.shapes_raw.items() for sig, n in d2.items()],
             "formula_errors": self.formula_errors,
             "op_dtypes": self.op_dtypes,
+            "uncounted_ops": self.uncounted_ops,
         }
         if tables:
             d["tables"] = {
@@ -589,6 +625,7 @@ class Trace:
                 "module_categories": _records(self.by_module_and_category()),
                 "stages": _records(self.stages()),
                 "unclassified": _records(self.unclassified()),
+                "uncounted": _records(self.uncounted()),
                 "uncalled_modules": _records(self.uncalled_modules()),
             }
         return d
@@ -640,12 +677,23 @@ class Trace:
                                                    _none_nan(time_s), calls))
             for g, c, op, sig, n in d.get("shapes", []):
                 t.shapes_raw.setdefault((int(g), int(c), op), {})[sig] = n
+            stored = d.get("uncounted_ops")
+            t.uncounted_ops = [str(op) for op in stored] if stored is not None else t._zero_flop_compute_ops()
         except (KeyError, TypeError, ValueError) as exc:
             raise OpmeterError(f"malformed opmeter trace ({type(exc).__name__}: {exc})") from exc
         bad = t._bad_reference()
         if bad:
             raise OpmeterError(f"malformed opmeter trace ({bad})")
         return t
+
+    def _zero_flop_compute_ops(self) -> list[str]:
+        """Traces written before opmeter recorded uncounted ops: compute ops that counted no FLOPs at all."""
+        flops: dict[str, float] = {}
+        for ops in self.cells.values():
+            for op, vals in ops.items():
+                if self.op_info.get(op, (cat.UNCLASSIFIED,))[0] in cat.COMPUTE:
+                    flops[op] = flops.get(op, 0) + vals[1]
+        return sorted(op for op, f in flops.items() if f == 0)
 
     def _bad_reference(self) -> str | None:
         """What in the raw data points outside its table (the queries would fail with an IndexError), or None."""
