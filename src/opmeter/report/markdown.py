@@ -1,7 +1,8 @@
 """``report.md``: the human-readable report of a :class:`~opmeter.join.Joined`.
 
 Sections: run header (and the shape-only notice at the top when nothing was timed), headline numbers, the analytic
-variant (and why it matches the trace), components, stages (measured vs predicted work and time), runtime metrics,
+variant (and why it matches the trace), components, stages (measured vs predicted work and time), predicted vs
+measured time (the calibrated time model, :mod:`opmeter.timemodel.assess`), runtime metrics,
 module hierarchy down to the analytic layers (modules called only through ``.forward()`` included), module classes,
 call-graph excerpt, operator categories, top operators, the unclassified bucket, verification, files.
 """
@@ -16,6 +17,7 @@ import pandas as pd
 
 from opmeter.join import GLUE, Joined
 from opmeter.report import format as fmt
+from opmeter.timemodel.assess import markdown as time_model_section
 
 REL_TOLERANCE = 0.01
 """Measured vs predicted agreement required for ``ok`` in the verification tables (1 %)."""
@@ -554,6 +556,7 @@ def render(
     parts += _analytic_variant(joined)
     parts += _components(joined)
     parts += _stages(joined)
+    parts += time_model_section(joined.metadata.get("time_model"))
     parts += _memory(joined)
     parts += _runtime(joined)
     parts += _hierarchy(joined, hierarchy_depth)
