@@ -9,7 +9,10 @@ Everything is measured on synthetic tensors, never by timing the workload a prof
   square), of fused attention (``scaled_dot_product_attention``: prefill-like and decode-like) and of convolution
   (patch embedding, 1x1, 3x3, strided); of CUDA-core ``vector`` work (GELU, SiLU);
 * achieved bandwidth of elementwise (``add``), copy (``clone`` of a transposed view, ``cat``), reduction (``sum``
-  over rows, ``softmax``) and index reduction (``argmax`` over one long row) from 4 KiB to 64 MiB per call.
+  over rows, ``softmax``), index reduction (``argmax`` over one long row) and streaming reads (``sum`` of a whole
+  tensor: the bytes of GEMM, attention and convolution calls) from 4 KiB to 64 MiB per call;
+* the host cost of ops inside module code relative to a tight loop of one op (a stack of tiny transformer blocks,
+  :func:`measure_module_host_factor`).
 
 Each benchmark's FLOPs and bytes are counted by the tracer itself (one traced call), so they follow exactly the
 conventions the trace of a workload uses. Its host cost is subtracted before the rate is computed.
@@ -56,7 +59,7 @@ class Budget:
     max_bytes: float
 
 
-FULL = Budget("full", 0.25, 5, 4e9, 64 * 2**20)
+FULL = Budget("full", 0.15, 5, 4e9, 64 * 2**20)
 QUICK = Budget("quick", 0.01, 2, 2e8, 4 * 2**20)
 
 
@@ -186,14 +189,21 @@ def _gemm_benches(kind: str, shapes: Iterable[tuple[int, int, int]], dev: str, d
 
 
 def _sdpa_benches(budget: Budget, dev: str, dt: torch.dtype) -> Iterable[tuple[str, Bench]]:
-    shapes = [(2, 64, 64, 32), (2, 256, 256, 32), (2, 1024, 1024, 32), (2, 4096, 4096, 32), (16, 576, 576, 64),
-              (2, 1, 256, 32), (2, 1, 1024, 32), (16, 1, 1024, 64), (8, 196, 196, 64)]
-    for h, lq, lk, d in shapes:
-        if 4 * h * lq * lk * d > budget.max_flops or (budget is QUICK and lq * lk > 2**20):
+    """Fused attention: prefill-like (L = S) and decode-like (L = 1) shapes; windowed and global attention with an
+    additive float mask (relative-position bias), whose bytes lower the call's intensity."""
+    shapes = [(1, 2, 64, 64, 32, False), (1, 2, 256, 256, 32, False), (1, 2, 1024, 1024, 32, False),
+              (1, 2, 4096, 4096, 32, False), (1, 16, 576, 576, 64, False), (1, 2, 1, 256, 32, False),
+              (1, 2, 1, 1024, 32, False), (1, 16, 1, 1024, 64, False), (1, 8, 196, 196, 64, False),
+              (1, 2, 257, 257, 64, False), (25, 2, 196, 196, 32, True), (1, 2, 1024, 1024, 32, True),
+              (1, 2, 4096, 4096, 32, True)]
+    for b, h, lq, lk, d, masked in shapes:
+        if 4 * b * h * lq * lk * d > 2 * budget.max_flops or (budget is QUICK and lq * lk > 2**20):
             continue
-        q = torch.randn(1, h, lq, d, device=dev, dtype=dt)
-        k = torch.randn(1, h, lk, d, device=dev, dtype=dt)
-        yield f"sdpa H={h} L={lq} S={lk} D={d}", partial(F.scaled_dot_product_attention, q, k, k)
+        q = torch.randn(b, h, lq, d, device=dev, dtype=dt)
+        k = torch.randn(b, h, lk, d, device=dev, dtype=dt)
+        mask = torch.randn(b, h, lq, lk, device=dev, dtype=dt) if masked else None
+        yield (f"sdpa B={b} H={h} L={lq} S={lk} D={d}{' masked' if masked else ''}",
+               partial(F.scaled_dot_product_attention, q, k, k, attn_mask=mask))
 
 
 def _conv_benches(budget: Budget, dev: str, dt: torch.dtype) -> Iterable[tuple[str, Bench]]:
@@ -207,6 +217,43 @@ def _conv_benches(budget: Budget, dev: str, dt: torch.dtype) -> Iterable[tuple[s
             continue
         yield (f"conv Cin={cin} HW={hw} Cout={cout} k={k} s={stride}",
                partial(F.conv2d, x, w, stride=stride, padding=pad))
+
+
+class _TinyBlock(torch.nn.Module):
+    """A pre-norm transformer block in the usual eager style, for the host cost of ops inside module code."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = torch.nn.LayerNorm(width), torch.nn.LayerNorm(width)
+        self.qkv, self.out = torch.nn.Linear(width, 3 * width), torch.nn.Linear(width, width)
+        self.up, self.down = torch.nn.Linear(width, 2 * width), torch.nn.Linear(2 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, 2, d // 2).permute(2, 0, 3, 1, 4).unbind(0)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d)
+        x = x + self.out(a)
+        return x + self.down(F.silu(self.up(self.norm2(x))))
+
+
+def measure_module_host_factor(timer: _Timer, provisional: DeviceProfile, dev: str, dt: torch.dtype) -> float:
+    """How much more the host part of an op costs inside module code than in a tight loop of one op.
+
+    Times a stack of tiny :class:`_TinyBlock` (tiny tensors: the kernels cost next to nothing), predicts it with the
+    tight-loop ``provisional`` profile, and returns (measured - predicted device time) / predicted host time, at
+    least 1: the cost of the Python lines between ops and of dispatch paths that a loop over one op keeps hot.
+    """
+    from opmeter.timemodel.model import predict_cells
+    from opmeter.trace import OpTracer
+
+    model = torch.nn.Sequential(*[_TinyBlock(16) for _ in range(4)]).to(device=dev, dtype=dt).eval()
+    x = torch.randn(1, 4, 16, device=dev, dtype=dt)
+    with OpTracer(model, nvtx=False) as trace:
+        model(x)
+    cells = predict_cells(trace, provisional)
+    host, device = float(cells["host_s"].sum()), float(cells["graph_s"].sum())
+    measured = timer.seconds_per_call(partial(model, x))
+    return max((measured - device) / host, 1.0) if host > 0 else 1.0
 
 
 def _sizes(budget: Budget) -> list[int]:
@@ -228,6 +275,8 @@ def _memory_benches(kind: str, budget: Budget, dev: str, dt: torch.dtype) -> Ite
         elif kind == "reduction":
             yield f"sum(rows) n={n}", partial(torch.sum, a, -1)
             yield f"softmax n={n}", partial(torch.softmax, a, -1)
+        elif kind == "stream":  # read once, (almost) nothing written: the operands of a GEMV-like call
+            yield f"sum(all) n={n}", partial(torch.sum, a)
         else:  # index reductions over one long row (greedy sampling over a vocabulary, top-k routing)
             flat = a.reshape(1, -1)
             yield f"argmax n={n}", partial(torch.argmax, flat, -1)
@@ -238,6 +287,10 @@ def _vector_benches(budget: Budget, dev: str, dt: torch.dtype) -> Iterable[tuple
         a = torch.randn(n, device=dev, dtype=dt)
         yield f"gelu n={n}", partial(F.gelu, a)
         yield f"silu n={n}", partial(F.silu, a)
+
+
+_MEMORY_HOST = {"arg_reduction": "routing", "stream": "reduction"}
+"""Host kind whose cost is subtracted from a memory benchmark's time, where the names differ."""
 
 
 def _net_seconds(seconds: float, host: float) -> float:
@@ -358,16 +411,18 @@ def _run(dev: str, dt: torch.dtype, budget: Budget, progress: Callable[[str], No
     for kind in MEMORY_KINDS:
         progress(f"{kind} bandwidth")
         bandwidth[kind] = _bandwidth_points(timer, _memory_benches(kind, budget, dev, dt),
-                                            host["routing" if kind == "arg_reduction" else kind])
+                                            host[_MEMORY_HOST.get(kind, kind)])
     notes = ("CPU: kernels run synchronously, host cost and kernel time add up",) if dev == "cpu" else (
         "CUDA: batches timed with CUDA events; host cost = launch-bound host time per tiny op",)
-    return DeviceProfile(
+    profile = DeviceProfile(
         device=dev, device_name=device_name(dev), dtype=str(dt).removeprefix("torch."),
         threads=torch.get_num_threads(), torch_version=str(torch.__version__),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), source=MEASURED,
         budget=budget.name, host_s=host, module_call_s=module_call, launch_latency_s=launch, compute=compute,
         bandwidth=bandwidth, notes=notes,
     )
+    progress("host cost inside module code")
+    return attrs.evolve(profile, module_host_factor=measure_module_host_factor(timer, profile, dev, dt))
 
 
 def _launch_latency(timer: _Timer) -> float:

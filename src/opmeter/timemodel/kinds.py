@@ -7,7 +7,8 @@ An op (``aten.addmm.default``) with its category (:mod:`opmeter.trace.categories
 * ``compute``: the compute kind whose achieved FLOP/s applies (``mm``, ``addmm``, ``bmm``, ``sdpa``, ``conv``; every
   other op with FLOPs is ``vector``: CUDA-core work such as GELU or softmax);
 * ``memory``: the bandwidth kind (``elementwise``, ``copy``, ``reduction``, ``arg_reduction``: argmax, top-k,
-  sort, whose kernels walk one row serially).
+  sort, whose kernels walk one row serially; ``stream``: GEMM, attention and convolution, whose operands are read
+  once in a stream).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ HOST_KINDS: Final = ("view", "mm", "addmm", "bmm", "sdpa", "conv", "elementwise"
 """Host-cost kinds the calibration measures (one representative op each, tiny tensors)."""
 
 COMPUTE_KINDS: Final = ("mm", "addmm", "bmm", "linear", "sdpa", "conv", "vector")
-MEMORY_KINDS: Final = ("elementwise", "copy", "reduction", "arg_reduction")
+MEMORY_KINDS: Final = ("elementwise", "copy", "reduction", "arg_reduction", "stream")
 
 _GEMM_KIND: Final = {"mm": "mm", "addmm": "addmm", "bmm": "bmm", "baddbmm": "bmm", "matmul": "mm", "linear": "linear",
                      "mv": "mm", "addmv": "addmm", "dot": "mm", "vdot": "mm", "_addmm_activation": "addmm"}
@@ -59,11 +60,11 @@ def classify(op: str, category: str, flops: float = 1.0, nbytes: float = 1.0) ->
     base = name.rstrip("_").lstrip("_") if name.endswith("_") else name
     if category == cat.GEMM:
         kind = _GEMM_KIND.get(base, _GEMM_KIND.get(name, "mm"))
-        return OpKind(kind if kind != "linear" else "addmm", kind, "copy")
+        return OpKind(kind if kind != "linear" else "addmm", kind, "stream")
     if category == cat.ATTENTION:
-        return OpKind("sdpa", "sdpa", "copy")
+        return OpKind("sdpa", "sdpa", "stream")
     if category == cat.CONVOLUTION:
-        return OpKind("conv", "conv", "copy")
+        return OpKind("conv", "conv", "stream")
     if name in _SCALAR:
         return OpKind("scalar", "vector", "copy")
     if flops == 0 and nbytes == 0:

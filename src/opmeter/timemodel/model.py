@@ -2,13 +2,13 @@
 
 For each traced cell (stage group, module call path, op) with ``calls`` calls, FLOPs ``F`` and bytes ``B``:
 
-    host    = calls x host cost of the op's kind                        (profile.host_s)
+    host    = calls x host cost of the op's kind       (profile.host_s x profile.module_host_factor)
     compute = calls x (F / calls) / achieved FLOP/s at that per-call size and intensity    (profile.compute)
     memory  = calls x (B / calls) / achieved bytes/s at that per-call size                 (profile.bandwidth)
     time    = host + max(compute, memory)
 
-plus one host cost per ``nn.Module`` call (``profile.module_call_s``), booked to the module. Three scenarios, each
-with its assumptions (:data:`SCENARIOS`):
+plus one host cost per ``nn.Module`` call (``profile.module_call_s``, scaled alike), booked to the module. Three
+scenarios, each with its assumptions (:data:`SCENARIOS`):
 
 * ``eager``: the formula above; one kernel per traced op, host and device work in series (exact on a CPU, where
   kernels run synchronously; on a GPU it assumes the host never runs ahead of the device);
@@ -104,7 +104,7 @@ def predict_cells(trace: Any, profile: DeviceProfile, peaks: Peaks | None = None
     for (gid, ctx), (calls, _time) in trace.ctx_stats.items():
         if not calls:
             continue
-        host = calls * profile.module_call_s
+        host = calls * profile.module_call_s * profile.module_host_factor
         rows.append({"group": trace.groups[gid], "module": trace.modules[trace.contexts[ctx][1]].path,
                      "op": MODULE_CALL, "category": "module_call", "host_kind": "module_call", "compute_kind": "",
                      "memory_kind": "", "calls": calls, "flops": 0.0, "bytes": 0.0, "host_s": host,

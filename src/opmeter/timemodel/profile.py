@@ -142,6 +142,9 @@ class DeviceProfile:
         Measured points per compute kind and per memory kind.
     notes
         Free-text remarks (what was skipped, which numbers are defaults).
+    module_host_factor
+        Inside module code an op's host part costs this many times its tight-loop cost (Python lines between ops,
+        dispatch paths a loop over one op keeps in cache); the time model scales ``host_s`` by it.
     """
 
     device: str
@@ -158,6 +161,8 @@ class DeviceProfile:
     compute: Mapping[str, tuple[ComputePoint, ...]]
     bandwidth: Mapping[str, tuple[BandwidthPoint, ...]]
     notes: tuple[str, ...] = ()
+    module_host_factor: float = 1.0
+    """Host cost of an op inside module code over its cost in a tight loop of that op (at least 1)."""
     schema_version: str = SCHEMA_VERSION
 
     @property
@@ -168,9 +173,10 @@ class DeviceProfile:
                 f"{'' if self.source == DEFAULTS else f', {self.budget} calibration {self.created[:10]}'})")
 
     def host_cost(self, kind: str) -> float:
-        """Host cost of one call of op kind ``kind`` (the ``other`` kind's for a kind not measured)."""
+        """Host cost of one call of op kind ``kind`` inside module code (tight-loop cost x ``module_host_factor``;
+        the ``other`` kind's for a kind not measured)."""
         value = self.host_s.get(kind)
-        return float(value if value is not None else self.host_s.get("other", math.nan))
+        return float(value if value is not None else self.host_s.get("other", math.nan)) * self.module_host_factor
 
     def flops_rate(self, kind: str, flops: float, nbytes: float) -> float:
         """Achieved FLOP/s of one call of compute kind ``kind`` (``vector`` for a kind not measured)."""
@@ -201,7 +207,7 @@ class DeviceProfile:
             "module_call_s": self.module_call_s, "launch_latency_s": self.launch_latency_s,
             "compute": {k: [attrs.asdict(p) for p in pts] for k, pts in self.compute.items()},
             "bandwidth": {k: [attrs.asdict(p) for p in pts] for k, pts in self.bandwidth.items()},
-            "notes": list(self.notes),
+            "notes": list(self.notes), "module_host_factor": self.module_host_factor,
         }
 
     @classmethod
@@ -228,6 +234,7 @@ class DeviceProfile:
                 compute={str(k): tuple(ComputePoint(**p) for p in pts) for k, pts in d["compute"].items()},
                 bandwidth={str(k): tuple(BandwidthPoint(**p) for p in pts) for k, pts in d["bandwidth"].items()},
                 notes=tuple(str(n) for n in d.get("notes", ())),
+                module_host_factor=float(d["module_host_factor"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise OpmeterError(f"malformed device profile ({type(exc).__name__}: {exc})") from exc
