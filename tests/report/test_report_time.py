@@ -63,7 +63,7 @@ def test_foreign_profile_is_named_and_not_compared(tmp_path: Path) -> None:
         device="cpu", device_name="Some other CPU", dtype="float32", threads=1, torch_version="2.x",
         created="2026-01-01T00:00:00+00:00", source="measured", budget="quick", host_s={"other": 1e-6},
         module_call_s=1e-6, launch_latency_s=0.0, compute={"vector": (ComputePoint(1e6, 1e4, 1e9, "flat"),)},
-        bandwidth={"elementwise": (BandwidthPoint(1e6, 1e9, "flat"),)},
+        bandwidth={"read": (BandwidthPoint(1e6, 1e9, "flat"),)},
     ).save(tmp_path / "other.json")
     out = tmp_path / "r"
     assert main(["report", *TOY, "--device", "cpu", "--decode-tokens", "2", "--repeats", "1", "--no-profiler",

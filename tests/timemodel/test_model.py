@@ -34,7 +34,7 @@ def flat_profile(**kw: object) -> DeviceProfile:
         host_s={"mm": 1e-5, "elementwise": 2e-6, "view": 1e-6, "other": 3e-6}, module_call_s=5e-6,
         launch_latency_s=0.0,
         compute={k: (ComputePoint(1e6, 1e4, 1e9, "flat"),) for k in ("mm", "vector")},
-        bandwidth={k: (BandwidthPoint(1e6, 1e9, "flat"),) for k in ("elementwise", "copy", "reduction")},
+        bandwidth={k: (BandwidthPoint(1e6, 1e9, "flat"),) for k in ("read", "write", "arg_reduction")},
     )
     args.update(kw)
     return DeviceProfile(**args)  # type: ignore[arg-type]

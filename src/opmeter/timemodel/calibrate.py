@@ -8,9 +8,9 @@ Everything is measured on synthetic tensors, never by timing the workload a prof
 * achieved FLOP/s of ``mm``, ``addmm``, ``bmm``, ``linear`` over a grid of shapes (GEMV-like, skinny, tall,
   square), of fused attention (``scaled_dot_product_attention``: prefill-like and decode-like) and of convolution
   (patch embedding, 1x1, 3x3, strided); of CUDA-core ``vector`` work (GELU, SiLU);
-* achieved bandwidth of elementwise (``add``), copy (``clone`` of a transposed view, ``cat``), reduction (``sum``
-  over rows, ``softmax``), index reduction (``argmax`` over one long row) and streaming reads (``sum`` of a whole
-  tensor: the bytes of GEMM, attention and convolution calls) from 4 KiB to 64 MiB per call;
+* achieved read bandwidth (``sum`` of a whole tensor), write bandwidth (``full``: a freshly allocated output, as
+  every op writes one, page faults included) and index-reduction bandwidth (``argmax`` over one long row) from 4 KiB
+  to 64 MiB per call;
 * the host cost of ops inside module code relative to a tight loop of one op (a stack of tiny transformer blocks,
   :func:`measure_module_host_factor`).
 
@@ -264,22 +264,13 @@ def _sizes(budget: Budget) -> list[int]:
 
 def _memory_benches(kind: str, budget: Budget, dev: str, dt: torch.dtype) -> Iterable[tuple[str, Bench]]:
     for n in _sizes(budget):
-        rows = max(2, n // 1024)  # at least two rows: the transpose of one row is contiguous and copies nothing
-        a = torch.randn(rows, n // rows, device=dev, dtype=dt)
-        b = torch.randn(rows, n // rows, device=dev, dtype=dt)
-        if kind == "elementwise":
-            yield f"add n={n}", partial(torch.add, a, b)
-        elif kind == "copy":
-            yield f"clone(transposed) n={n}", partial(torch.Tensor.contiguous, a.t())
-            yield f"cat n={2 * n}", partial(torch.cat, [a, b], -1)
-        elif kind == "reduction":
-            yield f"sum(rows) n={n}", partial(torch.sum, a, -1)
-            yield f"softmax n={n}", partial(torch.softmax, a, -1)
-        elif kind == "stream":  # read once, (almost) nothing written: the operands of a GEMV-like call
+        a = torch.randn(n, device=dev, dtype=dt)
+        if kind == "read":  # read once, nothing written but one scalar
             yield f"sum(all) n={n}", partial(torch.sum, a)
+        elif kind == "write":  # a fresh output of n elements, as every op allocates its result
+            yield f"full n={n}", partial(torch.full, (n,), 1.0, device=dev, dtype=dt)
         else:  # index reductions over one long row (greedy sampling over a vocabulary, top-k routing)
-            flat = a.reshape(1, -1)
-            yield f"argmax n={n}", partial(torch.argmax, flat, -1)
+            yield f"argmax n={n}", partial(torch.argmax, a.reshape(1, -1), -1)
 
 
 def _vector_benches(budget: Budget, dev: str, dt: torch.dtype) -> Iterable[tuple[str, Bench]]:
@@ -289,7 +280,7 @@ def _vector_benches(budget: Budget, dev: str, dt: torch.dtype) -> Iterable[tuple
         yield f"silu n={n}", partial(F.silu, a)
 
 
-_MEMORY_HOST = {"arg_reduction": "routing", "stream": "reduction"}
+_MEMORY_HOST = {"read": "reduction", "write": "creation", "arg_reduction": "routing"}
 """Host kind whose cost is subtracted from a memory benchmark's time, where the names differ."""
 
 

@@ -6,9 +6,9 @@ An op (``aten.addmm.default``) with its category (:mod:`opmeter.trace.categories
   launch). Views and other metadata-only ops (no bytes, no FLOPs) are ``view``, the cheapest;
 * ``compute``: the compute kind whose achieved FLOP/s applies (``mm``, ``addmm``, ``bmm``, ``sdpa``, ``conv``; every
   other op with FLOPs is ``vector``: CUDA-core work such as GELU or softmax);
-* ``memory``: the bandwidth kind (``elementwise``, ``copy``, ``reduction``, ``arg_reduction``: argmax, top-k,
-  sort, whose kernels walk one row serially; ``stream``: GEMM, attention and convolution, whose operands are read
-  once in a stream).
+* ``memory``: ``read_write`` (bytes read at the read bandwidth, bytes written at the write bandwidth: writing a
+  freshly allocated output costs far more than reading, page faults included) or ``arg_reduction`` (argmax, top-k,
+  sort: kernels that walk one row serially, their own measured bandwidth).
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ HOST_KINDS: Final = ("view", "mm", "addmm", "bmm", "sdpa", "conv", "elementwise"
 """Host-cost kinds the calibration measures (one representative op each, tiny tensors)."""
 
 COMPUTE_KINDS: Final = ("mm", "addmm", "bmm", "linear", "sdpa", "conv", "vector")
-MEMORY_KINDS: Final = ("elementwise", "copy", "reduction", "arg_reduction", "stream")
+MEMORY_KINDS: Final = ("read", "write", "arg_reduction")
+"""Bandwidth curves of a profile; ``read_write`` ops use ``read`` and ``write``."""
+RW: Final = "read_write"
 
 _GEMM_KIND: Final = {"mm": "mm", "addmm": "addmm", "bmm": "bmm", "baddbmm": "bmm", "matmul": "mm", "linear": "linear",
                      "mv": "mm", "addmv": "addmm", "dot": "mm", "vdot": "mm", "_addmm_activation": "addmm"}
@@ -60,33 +62,26 @@ def classify(op: str, category: str, flops: float = 1.0, nbytes: float = 1.0) ->
     base = name.rstrip("_").lstrip("_") if name.endswith("_") else name
     if category == cat.GEMM:
         kind = _GEMM_KIND.get(base, _GEMM_KIND.get(name, "mm"))
-        return OpKind(kind if kind != "linear" else "addmm", kind, "stream")
+        return OpKind(kind if kind != "linear" else "addmm", kind, RW)
     if category == cat.ATTENTION:
-        return OpKind("sdpa", "sdpa", "stream")
+        return OpKind("sdpa", "sdpa", RW)
     if category == cat.CONVOLUTION:
-        return OpKind("conv", "conv", "stream")
+        return OpKind("conv", "conv", RW)
     if name in _SCALAR:
-        return OpKind("scalar", "vector", "copy")
+        return OpKind("scalar", "vector", RW)
     if flops == 0 and nbytes == 0:
-        return OpKind("creation" if base in _CREATION else "view", "vector", "copy")
+        return OpKind("creation" if base in _CREATION else "view", "vector", RW)
     if base in _CREATION or name in _CREATION:
-        return OpKind("creation", "vector", "elementwise")
+        return OpKind("creation", "vector", RW)
     if base in _ARG_REDUCTIONS:
         return OpKind("routing" if category == cat.MOE_ROUTING else "reduction", "vector", "arg_reduction")
-    host, memory = _BY_CATEGORY.get(category, ("other", "elementwise"))
-    return OpKind(host, "vector", memory)
+    return OpKind(_HOST_BY_CATEGORY.get(category, "other"), "vector", RW)
 
 
-_BY_CATEGORY: Final[dict[str, tuple[str, str]]] = {
-    cat.ELEMENTWISE: ("elementwise", "elementwise"),
-    cat.ACTIVATION: ("activation", "elementwise"),
-    cat.NORMALIZATION: ("normalization", "reduction"),
-    cat.REDUCTION: ("reduction", "reduction"),
-    cat.DATA_MOVEMENT: ("copy", "copy"),
-    cat.EMBEDDING: ("index", "copy"),
-    cat.MOE_ROUTING: ("routing", "copy"),
-    cat.RNG_SAMPLING: ("elementwise", "elementwise"),
-    cat.OTHER: ("other", "elementwise"),
+_HOST_BY_CATEGORY: Final[dict[str, str]] = {
+    cat.ELEMENTWISE: "elementwise", cat.ACTIVATION: "activation", cat.NORMALIZATION: "normalization",
+    cat.REDUCTION: "reduction", cat.DATA_MOVEMENT: "copy", cat.EMBEDDING: "index", cat.MOE_ROUTING: "routing",
+    cat.RNG_SAMPLING: "elementwise", cat.OTHER: "other",
 }
 
-__all__ = ["COMPUTE_KINDS", "HOST_KINDS", "MEMORY_KINDS", "OpKind", "classify", "packet"]
+__all__ = ["COMPUTE_KINDS", "HOST_KINDS", "MEMORY_KINDS", "RW", "OpKind", "classify", "packet"]

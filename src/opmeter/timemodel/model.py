@@ -4,7 +4,8 @@ For each traced cell (stage group, module call path, op) with ``calls`` calls, F
 
     host    = calls x host cost of the op's kind       (profile.host_s x profile.module_host_factor)
     compute = calls x (F / calls) / achieved FLOP/s at that per-call size and intensity    (profile.compute)
-    memory  = calls x (B / calls) / achieved bytes/s at that per-call size                 (profile.bandwidth)
+    memory  = bytes read / read bandwidth + bytes written / write bandwidth, each at its per-call size
+              (profile.bandwidth; argmax / top-k / sort: all bytes at their own measured bandwidth)
     time    = host + max(compute, memory)
 
 plus one host cost per ``nn.Module`` call (``profile.module_call_s``, scaled alike), booked to the module. Three
@@ -32,7 +33,7 @@ from typing import Any, Final
 import attrs
 import pandas as pd
 
-from opmeter.timemodel.kinds import classify
+from opmeter.timemodel.kinds import RW, classify
 from opmeter.timemodel.profile import DeviceProfile
 
 MODULE_CALL: Final = "<module call>"
@@ -71,13 +72,20 @@ class Peaks:
                    f"datasheet peaks of {hw.name}")
 
 
+def _memory_seconds(profile: DeviceProfile, kind: str, read: float, written: float) -> float:
+    """Seconds one call spends moving ``read`` + ``written`` bytes."""
+    if kind != RW:
+        return (read + written) / profile.bytes_rate(kind, read + written) if read + written > 0 else 0.0
+    seconds = read / profile.bytes_rate("read", read) if read > 0 else 0.0
+    return seconds + (written / profile.bytes_rate("write", written) if written > 0 else 0.0)
+
+
 def _cell_row(profile: DeviceProfile, op: str, category: str, vals: Sequence[Any], peaks: Peaks) -> dict[str, Any]:
-    calls, ft, fc, nbytes = vals[0], float(vals[1]), float(vals[2]), float(vals[3] + vals[4])
-    flops = ft + fc
+    calls, ft, fc, nread, nwritten = vals[0], float(vals[1]), float(vals[2]), float(vals[3]), float(vals[4])
+    flops, nbytes, n = ft + fc, nread + nwritten, max(calls, 1)
     kind = classify(op, category, flops, nbytes)
-    per_flops, per_bytes = flops / max(calls, 1), nbytes / max(calls, 1)
-    compute = flops / profile.flops_rate(kind.compute, per_flops, per_bytes) if flops > 0 else 0.0
-    memory = nbytes / profile.bytes_rate(kind.memory, per_bytes) if nbytes > 0 else 0.0
+    compute = flops / profile.flops_rate(kind.compute, flops / n, nbytes / n) if flops > 0 else 0.0
+    memory = _memory_seconds(profile, kind.memory, nread / n, nwritten / n) * calls
     host = calls * profile.host_cost(kind.host)
     bound = max(ft / peaks.tensor_flops_per_s + fc / peaks.cuda_flops_per_s, nbytes / peaks.bytes_per_s)
     device = max(compute, memory)
