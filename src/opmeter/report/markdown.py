@@ -91,9 +91,17 @@ def _headline(joined: Joined, context: Mapping[str, Any]) -> list[str]:
     if "time_share" in cats and cats["time_share"].notna().any():
         named = cats[cats["category"] != "unclassified"]["time_share"].sum()
         items.append(("profiled op time in named categories (torch.profiler)", fmt.pct(named, 2)))
-    for key, label in (("ttft", "TTFT predicted (vision + prefill)"), ("tpot", "TPOT predicted (decode step)")):
+    hw = (joined.hardware or {}).get("name", "?")
+    for key, label in (("ttft", f"TTFT roofline bound on {hw} (vision + prefill)"),
+                       ("tpot", f"TPOT roofline bound on {hw} (decode step)")):
         if context.get(f"predicted_{key}_s") is not None:
             items.append((label, fmt.seconds(context[f"predicted_{key}_s"])))
+    predicted = (joined.metadata.get("time_model") or {}).get("predicted") or {}
+    if predicted:
+        items.append(("TTFT / TPOT predicted by the time model (eager; see \"Predicted vs measured time\")",
+                      f"{fmt.seconds(predicted.get('ttft_s'))} / {fmt.seconds(predicted.get('tpot_s'))}"))
+    if (joined.metadata.get("time_model") or {}).get("headline"):
+        items.append(("SC-002", joined.metadata["time_model"]["headline"]))
     rt = joined.runtime
     if rt:
         m = rt.get("metrics", {})
