@@ -57,3 +57,34 @@ def test_cuda_without_a_gpu_is_refused(tmp_path: Path, capsys: pytest.CaptureFix
 def test_out_must_not_be_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["calibrate", "--quick", "--out", str(tmp_path)]) == 1
     assert "is a directory" in capsys.readouterr().err
+
+
+def test_cuda_timing_path_with_fake_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA batch timer reads CUDA events around the batch after synchronising (logic checked without a GPU)."""
+    from opmeter.timemodel import calibrate as cal
+
+    calls: list[str] = []
+
+    class FakeEvent:
+        clock = 0.0
+
+        def __init__(self, enable_timing: bool = False) -> None:
+            assert enable_timing
+            self.t = 0.0
+
+        def record(self) -> None:
+            calls.append("record")
+            self.t = FakeEvent.clock
+
+        def elapsed_time(self, other: FakeEvent) -> float:
+            return (other.t - self.t) * 1e3  # milliseconds, as torch.cuda.Event
+
+    def work() -> None:
+        FakeEvent.clock += 0.002  # each call takes 2 ms of "GPU time"
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: calls.append("sync"))
+    timer = cal._Timer("cuda", cal.QUICK)
+    assert timer._batch(work, 10) == pytest.approx(0.002)
+    assert calls[:2] == ["sync", "record"] and calls[-2:] == ["record", "sync"]
+    assert timer.seconds_per_call(work) == pytest.approx(0.002)
