@@ -7,7 +7,8 @@ it.
 
 * Achieved rate of a call that needs ``t`` seconds at the efficiency ceiling: ``ceiling * t / (t + RAMP_S)``, i.e. a
   kernel reaches half its ceiling when its ideal duration equals :data:`RAMP_S` (launch ramp-up, tail effects and
-  partial waves of small kernels);
+  partial waves of small kernels), so even a tiny kernel takes about :data:`RAMP_S`; the time model charges an op's
+  reads and writes separately, so the read and write curves each get half of it;
 * ceilings: :data:`GEMM_EFFICIENCY` of the dense tensor-core peak for GEMMs, :data:`ATTENTION_EFFICIENCY` for fused
   attention, :data:`CONV_EFFICIENCY` for convolution, :data:`VECTOR_EFFICIENCY` of the CUDA-core peak for other
   FLOPs, :data:`BANDWIDTH_EFFICIENCY` of the DRAM bandwidth for memory traffic;
@@ -30,7 +31,8 @@ ATTENTION_EFFICIENCY: Final = 0.50
 CONV_EFFICIENCY: Final = 0.50
 VECTOR_EFFICIENCY: Final = 0.50
 BANDWIDTH_EFFICIENCY: Final = 0.80
-RAMP_S: Final = 5e-6
+RAMP_S: Final = 3e-6
+"""Ideal kernel duration at which a kernel reaches half its ceiling (a tiny kernel takes about this long)."""
 HOST_S: Final = 8e-6
 """Eager PyTorch per-op host cost on a GPU server (order of magnitude of torch's dispatcher plus launch)."""
 VIEW_HOST_S: Final = 3e-6
@@ -55,7 +57,8 @@ def default_profile(hw: Any, dtype: str = "bfloat16") -> DeviceProfile:
         compute[kind] = tuple(ComputePoint(flops=f, bytes=f / 100.0, flops_per_s=ceiling * (f / ceiling) / (
             f / ceiling + RAMP_S), label=f"default {kind}") for f in _SIZES)
     bw = BANDWIDTH_EFFICIENCY * hw.bandwidth_gbps * 1e9
-    bandwidth = {kind: tuple(BandwidthPoint(bytes=b, bytes_per_s=bw * (b / bw) / (b / bw + RAMP_S),
+    ramp = {kind: RAMP_S / 2 if kind in ("read", "write") else RAMP_S for kind in MEMORY_KINDS}
+    bandwidth = {kind: tuple(BandwidthPoint(bytes=b, bytes_per_s=bw * (b / bw) / (b / bw + ramp[kind]),
                                             label=f"default {kind}") for b in _SIZES) for kind in MEMORY_KINDS}
     host = {kind: (VIEW_HOST_S if kind in ("view", "scalar") else HOST_S) for kind in HOST_KINDS}
     return DeviceProfile(
