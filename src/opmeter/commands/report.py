@@ -66,6 +66,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-weights", action="store_true",
                         help="--model vendor:PATH: random initialisation from config.json instead of the checkpoint's "
                         "weights (shape-only runs never load weights)")
+    parser.add_argument("--profile", default=None, metavar="PROFILE_JSON",
+                        help="device profile from `opmeter calibrate` for the predicted times (default: calibrate on "
+                             "the spot when executing, documented defaults of --hardware when shape-only)")
+    parser.add_argument("--dtype", default=None,
+                        help="dtype of the reference model: float32 | bfloat16 | float16 (default: bfloat16 on meta "
+                             "and cuda, float32 on cpu)")
+    parser.add_argument("--threads", type=_positive_int(1), default=None,
+                        help="torch threads for the run (match the profile's; default: torch's setting)")
     parser.add_argument("--no-profiler", action="store_true", help="skip the torch.profiler operator table")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -92,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
         weights=not args.no_weights,
         verify=args.verify,
         nvtx_modules=args.nvtx_modules,
+        profile=args.profile,
+        dtype=args.dtype,
+        threads=args.threads,
         progress=not args.no_progress and sys.stderr.isatty(),
         command="opmeter report " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["report"] else "opmeter report",
     )

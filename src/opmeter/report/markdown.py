@@ -1,7 +1,8 @@
 """``report.md``: the human-readable report of a :class:`~opmeter.join.Joined`.
 
 Sections: run header (and the shape-only notice at the top when nothing was timed), headline numbers, the analytic
-variant (and why it matches the trace), components, stages (measured vs predicted work and time), runtime metrics,
+variant (and why it matches the trace), components, stages (measured vs predicted work and time), predicted vs
+measured time (the calibrated time model, :mod:`opmeter.timemodel.assess`), runtime metrics,
 module hierarchy down to the analytic layers (modules called only through ``.forward()`` included), module classes,
 call-graph excerpt, operator categories, top operators, the unclassified bucket, verification, files.
 """
@@ -16,6 +17,7 @@ import pandas as pd
 
 from opmeter.join import GLUE, Joined
 from opmeter.report import format as fmt
+from opmeter.timemodel.assess import markdown as time_model_section
 
 REL_TOLERANCE = 0.01
 """Measured vs predicted agreement required for ``ok`` in the verification tables (1 %)."""
@@ -96,9 +98,17 @@ def _headline(joined: Joined, context: Mapping[str, Any]) -> list[str]:
     if "time_share" in cats and cats["time_share"].notna().any():
         named = cats[cats["category"] != "unclassified"]["time_share"].sum()
         items.append(("profiled op time in named categories (torch.profiler)", fmt.pct(named, 2)))
-    for key, label in (("ttft", "TTFT predicted (vision + prefill)"), ("tpot", "TPOT predicted (decode step)")):
+    hw = (joined.hardware or {}).get("name", "?")
+    for key, label in (("ttft", f"TTFT roofline bound on {hw} (vision + prefill)"),
+                       ("tpot", f"TPOT roofline bound on {hw} (decode step)")):
         if context.get(f"predicted_{key}_s") is not None:
             items.append((label, fmt.seconds(context[f"predicted_{key}_s"])))
+    predicted = (joined.metadata.get("time_model") or {}).get("predicted") or {}
+    if predicted:
+        items.append(("TTFT / TPOT predicted by the time model (eager; see \"Predicted vs measured time\")",
+                      f"{fmt.seconds(predicted.get('ttft_s'))} / {fmt.seconds(predicted.get('tpot_s'))}"))
+    if (joined.metadata.get("time_model") or {}).get("headline"):
+        items.append(("SC-002", joined.metadata["time_model"]["headline"]))
     rt = joined.runtime
     if rt:
         m = rt.get("metrics", {})
@@ -561,6 +571,7 @@ def render(
     parts += _analytic_variant(joined)
     parts += _components(joined)
     parts += _stages(joined)
+    parts += time_model_section(joined.metadata.get("time_model"))
     parts += _memory(joined)
     parts += _runtime(joined)
     parts += _hierarchy(joined, hierarchy_depth)

@@ -65,6 +65,13 @@ class ReportOptions:
     """Also run the per-layer verification (:mod:`opmeter.verify`) of the preset and add it to the report."""
     progress: bool = False
     command: str = "opmeter report"
+    profile: str | Path | None = None
+    """Device profile (``opmeter calibrate``) for the predicted times; ``None``: calibrate on the spot when executing,
+    documented defaults of the hardware entry when shape-only (:mod:`opmeter.timemodel.assess`)."""
+    dtype: str | None = None
+    """dtype of the reference model (``float32``, ``bfloat16``...); ``None``: bf16 on meta and CUDA, fp32 on CPU."""
+    threads: int | None = None
+    """``torch.set_num_threads`` for the run (restored afterwards); ``None``: torch's setting."""
 
 
 @attrs.frozen
@@ -201,7 +208,15 @@ def _param_bytes(model: torch.nn.Module) -> dict[str, int]:
 
 def run_report(opts: ReportOptions) -> ReportResult:
     """Produce the report described by ``opts``; see the module docstring."""
-    return _Pipeline(opts).run()
+    if opts.threads is not None and opts.threads < 1:
+        raise OpmeterError(f"--threads must be at least 1, got {opts.threads}")
+    before = torch.get_num_threads()
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
+    try:
+        return _Pipeline(opts).run()
+    finally:
+        torch.set_num_threads(before)
 
 
 def timed(seconds: dict[str, float], key: str) -> contextlib.AbstractContextManager[None]:
@@ -417,6 +432,14 @@ class _Pipeline:
             workload = attrs.evolve(workload, width=width, height=height)
         return workload
 
+    def _dtype(self) -> Any:
+        """``--dtype`` as a torch dtype (``None``: the model's default for the device)."""
+        if self.opts.dtype is None:
+            return None
+        from opmeter.timemodel.calibrate import parse_dtype
+
+        return parse_dtype(self.opts.dtype)
+
     def _model(self, kind: str, vendor_path: Path | None, device: str) -> tuple[Any, Any, str]:
         from opmeter.models.deepseek_ocr.tokenizer import BuiltinTokenizer
 
@@ -425,12 +448,14 @@ class _Pipeline:
             from opmeter.models.deepseek_ocr.model import build_reference
 
             get_config(self.opts.preset)  # one clear line for an unknown preset
-            return build_reference(self.opts.preset, device=device), BuiltinTokenizer(), self.opts.preset
+            dtype = self._dtype()
+            return build_reference(self.opts.preset, device=device, dtype=dtype), BuiltinTokenizer(), self.opts.preset
         from opmeter.models.deepseek_ocr.vendor import check_preset, load_vendor
         from opmeter.models.deepseek_ocr.vendor_compat import metadata
 
         # on meta the vendor structure is built from config.json alone (no weights), as the loader requires
-        model = load_vendor(str(vendor_path), weights=self.opts.weights and device != "meta", device=device)
+        model = load_vendor(str(vendor_path), weights=self.opts.weights and device != "meta", device=device,
+                            dtype=self._dtype())
         check_preset(model, self.opts.preset)
         try:
             from transformers import AutoTokenizer
@@ -463,6 +488,7 @@ class _Pipeline:
         o = self.opts
         total_start = time.perf_counter()
         out_dir = check_out_dir(o.out)
+        self._check_time_options()
         if o.trace_path is not None:
             return self._from_saved_trace(out_dir, total_start)
         device = resolve_device(o.device)
@@ -496,6 +522,38 @@ class _Pipeline:
                     runtime, timing_trace, op_table = self._execute(model, infer, workload, trace, progress, device)
             return self._finish(out_dir, trace, timing_trace, runtime, op_table, model, workload, preset, device,
                                 total_start)
+
+    def _check_time_options(self) -> None:
+        """``--profile`` must be a readable profile and ``--dtype`` a known dtype for the reference model, before the
+        long work starts."""
+        o = self.opts
+        if o.profile is not None:
+            from opmeter.timemodel.profile import load_profile
+
+            load_profile(o.profile)
+        if o.dtype is not None:
+            from opmeter.timemodel.calibrate import parse_dtype
+
+            parse_dtype(o.dtype)
+            if o.model != "reference" or o.trace_path is not None:
+                raise OpmeterError("--dtype applies to the reference model when it runs (not to --model vendor:PATH "
+                                   "or --trace)")
+
+    def _time_model(self, trace: Any, runtime: Any, joined: Any, workload: Any, device: str, hw: Any
+                    ) -> dict[str, Any]:
+        """The time model's assessment (:mod:`opmeter.timemodel.assess`) as a dict for ``joined.metadata``."""
+        from opmeter.timemodel.assess import assess, choose_profile
+
+        executed = runtime is not None and device in ("cpu", "cuda")
+        with timed(self.seconds, "time_model"):
+            choice = choose_profile(self.opts.profile, device if executed else "meta", joined.metadata.get("dtype"),
+                                    hw, torch.get_num_threads())
+            mods = joined.by_module()
+            component_of = dict(zip(mods["module"], mods["component"], strict=True)) if "component" in mods else {}
+            bound_hw = hw if (not executed or self._comparable(device)) else None  # else: the profile's own peaks
+            result = assess(trace, choice, joined.runtime if executed else None, workload.decode_steps,
+                            VISION_MODULES, bound_hw, joined.by_component(), component_of)
+        return result.to_dict()
 
     def _trace(self, model: Any, infer: Callable[[], Any], meta: dict[str, Any], tokens: int, progress: _Progress,
                out_dir: Path, device: str) -> Any:
@@ -640,6 +698,7 @@ class _Pipeline:
                 f"not computed: measured on {device}, predicted for {predict_hw.name}; set OPMETER_PEAK_TFLOPS and "
                 "OPMETER_BW_GBPS to predict for this machine"
             )
+        joined.metadata["time_model"] = self._time_model(trace, runtime, joined, workload, device, predict_hw)
         return self._write(out_dir, joined, trace, timing_trace, workload, preset, device, pred_head, total_start)
 
     def _comparable(self, device: str) -> bool:
@@ -717,6 +776,11 @@ class _Pipeline:
                     "opmeter / torch": f"{_version()} / {torch.__version__}",
                 },
             }
+            from opmeter.timemodel.assess import summary, write_summary
+
+            files.append(write_summary(out_dir / "summary.json", summary(
+                joined.metadata.get("time_model"), f"{o.model} {preset}", workload.id, device,
+                joined.metadata.get("dtype"))).name)
             files.append("report.md")
             text = markdown.render(joined, context, mermaid=mermaid, verify_table=verify_table,
                                    files=sorted(set(files)))
@@ -812,8 +876,11 @@ def _headline_lines(joined: Any, pred_head: dict[str, float]) -> list[str]:
     if joined.metadata.get("analytic_variant"):
         lines.append(f"analytic variant (from the trace): {joined.metadata['analytic_variant']}")
     hw = (joined.hardware or {}).get("name")
-    lines.append(f"predicted on {hw}: TTFT {fmt.seconds(pred_head.get('predicted_ttft_s'))}, TPOT "
+    lines.append(f"roofline bound on {hw}: TTFT {fmt.seconds(pred_head.get('predicted_ttft_s'))}, TPOT "
                  f"{fmt.seconds(pred_head.get('predicted_tpot_s'))}")
+    time_model = joined.metadata.get("time_model") or {}
+    if time_model.get("headline"):
+        lines.append(time_model["headline"])
     rt = joined.runtime
     if rt:
         m = rt.get("metrics", {})

@@ -1,0 +1,492 @@
+"""Microbenchmarks that build a :class:`~opmeter.timemodel.profile.DeviceProfile` (``opmeter calibrate``).
+
+Everything is measured on synthetic tensors, never by timing the workload a profile will predict:
+
+* host cost per op kind: one representative op per kind (:data:`opmeter.timemodel.kinds.HOST_KINDS`) on tiny
+  tensors, called eagerly in a loop (the whole per-call cost: Python binding, dispatcher, allocator, launch);
+* ``nn.Module`` call cost: a module whose ``forward`` returns its input;
+* achieved FLOP/s of ``mm``, ``addmm``, ``bmm``, ``linear`` over a grid of shapes (GEMV-like, skinny, tall,
+  square), of fused attention (``scaled_dot_product_attention``: prefill-like and decode-like) and of convolution
+  (patch embedding, 1x1, 3x3, strided); of CUDA-core ``vector`` work (GELU, SiLU);
+* achieved read bandwidth (``sum`` of a whole tensor), write bandwidth (``full``: a freshly allocated output, as
+  every op writes one, page faults included) and index-reduction bandwidth (``argmax`` over one long row) from 4 KiB
+  to 64 MiB per call;
+* the host cost of ops inside module code relative to a tight loop of one op (a stack of tiny transformer blocks,
+  :func:`measure_module_host_factor`).
+
+Each benchmark's FLOPs and bytes are counted by the tracer itself (one traced call), so they follow exactly the
+conventions the trace of a workload uses. Its host cost is subtracted before the rate is computed.
+
+Timing: CPU calls are timed with ``perf_counter`` over batches (median batch); on CUDA each batch is bracketed by
+CUDA events after a warm-up and a synchronisation, the host cost is the launch-bound rate of a tiny kernel, and the
+launch latency the host time of one launch. The CUDA path degrades to the CPU path when no GPU is present.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any
+
+import attrs
+import torch
+import torch.nn.functional as F
+
+from opmeter.errors import OpmeterError
+from opmeter.timemodel.kinds import MEMORY_KINDS
+from opmeter.timemodel.profile import MEASURED, BandwidthPoint, ComputePoint, DeviceProfile
+
+log = logging.getLogger(__name__)
+
+Bench = Callable[[], Any]
+
+
+@attrs.frozen
+class Budget:
+    """How long each benchmark runs and how many shapes are measured."""
+
+    name: str
+    seconds_per_bench: float
+    min_calls: int
+    max_flops: float
+    """GEMM / attention / convolution shapes above this many FLOPs per call are skipped."""
+    max_bytes: float
+
+
+FULL = Budget("full", 0.15, 5, 4e9, 64 * 2**20)
+QUICK = Budget("quick", 0.01, 2, 2e8, 4 * 2**20)
+
+
+@attrs.define
+class _Timer:
+    device: str
+    budget: Budget
+
+    def seconds_per_call(self, fn: Bench) -> float:
+        """Median over batches of the mean time per call (after a warm-up call).
+
+        A batch lasts a fifth of the benchmark's budget (many scheduler ticks with the full budget), so on a machine
+        shared with other jobs the rates include the share of the cores this process gets, as the workload's
+        runs will; the median drops a batch that met an unusual burst."""
+        fn()
+        self._sync()
+        start = time.perf_counter()
+        fn()
+        self._sync()
+        once = max(time.perf_counter() - start, 1e-7)
+        per_batch = max(1, min(1000, int(self.budget.seconds_per_bench / 5 / once)))
+        samples = [self._batch(fn, per_batch) for _ in range(max(self.budget.min_calls, 5))]
+        return statistics.median(samples)
+
+    def _batch(self, fn: Bench, n: int) -> float:
+        if self.device == "cuda":
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            begin.record()
+            for _ in range(n):
+                fn()
+            end.record()
+            torch.cuda.synchronize()
+            return float(begin.elapsed_time(end)) / 1e3 / n
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - start) / n
+
+    def host_seconds_per_call(self, fn: Bench, n: int = 200) -> float:
+        """Host time per call without synchronising inside the loop (the launch-bound rate on a GPU)."""
+        fn()
+        self._sync()
+        best = math.inf
+        for _ in range(max(3, self.budget.min_calls)):
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            best = min(best, (time.perf_counter() - start) / n)
+            self._sync()
+        return best
+
+    def _sync(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+
+def count(fn: Bench) -> tuple[float, float]:
+    """(FLOPs, bytes) of one call of ``fn`` as the tracer counts them (tensor-core + CUDA-core FLOPs)."""
+    from opmeter.trace import OpTracer
+
+    with OpTracer(torch.nn.Module(), nvtx=False) as trace:
+        fn()
+    tot = trace.totals()
+    return float(tot["flops_tensor"] + tot["flops_cuda"]), float(tot["bytes_read"] + tot["bytes_written"])
+
+
+def _host_benches(dev: str, dt: torch.dtype) -> dict[str, Bench]:
+    """One tiny representative call per host kind."""
+    a, b, c = (torch.randn(4, 4, device=dev, dtype=dt) for _ in range(3))
+    bb = torch.randn(2, 4, 4, device=dev, dtype=dt)
+    q = torch.randn(1, 1, 4, 8, device=dev, dtype=dt)
+    img, w = torch.randn(1, 1, 4, 4, device=dev, dtype=dt), torch.randn(1, 1, 3, 3, device=dev, dtype=dt)
+    idx = torch.tensor([0, 2], device=dev)
+    s = torch.ones((), device=dev, dtype=dt)
+    return {
+        "view": lambda: a.view(16), "mm": lambda: torch.mm(a, b), "addmm": lambda: torch.addmm(c, a, b),
+        "bmm": lambda: torch.bmm(bb, bb), "sdpa": lambda: F.scaled_dot_product_attention(q, q, q),
+        "conv": lambda: F.conv2d(img, w), "elementwise": lambda: a + b, "activation": lambda: F.silu(a),
+        "normalization": lambda: F.layer_norm(a, (4,)), "reduction": lambda: a.sum(-1),
+        "copy": lambda: torch.cat([a, b]), "creation": lambda: torch.zeros(4, device=dev, dtype=dt),
+        "index": lambda: torch.index_select(a, 0, idx), "routing": lambda: torch.topk(a, 2),
+        "scalar": lambda: s.item(), "other": lambda: F.interpolate(img, scale_factor=2.0),
+    }
+
+
+def measure_host(timer: _Timer, dev: str, dt: torch.dtype) -> tuple[dict[str, float], float]:
+    """Host cost per op kind and per ``nn.Module`` call (seconds)."""
+    out = {}
+    for kind, fn in _host_benches(dev, dt).items():
+        out[kind] = timer.host_seconds_per_call(fn)
+    empty = torch.nn.Identity()
+    x = torch.zeros(1, device=dev, dtype=dt)
+    module_call = max(timer.host_seconds_per_call(lambda: empty(x)) - timer.host_seconds_per_call(lambda: x), 0.0)
+    return out, module_call
+
+
+def _gemm_shapes(budget: Budget) -> list[tuple[int, int, int]]:
+    """(M, K, N): GEMV-like, skinny, tall and square shapes, bounded by the budget's FLOPs per call."""
+    ms = (1, 8, 64, 512, 4096) if budget is FULL else (1, 64, 1024)
+    ks = (64, 256, 1024) if budget is FULL else (64, 512)
+    ns = (64, 512, 4096, 32768) if budget is FULL else (128, 4096)
+    grid = [(m, k, n) for m in ms for k in ks for n in ns]
+    wide = [(m, 64, 131072) for m in ((1, 16, 256) if budget is FULL else (1,))]  # vocabulary-wide output layers
+    return [(m, k, n) for m, k, n in grid + wide
+            if 2 * m * k * n <= budget.max_flops and 4 * (m * k + k * n + m * n) <= 2 * budget.max_bytes]
+
+
+def _gemm_benches(kind: str, shapes: Iterable[tuple[int, int, int]], dev: str, dt: torch.dtype
+                  ) -> Iterable[tuple[str, Bench]]:
+    for m, k, n in shapes:
+        # the weight as nn.Linear keeps it ([N, K]) and passes it to mm / addmm: a transposed view
+        a, wt = torch.randn(m, k, device=dev, dtype=dt), torch.randn(n, k, device=dev, dtype=dt)
+        w, bias = wt.t(), torch.randn(n, device=dev, dtype=dt)
+        label = f"{kind} M={m} K={k} N={n}"
+        if kind == "mm":
+            yield label, partial(torch.mm, a, w)
+        elif kind == "addmm":
+            yield label, partial(torch.addmm, bias, a, w)
+        elif kind == "linear":
+            yield label, partial(F.linear, a, wt, bias)
+        else:  # bmm: the same total work split over a batch of 8
+            if m < 8:
+                continue
+            a3, w3 = a.reshape(8, m // 8, k), torch.randn(8, k, n, device=dev, dtype=dt)
+            yield f"bmm B=8 M={m // 8} K={k} N={n}", partial(torch.bmm, a3, w3)
+
+
+def _sdpa_benches(budget: Budget, dev: str, dt: torch.dtype) -> Iterable[tuple[str, Bench]]:
+    """Fused attention: prefill-like (L = S) and decode-like (L = 1) shapes; windowed and global attention with an
+    additive float mask (relative-position bias), whose bytes lower the call's intensity."""
+    shapes = [(1, 2, 64, 64, 32, False), (1, 2, 256, 256, 32, False), (1, 2, 1024, 1024, 32, False),
+              (1, 2, 4096, 4096, 32, False), (1, 16, 576, 576, 64, False), (1, 2, 1, 256, 32, False),
+              (1, 2, 1, 1024, 32, False), (1, 16, 1, 1024, 64, False), (1, 8, 196, 196, 64, False),
+              (1, 2, 257, 257, 64, False), (25, 2, 196, 196, 32, True), (1, 2, 1024, 1024, 32, True),
+              (1, 2, 4096, 4096, 32, True)]
+    for b, h, lq, lk, d, masked in shapes:
+        if 4 * b * h * lq * lk * d > 2 * budget.max_flops or (budget is QUICK and lq * lk > 2**20):
+            continue
+        q = torch.randn(b, h, lq, d, device=dev, dtype=dt)
+        k = torch.randn(b, h, lk, d, device=dev, dtype=dt)
+        mask = torch.randn(b, h, lq, lk, device=dev, dtype=dt) if masked else None
+        yield (f"sdpa B={b} H={h} L={lq} S={lk} D={d}{' masked' if masked else ''}",
+               partial(F.scaled_dot_product_attention, q, k, k, attn_mask=mask))
+
+
+def _conv_benches(budget: Budget, dev: str, dt: torch.dtype) -> Iterable[tuple[str, Bench]]:
+    shapes = [(3, 1024, 64, 16, 16, 0), (3, 640, 64, 16, 16, 0), (3, 256, 32, 16, 16, 0), (64, 64, 32, 1, 1, 0),
+              (32, 64, 32, 3, 1, 1), (32, 64, 64, 3, 2, 1), (64, 32, 128, 3, 2, 1), (256, 64, 256, 3, 1, 1)]
+    for cin, hw, cout, k, stride, pad in shapes:
+        x = torch.randn(1, cin, hw, hw, device=dev, dtype=dt)
+        w = torch.randn(cout, cin, k, k, device=dev, dtype=dt)
+        out_hw = (hw + 2 * pad - k) // stride + 1
+        if 2 * cout * cin * k * k * out_hw**2 > budget.max_flops:
+            continue
+        yield (f"conv Cin={cin} HW={hw} Cout={cout} k={k} s={stride}",
+               partial(F.conv2d, x, w, stride=stride, padding=pad))
+
+
+class _TinyBlock(torch.nn.Module):
+    """A pre-norm transformer block in the usual eager style, for the host cost of ops inside module code."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = torch.nn.LayerNorm(width), torch.nn.LayerNorm(width)
+        self.qkv, self.out = torch.nn.Linear(width, 3 * width), torch.nn.Linear(width, width)
+        self.up, self.down = torch.nn.Linear(width, 2 * width), torch.nn.Linear(2 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, 2, d // 2).permute(2, 0, 3, 1, 4).unbind(0)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d)
+        x = x + self.out(a)
+        return x + self.down(F.silu(self.up(self.norm2(x))))
+
+
+class _RMSNorm(torch.nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.to(torch.float32)
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return self.weight * x.to(dtype)
+
+
+class _Expert(torch.nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.gate, self.up = torch.nn.Linear(width, width, bias=False), torch.nn.Linear(width, width, bias=False)
+        self.down = torch.nn.Linear(width, width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+def _rotate(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class _DecoderBlock(torch.nn.Module):
+    """A decoder layer in the style of common eager LLM code: RMSNorm in Python, rotary embedding, matmul attention,
+    a top-2 of 4 mixture of experts dispatched by a Python loop over experts, a shared expert."""
+
+    def __init__(self, width: int, heads: int = 2, experts: int = 4) -> None:
+        super().__init__()
+        self.heads, self.norm1, self.norm2 = heads, _RMSNorm(width), _RMSNorm(width)
+        self.q, self.k, self.v, self.o = (torch.nn.Linear(width, width, bias=False) for _ in range(4))
+        self.gate = torch.nn.Linear(width, experts, bias=False)
+        self.experts = torch.nn.ModuleList(_Expert(width) for _ in range(experts))
+        self.shared = _Expert(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        h = self.norm1(x)
+        q, k, v = (p(h).view(b, t, self.heads, -1).transpose(1, 2) for p in (self.q, self.k, self.v))
+        cos, sin = torch.cos(q), torch.sin(q)
+        q, k = q * cos + _rotate(q) * sin, k * cos + _rotate(k) * sin
+        scores = torch.softmax(torch.matmul(q, k.transpose(2, 3)).float() / math.sqrt(q.shape[-1]), dim=-1)
+        x = x + self.o(torch.matmul(scores.to(q.dtype), v).transpose(1, 2).reshape(b, t, d))
+        h = self.norm2(x).view(-1, d)
+        weights, chosen = torch.topk(self.gate(h).softmax(-1), 2, dim=-1)
+        y = torch.zeros_like(h)
+        for e, expert in enumerate(self.experts):
+            rows = (chosen == e).any(-1).nonzero().squeeze(-1)
+            if rows.numel():
+                y.index_add_(0, rows, expert(h[rows]) * (weights * (chosen == e))[rows].sum(-1, keepdim=True))
+        return x + (y + self.shared(h)).view(b, t, d)
+
+
+def measure_module_host_factor(timer: _Timer, provisional: DeviceProfile, dev: str, dt: torch.dtype) -> float:
+    """How much more the host part of an op costs inside module code than in a tight loop of one op.
+
+    Times a stack of tiny blocks (tiny tensors: the kernels cost next to nothing) in two common styles, an encoder
+    block (:class:`_TinyBlock`) and an LLM decoder layer with a mixture of experts (:class:`_DecoderBlock`), one
+    token at a time; predicts it with the tight-loop ``provisional`` profile, and returns (measured - predicted
+    device time) / predicted host time, at least 1: the cost of the Python lines between ops and of dispatch paths
+    that a loop over one op keeps hot. Synthetic blocks, not the workload a profile will predict.
+    """
+    from opmeter.timemodel.model import predict_cells
+    from opmeter.trace import OpTracer
+
+    blocks = [_TinyBlock(16), _TinyBlock(16), _DecoderBlock(16), _DecoderBlock(16)]
+    model = torch.nn.Sequential(*blocks).to(device=dev, dtype=dt).eval()
+    x = torch.randn(1, 1, 16, device=dev, dtype=dt)
+    with OpTracer(model, nvtx=False) as trace:
+        model(x)
+    cells = predict_cells(trace, provisional)
+    host, device = float(cells["host_s"].sum()), float(cells["graph_s"].sum())
+    measured = timer.seconds_per_call(partial(model, x))
+    return max((measured - device) / host, 1.0) if host > 0 else 1.0
+
+
+def _sizes(budget: Budget) -> list[int]:
+    """Elements per call for the bandwidth benchmarks: 4 KiB to the budget's largest size in fp32."""
+    sizes = [2**10, 2**12, 2**14, 2**16, 2**18, 2**20, 2**22, 2**24]
+    return [n for n in sizes if 4 * n <= budget.max_bytes]
+
+
+def _memory_benches(kind: str, budget: Budget, dev: str, dt: torch.dtype) -> Iterable[tuple[str, Bench]]:
+    for n in _sizes(budget):
+        a = torch.randn(n, device=dev, dtype=dt)
+        if kind == "read":  # read once, nothing written but one scalar
+            yield f"sum(all) n={n}", partial(torch.sum, a)
+        elif kind == "write":  # a fresh output of n elements, as every op allocates its result
+            yield f"full n={n}", partial(torch.full, (n,), 1.0, device=dev, dtype=dt)
+        else:  # index reductions over one long row (greedy sampling over a vocabulary, top-k routing)
+            yield f"argmax n={n}", partial(torch.argmax, a.reshape(1, -1), -1)
+
+
+def _vector_benches(budget: Budget, dev: str, dt: torch.dtype) -> Iterable[tuple[str, Bench]]:
+    for n in _sizes(budget)[::2]:
+        a = torch.randn(n, device=dev, dtype=dt)
+        yield f"gelu n={n}", partial(F.gelu, a)
+        yield f"silu n={n}", partial(F.silu, a)
+
+
+_MEMORY_HOST = {"read": "reduction", "write": "creation", "arg_reduction": "routing"}
+"""Host kind whose cost is subtracted from a memory benchmark's time, where the names differ."""
+
+
+def _net_seconds(seconds: float, host: float) -> float:
+    """Time of a call without its host cost, floored at a tenth of the call (a call is never free)."""
+    return max(seconds - host, 0.1 * seconds)
+
+
+def _compute_points(timer: _Timer, benches: Iterable[tuple[str, Bench]], host: float) -> tuple[ComputePoint, ...]:
+    points = []
+    for label, fn in benches:
+        flops, nbytes = count(fn)
+        if flops <= 0:
+            continue
+        seconds = _net_seconds(timer.seconds_per_call(fn), host)
+        points.append(ComputePoint(flops=flops, bytes=nbytes, flops_per_s=flops / seconds, label=label))
+    return tuple(points)
+
+
+def _bandwidth_points(timer: _Timer, benches: Iterable[tuple[str, Bench]], host: float) -> tuple[BandwidthPoint, ...]:
+    points = []
+    for label, fn in benches:
+        _, nbytes = count(fn)
+        if nbytes <= 0:
+            log.warning("calibration benchmark %s moved no bytes; skipped", label)
+            continue
+        seconds = _net_seconds(timer.seconds_per_call(fn), host)
+        points.append(BandwidthPoint(bytes=nbytes, bytes_per_s=nbytes / seconds, label=label))
+    return tuple(points)
+
+
+def device_name(device: str) -> str:
+    """The GPU name (CUDA) or the CPU model (``/proc/cpuinfo``, else ``platform.processor()``)."""
+    if device == "cuda":
+        return str(torch.cuda.get_device_name(0))
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def resolve_calibration_device(device: str) -> str:
+    """``cpu`` or ``cuda``; ``cuda`` without a GPU is an error (one line), ``auto`` picks the GPU when present."""
+    name = device.strip().lower()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name not in ("cpu", "cuda"):
+        raise OpmeterError(f"unsupported calibration device {device!r}; choose cpu, cuda or auto")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise OpmeterError("--device cuda requested but no CUDA device is available (torch.cuda.is_available() is "
+                           "False); calibrate the CPU with --device cpu")
+    return name
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    """``float32`` / ``bfloat16`` / ``float16`` (also ``fp32``, ``bf16``, ``fp16``) to a torch dtype."""
+    aliases = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "float": "float32"}
+    key = aliases.get(name.strip().lower(), name.strip().lower())
+    if key not in ("float32", "bfloat16", "float16"):
+        raise OpmeterError(f"unsupported dtype {name!r}; choose float32, bfloat16 or float16")
+    return getattr(torch, key)  # type: ignore[no-any-return]
+
+
+def calibrate(device: str = "cpu", dtype: str = "float32", threads: int | None = None, quick: bool = False,
+              progress: Callable[[str], None] | None = None) -> DeviceProfile:
+    """Run the microbenchmarks and return the device profile (see the module docstring).
+
+    Parameters
+    ----------
+    device
+        ``cpu``, ``cuda`` or ``auto``.
+    dtype
+        Floating-point dtype of every benchmark tensor.
+    threads
+        ``torch.set_num_threads`` during the calibration (restored afterwards); default: the current setting.
+    quick
+        A few seconds instead of about a minute: fewer shapes, shorter timing (for tests and CI).
+    progress
+        Called with the name of each benchmark group as it starts.
+    """
+    dev = resolve_calibration_device(device)
+    dt = parse_dtype(dtype)
+    if threads is not None and threads < 1:
+        raise OpmeterError(f"--threads must be at least 1, got {threads}")
+    budget = QUICK if quick else FULL
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            return _run(dev, dt, budget, progress or (lambda _s: None))
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(dev: str, dt: torch.dtype, budget: Budget, progress: Callable[[str], None]) -> DeviceProfile:
+    timer = _Timer(dev, budget)
+    torch.manual_seed(0)
+    progress("host cost per op kind")
+    host, module_call = measure_host(timer, dev, dt)
+    launch = _launch_latency(timer) if dev == "cuda" else 0.0
+    compute: dict[str, tuple[ComputePoint, ...]] = {}
+    shapes = _gemm_shapes(budget)
+    for kind in ("mm", "addmm", "linear", "bmm"):
+        progress(f"GEMM {kind}")
+        compute[kind] = _compute_points(timer, _gemm_benches(kind, shapes, dev, dt),
+                                        host["addmm" if kind == "linear" else kind])
+    progress("attention (SDPA)")
+    compute["sdpa"] = _compute_points(timer, _sdpa_benches(budget, dev, dt), host["sdpa"])
+    progress("convolution")
+    compute["conv"] = _compute_points(timer, _conv_benches(budget, dev, dt), host["conv"])
+    progress("vector (CUDA-core) work")
+    compute["vector"] = _compute_points(timer, _vector_benches(budget, dev, dt), host["activation"])
+    bandwidth = {}
+    for kind in MEMORY_KINDS:
+        progress(f"{kind} bandwidth")
+        bandwidth[kind] = _bandwidth_points(timer, _memory_benches(kind, budget, dev, dt),
+                                            host[_MEMORY_HOST.get(kind, kind)])
+    notes = ("CPU: kernels run synchronously, host cost and kernel time add up",) if dev == "cpu" else (
+        "CUDA: batches timed with CUDA events; host cost = launch-bound host time per tiny op",)
+    profile = DeviceProfile(
+        device=dev, device_name=device_name(dev), dtype=str(dt).removeprefix("torch."),
+        threads=torch.get_num_threads(), torch_version=str(torch.__version__),
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), source=MEASURED,
+        budget=budget.name, host_s=host, module_call_s=module_call, launch_latency_s=launch, compute=compute,
+        bandwidth=bandwidth, notes=notes,
+    )
+    progress("host cost inside module code")
+    return attrs.evolve(profile, module_host_factor=measure_module_host_factor(timer, profile, dev, dt))
+
+
+def _launch_latency(timer: _Timer) -> float:
+    """Host time of one kernel launch followed by a synchronisation, minus the synchronisation alone (CUDA)."""
+    x = torch.zeros(1, device="cuda")
+
+    def launch_and_sync() -> None:
+        x.add_(1)
+        torch.cuda.synchronize()
+
+    return timer.host_seconds_per_call(launch_and_sync, n=100) - timer.host_seconds_per_call(
+        torch.cuda.synchronize, n=100)
+
+
+__all__ = ["FULL", "QUICK", "Budget", "calibrate", "count", "device_name", "parse_dtype",
+           "resolve_calibration_device"]

@@ -1,0 +1,244 @@
+"""The time model over a trace: predicted time per traced cell, module, component, stage and run.
+
+For each traced cell (stage group, module call path, op) with ``calls`` calls, FLOPs ``F`` and bytes ``B``:
+
+    host    = calls x host cost of the op's kind       (profile.host_s x profile.module_host_factor)
+    compute = calls x (F / calls) / achieved FLOP/s at that per-call size and intensity    (profile.compute)
+    memory  = bytes read / read bandwidth + bytes written / write bandwidth, each at its per-call size
+              (profile.bandwidth; argmax / top-k / sort: all bytes at their own measured bandwidth)
+    time    = host + max(compute, memory)
+
+plus one host cost per ``nn.Module`` call (``profile.module_call_s``, scaled alike), booked to the module. Three
+scenarios, each with its assumptions (:data:`SCENARIOS`):
+
+* ``eager``: the formula above; one kernel per traced op, host and device work in series (exact on a CPU, where
+  kernels run synchronously; on a GPU it assumes the host never runs ahead of the device);
+* ``graph``: ``max(compute, memory)`` only: host, dispatch and launch costs amortised away, as CUDA graphs and
+  serving engines do (on a CPU a lower bound, nothing there captures graphs);
+* ``bound``: the datasheet roofline ``max(tensor FLOPs / tensor peak + CUDA-core FLOPs / CUDA-core peak,
+  bytes / bandwidth)`` of the hardware entry when its peaks are known, else of the profile's best measured rates.
+
+Stages: ``vision`` = cells of the first forward under the vision modules, ``prefill`` = the rest of the first
+forward, TTFT = vision + prefill; ``decode`` = every decode step plus the glue between forwards (what a measured
+TPOT includes); TPOT = decode / steps; ``total`` = TTFT + decode (the generation, as measured from the first forward
+to the last step); ``setup`` (preprocessing ops before the first forward) is predicted apart.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import attrs
+import pandas as pd
+
+from opmeter.timemodel.kinds import RW, classify
+from opmeter.timemodel.profile import DeviceProfile
+
+MODULE_CALL: Final = "<module call>"
+"""Pseudo-op of the rows holding the ``nn.Module`` call cost."""
+
+SCENARIOS: Final[dict[str, str]] = {
+    "eager": "one kernel per traced op, each paying its host/launch cost; host and device work in series",
+    "graph": "host, dispatch and launch costs amortised to zero (CUDA graphs, serving engines); device time only",
+    "bound": "datasheet roofline: work at peak compute or peak bandwidth, no host cost, no efficiency loss",
+}
+DECODE_GROUPS: Final = ("decode", "prefill.glue", "decode.glue")
+STAGES: Final = ("vision", "prefill", "decode", "setup")
+
+
+@attrs.frozen
+class Peaks:
+    """Peaks for the ``bound`` scenario (FLOP/s and bytes/s); ``label`` names where they come from."""
+
+    tensor_flops_per_s: float
+    cuda_flops_per_s: float
+    bytes_per_s: float
+    label: str
+
+    @classmethod
+    def of_profile(cls, profile: DeviceProfile) -> Peaks:
+        """The profile's best measured GEMM rate and bandwidth."""
+        peak = profile.peak_flops_per_s()
+        return cls(peak, peak, profile.peak_bytes_per_s(), f"best measured rates of {profile.label}")
+
+    @classmethod
+    def of_hardware(cls, hw: Any) -> Peaks | None:
+        """A :class:`~opmeter.hardware.HardwareSpec`'s datasheet peaks, ``None`` when unknown."""
+        if hw is None or not getattr(hw, "known", False):
+            return None
+        return cls(hw.tensor_tflops * 1e12, hw.cuda_tflops * 1e12, hw.bandwidth_gbps * 1e9,
+                   f"datasheet peaks of {hw.name}")
+
+
+def _memory_seconds(profile: DeviceProfile, kind: str, read: float, written: float) -> float:
+    """Seconds one call spends moving ``read`` + ``written`` bytes."""
+    if kind != RW:
+        return (read + written) / profile.bytes_rate(kind, read + written) if read + written > 0 else 0.0
+    seconds = read / profile.bytes_rate("read", read) if read > 0 else 0.0
+    return seconds + (written / profile.bytes_rate("write", written) if written > 0 else 0.0)
+
+
+def _cell_row(profile: DeviceProfile, op: str, category: str, vals: Sequence[Any], peaks: Peaks) -> dict[str, Any]:
+    calls, ft, fc, nread, nwritten = vals[0], float(vals[1]), float(vals[2]), float(vals[3]), float(vals[4])
+    flops, nbytes, n = ft + fc, nread + nwritten, max(calls, 1)
+    kind = classify(op, category, flops, nbytes)
+    compute = flops / profile.flops_rate(kind.compute, flops / n, nbytes / n) if flops > 0 else 0.0
+    memory = _memory_seconds(profile, kind.memory, nread / n, nwritten / n) * calls
+    host = calls * profile.host_cost(kind.host)
+    bound = max(ft / peaks.tensor_flops_per_s + fc / peaks.cuda_flops_per_s, nbytes / peaks.bytes_per_s)
+    device = max(compute, memory)
+    return {"op": op, "category": category, "host_kind": kind.host, "compute_kind": kind.compute,
+            "memory_kind": kind.memory, "calls": calls, "flops": flops, "bytes": nbytes, "host_s": host,
+            "compute_s": compute, "memory_s": memory, "limit": "compute" if compute >= memory else "memory",
+            "eager_s": host + device, "graph_s": device, "bound_s": bound}
+
+
+def predict_cells(trace: Any, profile: DeviceProfile, peaks: Peaks | None = None) -> pd.DataFrame:
+    """One row per traced cell (stage group, innermost module, op), plus one module-call row per module and group.
+
+    Columns: ``group, module, op, category, host_kind, compute_kind, memory_kind, calls, flops, bytes, host_s,
+    compute_s, memory_s, limit`` (``compute`` or ``memory``: the larger device term) and the scenario times
+    ``eager_s, graph_s, bound_s``.
+    """
+    peaks = peaks or Peaks.of_profile(profile)
+    rows = []
+    for (gid, ctx), ops in trace.cells.items():
+        group, module = trace.groups[gid], trace.modules[trace.contexts[ctx][1]].path
+        for op, vals in ops.items():
+            category = trace.op_info.get(op, ("unclassified", False))[0]
+            rows.append({"group": group, "module": module, **_cell_row(profile, op, category, vals, peaks)})
+    for (gid, ctx), (calls, _time) in trace.ctx_stats.items():
+        if not calls:
+            continue
+        host = calls * profile.module_call_s * profile.module_host_factor
+        rows.append({"group": trace.groups[gid], "module": trace.modules[trace.contexts[ctx][1]].path,
+                     "op": MODULE_CALL, "category": "module_call", "host_kind": "module_call", "compute_kind": "",
+                     "memory_kind": "", "calls": calls, "flops": 0.0, "bytes": 0.0, "host_s": host,
+                     "compute_s": 0.0, "memory_s": 0.0, "limit": "compute", "eager_s": host, "graph_s": 0.0,
+                     "bound_s": 0.0})
+    cols = ["group", "module", "op", "category", "host_kind", "compute_kind", "memory_kind", "calls", "flops", "bytes",
+            "host_s", "compute_s", "memory_s", "limit", "eager_s", "graph_s", "bound_s"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _under(module: str, roots: Sequence[str]) -> bool:
+    return any(module == r or module.startswith(r + ".") for r in roots)
+
+
+def stage_of(cells: pd.DataFrame, vision_roots: Sequence[str] = ()) -> pd.Series:
+    """Report stage of every cell: ``vision``, ``prefill``, ``decode``, ``setup`` or ``other``."""
+    def one(group: str, module: str) -> str:
+        if group == "prefill":
+            return "vision" if _under(module, vision_roots) else "prefill"
+        if group in DECODE_GROUPS:
+            return "decode"
+        return "setup" if group == "setup" else "other"
+
+    return pd.Series([one(g, m) for g, m in zip(cells["group"], cells["module"], strict=True)], index=cells.index,
+                     dtype=object)
+
+
+def _split(df: pd.DataFrame) -> dict[str, float]:
+    """Where the eager time goes: compute-limited and memory-limited device time, host/launch overhead."""
+    device = df[["compute_s", "memory_s"]].max(axis=1)
+    return {"compute_s": float(device[df["limit"] == "compute"].sum()),
+            "memory_s": float(device[df["limit"] == "memory"].sum()), "host_s": float(df["host_s"].sum()),
+            "eager_s": float(df["eager_s"].sum()), "graph_s": float(df["graph_s"].sum()),
+            "bound_s": float(df["bound_s"].sum()), "calls": float(df.loc[df["op"] != MODULE_CALL, "calls"].sum())}
+
+
+@attrs.frozen
+class TimePrediction:
+    """Predicted times of one trace on one profile (see the module docstring).
+
+    Attributes
+    ----------
+    cells
+        :func:`predict_cells` output with a ``stage`` column (:func:`stage_of`).
+    decode_steps
+        Decode steps of the run (TPOT = decode / steps).
+    profile
+        The profile the times are for.
+    peaks
+        Peaks of the ``bound`` scenario.
+    """
+
+    cells: pd.DataFrame
+    decode_steps: int
+    profile: DeviceProfile
+    peaks: Peaks
+
+    def by_stage(self) -> pd.DataFrame:
+        """Rows ``vision, prefill, ttft, decode, tpot, total, setup``; columns of the eager split (``compute_s``,
+        ``memory_s``, ``host_s``, which add up to ``eager_s``), ``graph_s``, ``bound_s``, ``calls``."""
+        parts = {s: _split(self.cells[self.cells["stage"] == s]) for s in STAGES}
+        ttft = {k: parts["vision"][k] + parts["prefill"][k] for k in parts["vision"]}
+        steps = max(self.decode_steps, 1)
+        tpot = {k: (v / steps if self.decode_steps else 0.0) for k, v in parts["decode"].items()}
+        total = {k: ttft[k] + parts["decode"][k] for k in ttft}
+        rows = [{"stage": "vision", **parts["vision"]}, {"stage": "prefill", **parts["prefill"]},
+                {"stage": "ttft", **ttft}, {"stage": "decode", **parts["decode"]}, {"stage": "tpot", **tpot},
+                {"stage": "total", **total}, {"stage": "setup", **parts["setup"]}]
+        return pd.DataFrame(rows)
+
+    def headline(self, scenario: str = "eager") -> dict[str, float]:
+        """``ttft_s``, ``tpot_s``, ``total_s`` in one scenario."""
+        st = self.by_stage().set_index("stage")[f"{scenario}_s"]
+        return {"ttft_s": float(st["ttft"]), "tpot_s": float(st["tpot"]) if self.decode_steps else math.nan,
+                "total_s": float(st["total"])}
+
+    def stage_seconds(self, scenario: str = "eager") -> dict[str, float]:
+        """Predicted seconds per stage (``vision``, ``prefill``, ``decode``, ``setup``) in one scenario."""
+        st = self.by_stage().set_index("stage")[f"{scenario}_s"]
+        return {s: float(st[s]) for s in STAGES}
+
+    def by_module(self) -> pd.DataFrame:
+        """Per module (its own cells, children excluded): the eager split and the scenario times."""
+        cols = ["host_s", "compute_s", "memory_s", "eager_s", "graph_s", "bound_s"]
+        return self.cells.groupby("module", sort=False)[cols].sum().reset_index()
+
+    def by_component(self, component_of: Mapping[str, str], glue: str = "unattributed (glue)") -> pd.DataFrame:
+        """Per component (``component_of`` maps module paths, the join's assignment); unmapped modules go to
+        ``glue``. Columns as :meth:`by_module`, for the generation (setup excluded, as the measured component times
+        of the forwards)."""
+        df = self.cells[self.cells["stage"] != "setup"]
+        comp = df["module"].map(lambda m: component_of.get(m, glue))
+        cols = ["host_s", "compute_s", "memory_s", "eager_s", "graph_s", "bound_s"]
+        return df.assign(component=comp).groupby("component", sort=False)[cols].sum().reset_index()
+
+    def by_kind(self, stage: str | None = None) -> pd.DataFrame:
+        """Per (host kind, compute kind, memory kind): calls and the eager split; ``stage`` restricts the rows."""
+        df = self.cells if stage is None else self.cells[self.cells["stage"] == stage]
+        cols = ["calls", "flops", "bytes", "host_s", "compute_s", "memory_s", "eager_s"]
+        out = df.groupby("host_kind", sort=False)[cols].sum().reset_index()
+        return out.sort_values("eager_s", ascending=False, ignore_index=True)
+
+
+def predict(trace: Any, profile: DeviceProfile, decode_steps: int, vision_roots: Sequence[str] = (),
+            hardware: Any = None) -> TimePrediction:
+    """The :class:`TimePrediction` of ``trace`` on ``profile``.
+
+    Parameters
+    ----------
+    trace
+        An :class:`~opmeter.trace.Trace` with counts (shape-only or executed).
+    profile
+        Device profile (measured or defaults).
+    decode_steps
+        Decode steps of the run.
+    vision_roots
+        Module paths whose first-forward work is the ``vision`` stage.
+    hardware
+        A :class:`~opmeter.hardware.HardwareSpec` whose datasheet peaks make the ``bound`` scenario (the profile's
+        best measured rates when ``None`` or unknown).
+    """
+    peaks = Peaks.of_hardware(hardware) or Peaks.of_profile(profile)
+    cells = predict_cells(trace, profile, peaks)
+    cells["stage"] = stage_of(cells, vision_roots)
+    return TimePrediction(cells=cells, decode_steps=decode_steps, profile=profile, peaks=peaks)
+
+
+__all__ = ["DECODE_GROUPS", "MODULE_CALL", "SCENARIOS", "STAGES", "Peaks", "TimePrediction", "predict",
+           "predict_cells", "stage_of"]
