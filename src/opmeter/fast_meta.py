@@ -177,6 +177,23 @@ def _silu(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x)
 
 
+def _softmax(x: torch.Tensor, dim: int, half_to_float: bool) -> torch.Tensor:
+    """``aten._softmax`` where torch's meta kernel is its Python decomposition (~450 us a call), which the
+    fallback calls."""
+    if not _fast_ok(x) or not _dims_in_range(x, dim) or not x.dtype.is_floating_point:
+        import torch._decomp.decompositions as decompositions
+
+        return decompositions._softmax(x, dim, half_to_float)  # type: ignore[no-any-return]
+    return _empty(x.shape, torch.float32 if half_to_float else x.dtype)
+
+
+def _has_softmax_meta() -> bool:
+    """Whether torch registers a dedicated meta kernel for ``_softmax`` (2.13 does; 2.6 decomposes it)."""
+    import torch._meta_registrations as registrations
+
+    return hasattr(registrations, "softmax")
+
+
 def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0] or a.dtype != b.dtype:
         return _torch_meta("meta_mm")(a, b)  # torch's own checks and messages (they differ between versions)
@@ -219,6 +236,8 @@ def _kernels() -> dict[str, Callable[..., torch.Tensor]]:
     }
     for name in _INT_TO_FLOAT_UNARY:
         kernels[name] = _unary(getattr(refs, name), float_only=True)
+    if not _has_softmax_meta():  # older torch runs the Python decomposition of _softmax on meta
+        kernels["_softmax"] = _softmax
     return kernels
 
 

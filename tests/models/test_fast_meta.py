@@ -51,6 +51,11 @@ def _cases() -> dict[str, Callable[[], torch.Tensor]]:
         "sub_bool": lambda: torch.empty(3, **M, dtype=torch.bool) - torch.empty(3, **M, dtype=torch.bool),
         "add_alpha_float_on_long": lambda: torch.add(lng, lng, alpha=1.5),
         "add_alpha": lambda: torch.add(f, f, alpha=2),
+        "softmax": lambda: torch.ops.aten._softmax(q, -1, False),
+        "softmax_transposed": lambda: torch.ops.aten._softmax(qt, -1, False),
+        "softmax_half_to_float": lambda: torch.ops.aten._softmax(q.half(), -1, True),
+        "softmax_bad_dim": lambda: torch.ops.aten._softmax(q, 7, False),
+        "softmax_fp32_of_bf16": lambda: torch.softmax(a, -1, dtype=torch.float32),
     }
 
 
