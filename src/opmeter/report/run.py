@@ -553,15 +553,7 @@ class _Pipeline:
         if not path.is_file():
             raise OpmeterError(f"trace file {path} not found")
         try:
-            if path.name.endswith(".gz"):
-                import orjson
-
-                from opmeter.report.exporters import read_maybe_gzip
-                from opmeter.trace import Trace
-
-                trace = Trace.from_dict(orjson.loads(read_maybe_gzip(path)))
-            else:
-                trace = load_trace(path)
+            trace = load_trace(path)  # plain or gzipped
         except OpmeterError:
             raise
         except Exception as exc:

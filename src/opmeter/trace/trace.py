@@ -16,7 +16,9 @@ distinct (call path, op) pairs, not the number of ops.
 
 from __future__ import annotations
 
+import gzip
 import math
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -29,6 +31,7 @@ from opmeter.errors import OpmeterError
 from opmeter.io import atomic_write_bytes
 from opmeter.trace import categories as cat
 from opmeter.trace.modules import OUTSIDE, OUTSIDE_INDEX, ROOT, ModuleRecord
+from opmeter.trace.schema import check_raw
 
 SCHEMA_VERSION: Final = "opmeter.trace/1"
 SPAN_CAP: Final = 200_000
@@ -610,6 +613,7 @@ class Trace:
                 f"unsupported trace schema {version!r}: this opmeter reads {SCHEMA_VERSION!r}; "
                 "re-trace the model with this version (or load it with the opmeter that wrote it)"
             )
+        check_raw(d)
         try:
             t = cls(
                 modules=[ModuleRecord(p, cn, qc, par, dep) for p, cn, qc, par, dep in d["modules"]],
@@ -708,13 +712,18 @@ def load_trace(path: str | Path) -> Trace:
     Raises
     ------
     OpmeterError
-        When the file is missing, not JSON, or of an unknown schema version.
+        When the file is missing, not JSON (plain or gzipped), of an unknown schema version, or malformed.
     """
     p = Path(path)
     try:
         raw = p.read_bytes()
     except OSError as exc:
         raise OpmeterError(f"cannot read trace {p}: {exc.strerror or exc}") from exc
+    if raw[:2] == b"\x1f\x8b":  # gzip (``--compress`` writes trace.json.gz)
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise OpmeterError(f"{p} is a damaged gzip file: {exc}") from None
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
