@@ -29,7 +29,6 @@ import pandas as pd
 import torch
 
 from opmeter.errors import OpmeterError
-from opmeter.io import ensure_output_dir
 
 DEVICES = ("auto", "cpu", "cuda", "meta")
 DEFAULT_HARDWARE = "H100-SXM"
@@ -91,8 +90,10 @@ def resolve_device(device: str) -> str:
 
 
 def check_out_dir(out: str | Path) -> Path:
-    """Create ``out`` if needed and prove it is writable (see :func:`opmeter.io.ensure_output_dir`)."""
-    return ensure_output_dir(out)
+    """Prove ``out`` can receive the report, creating nothing (see :func:`opmeter.report.outdir.check_report_dir`)."""
+    from opmeter.report.outdir import check_report_dir
+
+    return check_report_dir(out)
 
 
 def check_image(image: str | Path) -> Path:
@@ -459,9 +460,11 @@ class _Pipeline:
         o = self.opts
         total_start = time.perf_counter()
         out_dir = check_out_dir(o.out)
+        self._hardware("meta")  # --hardware and the OPMETER_* environment, before the long work
         if o.trace_path is not None:
             return self._from_saved_trace(out_dir, total_start)
         device = resolve_device(o.device)
+        self._hardware(device)
         kind, vendor_path = parse_model_spec(o.model)
         image = check_image(o.image) if o.image is not None else None
         from opmeter.models.deepseek_ocr.config import get_config
@@ -506,14 +509,12 @@ class _Pipeline:
                     torch.inference_mode():
                 infer()
         except BaseException as exc:
-            partial = tracer.trace
-            if partial is not None:
-                with contextlib.suppress(Exception):
-                    partial.save(out_dir / "trace.partial.json")
-            if isinstance(exc, (OpmeterError, KeyboardInterrupt)):
-                raise
-            raise OpmeterError(f"the traced inference failed: {type(exc).__name__}: {exc} (partial trace in "
-                               f"{out_dir / 'trace.partial.json'})") from exc
+            saved = save_partial_trace(tracer.trace, out_dir)
+            if isinstance(exc, KeyboardInterrupt):
+                raise KeyboardInterrupt(saved) from exc
+            what = str(exc) if isinstance(exc, OpmeterError) else f"the traced inference failed: " \
+                f"{type(exc).__name__}: {exc}"
+            raise OpmeterError(f"{what} ({saved}; the previous report, if any, is unchanged)") from exc
         return trace
 
     def _execute(self, model: Any, infer: Callable[[], Any], workload: Any, trace: Any, progress: _Progress,
@@ -630,7 +631,19 @@ class _Pipeline:
                 f"not computed: measured on {device}, predicted for {predict_hw.name}; set OPMETER_PEAK_TFLOPS and "
                 "OPMETER_BW_GBPS to predict for this machine"
             )
-        return self._write(out_dir, joined, trace, timing_trace, workload, preset, device, pred_head, total_start)
+        verification = None
+        if self.opts.verify:  # computed before anything is written, like everything else
+            from opmeter.verify import verify
+
+            with timed(self.seconds, "verify"):
+                verification = verify(preset)
+        from opmeter.report.outdir import staged_report
+
+        carry = [Path(self.opts.trace_path).resolve()] if self.opts.trace_path is not None else []
+        with staged_report(out_dir, carry=carry) as staging:
+            result = self._write(staging, joined, trace, timing_trace, workload, preset, device, pred_head,
+                                 total_start, verification)
+        return attrs.evolve(result, out_dir=out_dir)
 
     def _comparable(self, device: str) -> bool:
         """Whether predicted times are for the machine that measured: the predicted-for entry is the detected GPU
@@ -644,7 +657,8 @@ class _Pipeline:
         return detected.known and detected.name == predict.name
 
     def _write(self, out_dir: Path, joined: Any, trace: Any, timing_trace: Any, workload: Any, preset: str,
-               device: str, pred_head: dict[str, float], total_start: float) -> ReportResult:
+               device: str, pred_head: dict[str, float], total_start: float,
+               verification: pd.DataFrame | None) -> ReportResult:
         from opmeter.io import atomic_write_text
         from opmeter.report import exporters, markdown, plots
         from opmeter.report import format as fmt
@@ -673,13 +687,11 @@ class _Pipeline:
                                 hardware=(joined.hardware or {}).get("name"))
             files += ["flops_by_component.svg", "categories.svg", "time_by_stage.svg"]
             verify_table = None
-            if o.verify:
-                from opmeter.verify import verify, worst_per_layer
+            if verification is not None:
+                from opmeter.verify import worst_per_layer
 
-                with timed(self.seconds, "verify"):
-                    full = verify(preset)
-                files += [p.name for p in exporters.write_table(full, out_dir, "verification", o.compress)]
-                verify_table = _verify_view(worst_per_layer(full))
+                files += [p.name for p in exporters.write_table(verification, out_dir, "verification", o.compress)]
+                verify_table = _verify_view(worst_per_layer(verification))
             mermaid = trace.to_mermaid() if hasattr(trace, "to_mermaid") else None
             summary = workload.summary()
             context = {
@@ -716,6 +728,20 @@ class _Pipeline:
         headline = _headline_lines(joined, pred_head)
         return ReportResult(out_dir=out_dir, files=tuple(sorted(set(files))), headline=tuple(headline),
                             seconds=dict(self.seconds), joined=joined)
+
+
+def save_partial_trace(trace: Any, out_dir: Path) -> str:
+    """Save what an interrupted trace recorded beside ``out_dir``; returns the words saying where (or why not)."""
+    from opmeter.report.outdir import partial_trace_path
+
+    if trace is None:
+        return "nothing was traced"
+    path = partial_trace_path(out_dir)
+    try:
+        trace.save(path)
+    except Exception as exc:  # said, never swallowed: the caller prints it with the error
+        return f"the partial trace could not be saved to {path}: {type(exc).__name__}: {exc}"
+    return f"partial trace in {path}"
 
 
 def _verify_view(df: pd.DataFrame) -> pd.DataFrame:
