@@ -229,3 +229,58 @@ def test_disk_full_on_a_small_tmpfs_keeps_the_previous_report(first: Path, tmp_p
         assert sorted(os.listdir(mnt)) == ["latest"]
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+_SIGNAL_IN_TRACE = """
+import os, signal, sys
+from opmeter.models.deepseek_ocr.model import DeepseekOCRForCausalLM
+from opmeter.cli import main
+original = DeepseekOCRForCausalLM.forward
+calls = [0]
+def forward(self, *args, **kwargs):
+    calls[0] += 1
+    if calls[0] == 2:  # the first decode step
+        os.kill(os.getpid(), signal.{sig})
+    return original(self, *args, **kwargs)
+DeepseekOCRForCausalLM.forward = forward
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.clean_error
+@pytest.mark.nothing_lost
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_during_the_trace_saves_the_partial_trace_where_it_says(previous: Path, sig: str) -> None:
+    before = snapshot(previous)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_SIGNAL_IN_TRACE.format(sig=sig)), *REPORT, "--decode-tokens", "3",
+         "--out", str(previous)], capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 130 and one_line(proc.stderr), proc.stderr
+    partial = previous.parent / "latest.trace.partial.json"
+    assert str(partial) in proc.stderr
+    from opmeter.trace import load_trace
+
+    trace = load_trace(partial)
+    assert not trace.complete and trace.totals()["ops"] > 0
+    assert snapshot(previous) == before
+    # a report from the partial trace is refused: it would undercount
+    assert run_cli("report", "--trace", str(partial), "--out", str(previous)).returncode == 1
+
+
+@pytest.mark.clean_error
+def test_a_partial_trace_that_cannot_be_saved_is_said(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from opmeter.models.deepseek_ocr.model import DeepseekOCRForCausalLM
+    from opmeter.trace import Trace
+
+    def broken_forward(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("model bug")
+
+    def broken_save(self: Any, path: Any) -> Any:
+        raise OverflowError("int too big to convert")
+
+    monkeypatch.setattr(DeepseekOCRForCausalLM, "forward", broken_forward)
+    monkeypatch.setattr(Trace, "save", broken_save)
+    assert main([*REPORT, "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert one_line(err) and "model bug" in err and "could not be saved" in err and "OverflowError" in err

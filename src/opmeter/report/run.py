@@ -515,6 +515,8 @@ class _Pipeline:
             what = str(exc) if isinstance(exc, OpmeterError) else f"the traced inference failed: " \
                 f"{type(exc).__name__}: {exc}"
             raise OpmeterError(f"{what} ({saved}; the previous report, if any, is unchanged)") from exc
+        if not trace.complete:  # the tracer lost ops (a foreign dispatch mode, a replaced __call__): no report
+            raise OpmeterError(f"the trace is incomplete: {trace.error} ({save_partial_trace(trace, out_dir)})")
         return trace
 
     def _execute(self, model: Any, infer: Callable[[], Any], workload: Any, trace: Any, progress: _Progress,
@@ -559,6 +561,9 @@ class _Pipeline:
             raise
         except Exception as exc:
             raise OpmeterError(f"{path} is not an opmeter trace JSON ({type(exc).__name__}: {exc})") from None
+        if not trace.complete:
+            raise OpmeterError(f"{path} is an incomplete trace ({trace.error}); a report from it would undercount: "
+                               "trace the run again")
         meta = dict(trace.metadata or {})
         preset = str(meta.get("preset") or self.opts.preset)
         wid = meta.get("workload_id")

@@ -96,6 +96,8 @@ class OpTracer:
         self._recorder: Recorder | None = None
         self._log: IO[bytes] | None = None
         self._t_start = 0.0
+        self._lost: list[str] = []
+        """What made the trace lose data in silence (detected at exit): the trace is marked incomplete."""
 
     # ------------------------------------------------------------------------------------------- enter
 
@@ -112,6 +114,7 @@ class OpTracer:
                        nvtx_stages=bool(self.nvtx), nvtx_modules=self.nvtx == "modules")
         self._recorder = rec
         self.trace = trace
+        self._lost = []
         self._active = True
         try:
             if self.event_log is not None:
@@ -197,6 +200,10 @@ class OpTracer:
             return
         self._mode = None
         if mode not in _get_current_dispatch_mode_stack():
+            self._lost.append(
+                "the tracer's dispatch mode was taken off the stack before the tracer exited (a mode entered before "
+                "the tracer and exited inside it, e.g. FlopCounterMode, pops whatever mode is on top): ops after "
+                "that were not counted")
             return
         above: list[Any] = []
         try:
@@ -220,7 +227,9 @@ class OpTracer:
             errors.append(exc)
         if self._installed and self._recorder is not None:
             try:
-                callpatch.uninstall(self._recorder)
+                lost = callpatch.uninstall(self._recorder)
+                if lost:
+                    self._lost.append(lost)
             except BaseException as exc:  # pragma: no cover - defensive
                 errors.append(exc)
             self._installed = False
@@ -272,13 +281,12 @@ class OpTracer:
         if isinstance(extra, dict):
             trace.metadata.update(extra)
         trace.metadata["wall_time_s"] = time.perf_counter() - self._t_start
-        if exc_type is None:
-            trace.complete = True
-            trace.error = None
-        else:
-            trace.complete = False
+        reasons = list(self._lost)
+        if exc_type is not None:
             msg = str(exc) if exc is not None else ""
-            trace.error = f"{exc_type.__name__}: {msg}" if msg else exc_type.__name__
+            reasons.insert(0, f"{exc_type.__name__}: {msg}" if msg else exc_type.__name__)
+        trace.complete = not reasons
+        trace.error = "; ".join(reasons) or None
         if self._log is not None:  # last: the trace above is whole even when the log cannot be renamed
             self._log.close()
             self._log = None
