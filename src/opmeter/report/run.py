@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 from opmeter.errors import OpmeterError
+from opmeter.report.limits import DEFAULT_MAX_IMAGE_PIXELS
 
 DEVICES = ("auto", "cpu", "cuda", "meta")
 DEFAULT_HARDWARE = "H100-SXM"
@@ -59,6 +60,8 @@ class ReportOptions:
     """Also run the per-layer verification (:mod:`opmeter.verify`) of the preset and add it to the report."""
     progress: bool = False
     command: str = "opmeter report"
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    """Refuse larger ``--image`` pages (header read only); 0 = no limit."""
 
 
 @attrs.frozen
@@ -96,14 +99,17 @@ def check_out_dir(out: str | Path) -> Path:
     return check_report_dir(out)
 
 
-def check_image(image: str | Path) -> Path:
-    """The image must exist and decode (Pillow ``verify``)."""
+def check_image(image: str | Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Path:
+    """The image must exist, be at most ``max_pixels`` pixels (header only, 0 = no limit) and decode."""
     from PIL import Image, UnidentifiedImageError
+
+    from opmeter.report.limits import check_image_size
 
     path = Path(image)
     if not path.is_file():
         raise OpmeterError(f"image file {path} not found")
     try:
+        check_image_size(path, max_pixels)
         with Image.open(path) as img:
             img.verify()
         with Image.open(path) as img:
@@ -414,6 +420,16 @@ class _Pipeline:
             workload = attrs.evolve(workload, width=width, height=height)
         return workload
 
+    @staticmethod
+    def _check_sizes(config: Any, workload: Any, device: str) -> None:
+        """Decode tokens within the position table; an executed CPU run within the memory available."""
+        from opmeter.report.limits import check_cpu_memory, check_decode_tokens
+
+        prefill = workload.text_tokens() + workload.vision(config).image_tokens
+        check_decode_tokens(workload.max_new_tokens, prefill, config.decoder.max_position_embeddings)
+        if device == "cpu":
+            check_cpu_memory(config, workload, dtype_bytes=4)  # the reference runs fp32 on CPU
+
     def _model(self, kind: str, vendor_path: Path | None, device: str) -> tuple[Any, Any, str]:
         from opmeter.models.deepseek_ocr.tokenizer import BuiltinTokenizer
 
@@ -466,11 +482,12 @@ class _Pipeline:
         device = resolve_device(o.device)
         self._hardware(device)
         kind, vendor_path = parse_model_spec(o.model)
-        image = check_image(o.image) if o.image is not None else None
-        from opmeter.models.deepseek_ocr.config import get_config
+        image = check_image(o.image, o.max_image_pixels) if o.image is not None else None
+        from opmeter.models.deepseek_ocr.config import FULL_SIZE, get_config
 
-        get_config(o.preset)
+        config = get_config(o.preset if kind == "reference" else FULL_SIZE)
         workload = self._workload(o.preset, image)
+        self._check_sizes(config, workload, device)
         with tempfile.TemporaryDirectory(prefix="opmeter-report-") as tmp, _Progress(o.progress) as progress:
             with timed(self.seconds, "build_model"):
                 model, tokenizer, preset = self._model(kind, vendor_path, device)
@@ -579,7 +596,8 @@ class _Pipeline:
         if decode and opts.decode_tokens is None:
             opts = attrs.evolve(opts, decode_tokens=int(decode))
         self.opts = opts
-        image = check_image(opts.image) if opts.image is not None else None  # geometry of a trace made elsewhere
+        # the geometry of a trace made elsewhere
+        image = check_image(opts.image, opts.max_image_pixels) if opts.image is not None else None
         workload = self._workload(preset, image)
         wmeta = meta.get("workload") or {}
         if image is None and wmeta.get("image_width") and wmeta.get("image_height"):

@@ -680,8 +680,11 @@ class Trace:
 
         Metadata values JSON cannot hold (a ``Path``, a dtype...) are written as their ``str()``.
         """
-        data = orjson.dumps(self.to_dict(), default=str,
-                            option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+        try:
+            data = orjson.dumps(self.to_dict(), default=str,
+                                option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+        except orjson.JSONEncodeError as exc:  # an integer past 64 bits in the metadata, a cycle...
+            raise OpmeterError(f"cannot write the trace to {path}: {exc}") from exc
         return atomic_write_bytes(path, data)
 
     def summary(self) -> str:
