@@ -26,6 +26,7 @@ from opmeter.trace import stages as st
 from opmeter.trace.dispatch import CountingMode, FullMode
 from opmeter.trace.modules import module_table
 from opmeter.trace.recorder import Recorder
+from opmeter.trace.refusals import flex_eager_off, flex_eager_on, register_higher_order
 from opmeter.trace.trace import SCHEMA_VERSION, Trace
 
 
@@ -97,6 +98,7 @@ class OpTracer:
         self._log: IO[bytes] | None = None
         self._t_start = 0.0
         self._lost: list[str] = []
+        self._flex: Any = None
         """What made the trace lose data in silence (detected at exit): the trace is marked incomplete."""
 
     # ------------------------------------------------------------------------------------------- enter
@@ -128,6 +130,8 @@ class OpTracer:
             callpatch.install(rec)
             self._installed = True
             if self.count_ops:
+                register_higher_order((CountingMode, FullMode))
+                self._flex = flex_eager_on()
                 if self.timing or self.record_shapes or self._log is not None:
                     mode: CountingMode = FullMode(rec, timing=self.timing,
                                                   sync_ops=sync if self.sync_ops else None,
@@ -225,6 +229,8 @@ class OpTracer:
             self._pop_our_mode()
         except BaseException as exc:  # pragma: no cover - defensive
             errors.append(exc)
+        flex_eager_off(self._flex)
+        self._flex = None
         if self._installed and self._recorder is not None:
             try:
                 lost = callpatch.uninstall(self._recorder)
