@@ -33,6 +33,8 @@ class Recorder:
         self.records = records
         self.index = index
         self.root = root
+        self.root_alias: Any = None
+        """A ``torch.compile`` wrapper of the root, once it was called (its calls are the root's)."""
         self.timing = timing
         self.sync = sync or _no_sync
         self.nvtx_stages = nvtx_stages
@@ -236,6 +238,8 @@ class Recorder:
         """A module call starts (see :mod:`opmeter.trace.callpatch`)."""
         idx = self.index.get(id(mod))
         if idx is None:
+            idx = self._compiled_alias(mod)
+        if idx is None:
             # not in the tree (created on the fly, another model...): its ops go to the nearest known ancestor
             self.stack.append(self.stack[-1])
             self.objs.append(mod)
@@ -251,10 +255,24 @@ class Recorder:
         """A module call ends (normally or by an exception)."""
         if self.closed:
             return
-        if mod is self.root:
+        if mod is self.root or mod is self.root_alias:
             self.root_post_hook(mod, None, None)
         else:
             self._pop(mod)
+
+    def _compiled_alias(self, mod: Any) -> int | None:
+        """The index of the traced module a ``torch.compile`` wrapper (not in the tree) compiled, if any; the
+        wrapper's calls count as that module's from now on (:mod:`opmeter.trace.compiled`)."""
+        from opmeter.trace.compiled import is_compiled_wrapper, original
+
+        if not is_compiled_wrapper(mod):
+            return None
+        idx = self.index.get(id(original(mod)))
+        if idx is not None:
+            self.index[id(mod)] = idx
+            if idx == ROOT_INDEX:
+                self.root_alias = mod
+        return idx
 
     def root_pre_hook(self, mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """The root's call starts: a root-level call opens an automatic stage, then push the root."""

@@ -23,6 +23,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode_stack, _pop_
 from opmeter.errors import OpmeterError
 from opmeter.trace import callpatch
 from opmeter.trace import stages as st
+from opmeter.trace.compiled import original
 from opmeter.trace.dispatch import CountingMode, FullMode
 from opmeter.trace.modules import module_table
 from opmeter.trace.recorder import Recorder
@@ -175,7 +176,7 @@ class OpTracer:
 
     def _base_metadata(self) -> dict[str, Any]:
         device, dtype = _model_device_dtype(self.model)
-        cls = type(self.model)
+        cls = type(original(self.model))
         from opmeter import __version__
 
         return {
