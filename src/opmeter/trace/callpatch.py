@@ -19,6 +19,7 @@ import logging
 import threading
 from typing import Any, Protocol
 
+import torch
 from torch import nn
 
 
@@ -36,10 +37,15 @@ class CallTarget(Protocol):
         """The call of ``mod`` ended, normally or by an exception."""
         ...
 
+    def after_call(self, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        """The call returned ``out`` with grad enabled (before :meth:`exit`): backward attribution hooks."""
+        ...
+
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _get_ident = threading.get_ident
+_grad_enabled = torch.is_grad_enabled
 _targets: list[CallTarget] = []
 _original: Any = None
 # True while another wrapper installed over ours keeps ours in its chain (we could not restore ``__call__``)
@@ -53,7 +59,10 @@ def _traced_call(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
         if t.thread == _get_ident():
             t.enter(self, args, kwargs)
             try:
-                return _original(self, *args, **kwargs)
+                out = _original(self, *args, **kwargs)
+                if _grad_enabled():  # before exit: the call's context is still on the stack
+                    t.after_call(args, kwargs, out)
+                return out
             finally:
                 t.exit(self)
         return _original(self, *args, **kwargs)
@@ -66,7 +75,11 @@ def _traced_call(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     for t in active:
         t.enter(self, args, kwargs)
     try:
-        return _original(self, *args, **kwargs)
+        out = _original(self, *args, **kwargs)
+        if _grad_enabled():
+            for t in active:
+                t.after_call(args, kwargs, out)
+        return out
     finally:
         for t in reversed(active):
             t.exit(self)

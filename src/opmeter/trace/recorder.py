@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from opmeter.trace import stages as st
+from opmeter.trace.backward import BackwardAttribution
 from opmeter.trace.modules import ROOT_INDEX, ModuleRecord
 from opmeter.trace.trace import SPAN_CAP, StageRecord, Trace
 
@@ -75,6 +76,7 @@ class Recorder:
         self.stage_idx = -1
         self.cell: dict[int, list[Any]] = {}
         self.stage_tot: list[Any] = [0, 0, 0.0, 0, 0, 0.0]
+        self.backward = BackwardAttribution(self)
         self._switch(self._new_stage(st.SETUP, st.SETUP, st.GLUE))
         self.glue[st.SETUP] = self.stage_idx
 
@@ -250,6 +252,11 @@ class Recorder:
             self.root_pre_hook(mod, args, kwargs)
         else:
             self._push(idx, mod)
+
+    def after_call(self, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        """A module call returned with grad enabled: hooks attributing its backward (:mod:`opmeter.trace.backward`)."""
+        if not self.closed:
+            self.backward.after_call(args, kwargs, out)
 
     def exit(self, mod: Any) -> None:
         """A module call ends (normally or by an exception)."""

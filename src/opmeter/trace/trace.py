@@ -325,6 +325,12 @@ class Trace:
             rows.append(row)
         return self._frame(rows, ["module", "class_name", *_OP_COLS, "self_calls"])
 
+    def by_pass(self) -> pd.DataFrame:
+        """Forward and backward numbers per module side by side (see :func:`opmeter.trace.backward.by_pass`)."""
+        from opmeter.trace.backward import by_pass
+
+        return by_pass(self)
+
     def by_category(self, stage: str | Sequence[str] | None = None) -> pd.DataFrame:
         """One row per category: ``category, calls, flops_tensor, flops_cuda, bytes_read, bytes_written, time_s``."""
         ops = self.by_operator(stage)
