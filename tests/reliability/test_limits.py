@@ -117,3 +117,12 @@ def test_a_trace_that_cannot_be_serialised_is_an_error_not_silence(tmp_path: Pat
     with pytest.raises(OpmeterError, match="cannot write the trace"):
         trace.save(tmp_path / "t.json")
     assert not (tmp_path / "t.json").exists()
+
+
+@pytest.mark.clean_error
+@pytest.mark.parametrize("argv", [["--max-crops", "100000"], ["--max-crops", "1"], ["--decode-steps", "10000000"],
+                                  ["--measured", "2", "--max-crops", "100"]])
+def test_sweep_sizes_are_bounded(tmp_path: Path, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sweep", "vision", *argv, "--out", str(tmp_path / "s")]) == 1
+    assert one_line(capsys.readouterr().err)
+    assert not (tmp_path / "s").exists()

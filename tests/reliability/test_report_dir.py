@@ -55,6 +55,9 @@ def test_a_rerun_replaces_the_directory_as_a_unit(previous: Path) -> None:
     assert after["trace.json"] == before["trace.json"]  # the input trace inside --out is kept
     assert set(after) == set(before) - {"verification.csv"}
     assert _siblings(previous) == []
+    mask = os.umask(0)
+    os.umask(mask)
+    assert previous.stat().st_mode & 0o777 == 0o777 & ~mask  # as mkdir would make it, not mkdtemp's 0700
 
 
 @pytest.mark.nothing_lost
@@ -265,6 +268,8 @@ def test_a_signal_during_the_trace_saves_the_partial_trace_where_it_says(previou
     assert snapshot(previous) == before
     # a report from the partial trace is refused: it would undercount
     assert run_cli("report", "--trace", str(partial), "--out", str(previous)).returncode == 1
+    # a later successful run supersedes it
+    assert _rerun(previous) == 0 and not partial.exists()
 
 
 @pytest.mark.clean_error

@@ -4,7 +4,8 @@
 and without creating anything, that the directory can be replaced; :func:`staged_report` yields a sibling temporary
 directory that receives every file, and swaps it in only when all of them are written: on Linux with one
 ``renameat2(RENAME_EXCHANGE)`` (the old report and the new one change places atomically), elsewhere by moving the
-old directory aside and the new one in. The old report is removed afterwards. An exception, Ctrl-C or a full disk
+old directory aside and the new one in. The old report is removed afterwards, and so is the partial trace an earlier
+failed run left beside it. An exception, Ctrl-C or a full disk
 while writing removes the temporary directory and leaves ``--out`` as it was; a ``kill -9`` leaves at most a hidden
 ``.<name>.opmeter-*`` sibling, removed by the next run once its process is gone.
 """
@@ -18,6 +19,7 @@ import errno
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -155,6 +157,10 @@ def staged_report(out: Path, carry: Sequence[Path] = ()) -> Iterator[Path]:
     base = _nearest_existing(out.parent)
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.{_STAGING}.{os.getpid()}-", dir=base))
+        mask = os.umask(0)
+        os.umask(mask)
+        # mkdtemp makes it 0700: the report keeps the mode of the one it replaces, or gets the one mkdir would give
+        os.chmod(staging, stat.S_IMODE(out.stat().st_mode) if out.is_dir() else 0o777 & ~mask)
     except OSError as exc:
         raise OpmeterError(f"output directory {out} is not writable: {exc.strerror or exc}") from None
     try:
@@ -169,6 +175,10 @@ def staged_report(out: Path, carry: Sequence[Path] = ()) -> Iterator[Path]:
             os.rename(staging, moved)
             staging = moved
         _swap_in(staging, out)
+        stale = partial_trace_path(out)
+        if stale.is_file():  # left by an earlier failed run of this report: superseded now
+            log.info("removing %s, the partial trace of an earlier run", stale)
+            stale.unlink()
     except OSError as exc:
         raise OpmeterError(f"cannot write the report into {out}: {exc.strerror or exc} (the previous report, if "
                            "any, is unchanged)") from exc
