@@ -289,3 +289,23 @@ def test_a_partial_trace_that_cannot_be_saved_is_said(tmp_path: Path, monkeypatc
     assert main([*REPORT, "--out", str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err
     assert one_line(err) and "model bug" in err and "could not be saved" in err and "OverflowError" in err
+
+
+@pytest.mark.clean_error
+@pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, b"not an image at all"])
+def test_a_corrupt_image_is_one_line_and_creates_nothing(tmp_path: Path, content: bytes,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    page = tmp_path / "page.png"
+    page.write_bytes(content)
+    assert main([*REPORT, "--image", str(page), "--out", str(tmp_path / "r")]) == 1
+    assert one_line(capsys.readouterr().err)
+    assert sorted(os.listdir(tmp_path)) == ["page.png"]
+
+
+@pytest.mark.nothing_lost
+def test_an_out_that_is_a_symlink_keeps_pointing_at_the_new_report(previous: Path, tmp_path: Path) -> None:
+    link = tmp_path / "link"
+    link.symlink_to(previous)
+    assert main(["report", "--trace", str(previous / "trace.json"), "--out", str(link)]) == 0
+    assert link.is_symlink() and (link / "report.md").is_file()
+    assert not (link / "verification.csv").exists()
