@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import pkgutil
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from types import ModuleType
+from typing import NoReturn
 
 from opmeter import __version__, commands
 from opmeter.errors import OpmeterError
+
+
+class UsageError(Exception):
+    """A command line argparse rejects (unknown option, bad value): one line and exit 1, as every user error."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
 
 
 def _command_modules() -> list[ModuleType]:
@@ -24,7 +37,7 @@ def _command_modules() -> list[ModuleType]:
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with every discovered subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="opmeter",
         description="Trace every aten op of a PyTorch model, join it with analytic predictions, report.",
     )
@@ -37,20 +50,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _on_terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt("terminated")
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C (tracer restored, partial trace saved, no half-written report)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     if not hasattr(args, "_run"):
         parser.print_help()
         return 2
     try:
-        return int(args._run(args))
+        with _terminate_as_interrupt():
+            return int(args._run(args))
     except OpmeterError as exc:
         print(f"opmeter {args.command}: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"opmeter {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        said = f" ({exc})" if str(exc) else ""
+        print(f"opmeter {args.command}: interrupted{said}", file=sys.stderr)
         return 130
 
 

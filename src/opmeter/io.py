@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -43,8 +44,44 @@ def _umask() -> int:
     return mask
 
 
+def _write_stream(path: Path, data: bytes) -> None:
+    """Write to a character device or a pipe as it is (``/dev/null``, ``/dev/stdout``, a FIFO): no rename there."""
+    try:
+        with open(path, "wb") as fh:
+            fh.write(data)
+    except OSError as exc:
+        raise OpmeterError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _destination(path: Path) -> tuple[Path, bool]:
+    """Where a write of ``path`` goes, and whether it is a stream (written in place) rather than a regular file.
+
+    A symbolic link is written through (its target is replaced, the link stays, also when it dangles); a character
+    device or a FIFO is written directly; a directory or a block device is refused.
+    """
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):  # created by the write (a file in the way is named then)
+        return path, False
+    except OSError as exc:
+        raise OpmeterError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    if stat.S_ISDIR(mode):
+        raise OpmeterError(f"cannot write {path}: it is a directory")
+    if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
+        return path, True
+    if not stat.S_ISREG(mode):
+        raise OpmeterError(f"cannot write {path}: not a regular file (a block device or a socket)")
+    return path, False
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file in the same directory, then rename).
+
+    A symbolic link is written through: its target gets the new content and the link stays. A character device or
+    a FIFO (``/dev/null``, a pipe) is written directly, as there is nothing to rename over; a directory or a block
+    device is refused.
 
     Parameters
     ----------
@@ -56,14 +93,17 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     Returns
     -------
     Path
-        The destination path.
+        ``path`` as given.
 
     Raises
     ------
     OpmeterError
         When the directory cannot be created or written.
     """
-    dest = Path(path)
+    dest, stream = _destination(Path(path))
+    if stream:
+        _write_stream(dest, data)
+        return Path(path)
     try:
         _mkdir(dest.parent, f"cannot write {dest}")
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
@@ -81,7 +121,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         if isinstance(exc, OSError):
             raise OpmeterError(f"cannot write {dest}: {exc.strerror or exc}") from exc
         raise
-    return dest
+    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

@@ -183,7 +183,9 @@ def test_failing_inference_keeps_the_partial_trace_and_the_old_report(
     assert got == code
     assert len(err.strip().splitlines()) == 1
     assert (tmp_path / "report.md").read_text() == "previous report"
-    partial = orjson.loads((tmp_path / "trace.partial.json").read_bytes())
+    partial_path = tmp_path.parent / f"{tmp_path.name}.trace.partial.json"  # beside the report, never inside
+    assert str(partial_path) in err and not (tmp_path / "trace.partial.json").exists()
+    partial = orjson.loads(partial_path.read_bytes())
     assert partial["complete"] is False
 
 

@@ -32,6 +32,7 @@ def _positive_int(minimum: int) -> type:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``opmeter report``."""
     from opmeter.models.deepseek_ocr.config import FULL_SIZE
+    from opmeter.report.limits import DEFAULT_MAX_IMAGE_PIXELS
 
     parser.add_argument("--workload", default="dsocr-standard-v1", help="workload id (default: %(default)s)")
     parser.add_argument(
@@ -53,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="reports/latest", help="output directory (default: %(default)s)")
     parser.add_argument("--image", default=None,
                         help="use this image instead of the workload's (with --trace: the image that was traced)")
+    parser.add_argument("--max-image-pixels", type=_positive_int(0), default=DEFAULT_MAX_IMAGE_PIXELS,
+                        help="refuse larger --image pages, read from the header only (default: %(default)s; 0 = no "
+                        "limit)")
     parser.add_argument("--trace", default=None, metavar="TRACE_JSON",
                         help="report from a saved trace.json instead of running the model")
     parser.add_argument("--trace-json", choices=("full", "none"), default="full",
@@ -104,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         threads=args.threads,
         progress=not args.no_progress and sys.stderr.isatty(),
+        max_image_pixels=args.max_image_pixels,
         command="opmeter report " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["report"] else "opmeter report",
     )
     result = run_report(opts)

@@ -37,8 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+MAX_SWEEP_CROPS = 256
+"""Largest ``--max-crops``: the analytic sweep is cheap, but the model's own tiling stops at 9 crops."""
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the sweep(s) and print where the files went."""
+    from opmeter.commands.verify import MAX_GRID_CROPS
     from opmeter.models.deepseek_ocr.analytic import VARIANTS
     from opmeter.models.deepseek_ocr.config import get_config
     from opmeter.sweeps import SWEEPS, SweepConfig, measured_vision_column, write_sweep
@@ -48,10 +53,14 @@ def run(args: argparse.Namespace) -> int:
     bad = [v for v in variants if v not in VARIANTS]
     if bad or not variants:
         raise OpmeterError(f"unknown variant(s) {bad or args.variants!r}; use {', '.join(VARIANTS)}")
-    if args.max_crops < 2:
-        raise OpmeterError(f"--max-crops must be at least 2, got {args.max_crops}")
-    if args.decode_steps < 1:
-        raise OpmeterError(f"--decode-steps must be at least 1, got {args.decode_steps}")
+    if not 2 <= args.max_crops <= MAX_SWEEP_CROPS:
+        raise OpmeterError(f"--max-crops must be between 2 and {MAX_SWEEP_CROPS}, got {args.max_crops}")
+    if args.measured and args.max_crops > MAX_GRID_CROPS:  # measured points trace their grids
+        raise OpmeterError(f"--measured traces grids: --max-crops must be at most {MAX_GRID_CROPS} with it, got "
+                           f"{args.max_crops}")
+    if not 1 <= args.decode_steps <= cfg.decoder.max_position_embeddings:
+        raise OpmeterError(f"--decode-steps must be between 1 and {cfg.decoder.max_position_embeddings} (the "
+                           f"model's max_position_embeddings), got {args.decode_steps}")
     if args.measured < 0:
         raise OpmeterError(f"--measured must be >= 0, got {args.measured}")
     if args.measured and "normal" not in variants:  # the measured column sits in the 'normal' rows only

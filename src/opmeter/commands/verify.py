@@ -7,6 +7,7 @@ import sys
 
 from opmeter.errors import OpmeterError
 from opmeter.io import ensure_output_dir
+from opmeter.models.deepseek_ocr.geometry import MAX_CROPS
 
 NAME = "verify"
 HELP = (
@@ -16,6 +17,10 @@ HELP = (
 )
 
 
+MAX_GRID_CROPS = 4 * MAX_CROPS
+"""Largest ``--grid`` (cols * rows): four times the model's own maximum."""
+
+
 def _grid(text: str) -> tuple[int, int]:
     try:
         cols, rows = (int(v) for v in text.lower().split("x"))
@@ -23,6 +28,10 @@ def _grid(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"grid must look like COLSxROWS (e.g. 2x3), got {text!r}") from None
     if cols < 1 or rows < 1:
         raise argparse.ArgumentTypeError(f"grid must be at least 1x1, got {text!r}")
+    if cols * rows > MAX_GRID_CROPS:
+        raise argparse.ArgumentTypeError(
+            f"grid {text!r} has {cols * rows} crops; at most {MAX_GRID_CROPS} are verified (the model's own tiling "
+            f"uses at most {MAX_CROPS}, and memory grows with the crop count)")
     return cols, rows
 
 

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from opmeter.errors import OpmeterError
-from opmeter.io import ensure_output_dir
+from opmeter.report.limits import DEFAULT_MAX_IMAGE_PIXELS
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,8 @@ class ReportOptions:
     """dtype of the reference model (``float32``, ``bfloat16``...); ``None``: bf16 on meta and CUDA, fp32 on CPU."""
     threads: int | None = None
     """``torch.set_num_threads`` for the run (restored afterwards); ``None``: torch's setting."""
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    """Refuse larger ``--image`` pages (header read only); 0 = no limit."""
 
 
 @attrs.frozen
@@ -103,18 +105,23 @@ def resolve_device(device: str) -> str:
 
 
 def check_out_dir(out: str | Path) -> Path:
-    """Create ``out`` if needed and prove it is writable (see :func:`opmeter.io.ensure_output_dir`)."""
-    return ensure_output_dir(out)
+    """Prove ``out`` can receive the report, creating nothing (see :func:`opmeter.report.outdir.check_report_dir`)."""
+    from opmeter.report.outdir import check_report_dir
+
+    return check_report_dir(out)
 
 
-def check_image(image: str | Path) -> Path:
-    """The image must exist and decode (Pillow ``verify``)."""
+def check_image(image: str | Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Path:
+    """The image must exist, be at most ``max_pixels`` pixels (header only, 0 = no limit) and decode."""
     from PIL import Image, UnidentifiedImageError
+
+    from opmeter.report.limits import check_image_size
 
     path = Path(image)
     if not path.is_file():
         raise OpmeterError(f"image file {path} not found")
     try:
+        check_image_size(path, max_pixels)
         with Image.open(path) as img:
             img.verify()
         with Image.open(path) as img:
@@ -440,6 +447,16 @@ class _Pipeline:
 
         return parse_dtype(self.opts.dtype)
 
+    def _check_sizes(self, config: Any, workload: Any, device: str) -> None:
+        """Decode tokens within the position table; an executed CPU run within the memory available."""
+        from opmeter.report.limits import check_cpu_memory, check_decode_tokens
+
+        prefill = workload.text_tokens() + workload.vision(config).image_tokens
+        check_decode_tokens(workload.max_new_tokens, prefill, config.decoder.max_position_embeddings)
+        if device == "cpu":
+            dtype = self._dtype()  # the reference runs fp32 on CPU unless --dtype says otherwise
+            check_cpu_memory(config, workload, dtype_bytes=dtype.itemsize if dtype is not None else 4)
+
     def _model(self, kind: str, vendor_path: Path | None, device: str) -> tuple[Any, Any, str]:
         from opmeter.models.deepseek_ocr.tokenizer import BuiltinTokenizer
 
@@ -489,15 +506,18 @@ class _Pipeline:
         total_start = time.perf_counter()
         out_dir = check_out_dir(o.out)
         self._check_time_options()
+        self._hardware("meta")  # --hardware and the OPMETER_* environment, before the long work
         if o.trace_path is not None:
             return self._from_saved_trace(out_dir, total_start)
         device = resolve_device(o.device)
+        self._hardware(device)
         kind, vendor_path = parse_model_spec(o.model)
-        image = check_image(o.image) if o.image is not None else None
-        from opmeter.models.deepseek_ocr.config import get_config
+        image = check_image(o.image, o.max_image_pixels) if o.image is not None else None
+        from opmeter.models.deepseek_ocr.config import FULL_SIZE, get_config
 
-        get_config(o.preset)
+        config = get_config(o.preset if kind == "reference" else FULL_SIZE)
         workload = self._workload(o.preset, image)
+        self._check_sizes(config, workload, device)
         with tempfile.TemporaryDirectory(prefix="opmeter-report-") as tmp, _Progress(o.progress) as progress:
             with timed(self.seconds, "build_model"):
                 model, tokenizer, preset = self._model(kind, vendor_path, device)
@@ -566,14 +586,14 @@ class _Pipeline:
                     torch.inference_mode():
                 infer()
         except BaseException as exc:
-            partial = tracer.trace
-            if partial is not None:
-                with contextlib.suppress(Exception):
-                    partial.save(out_dir / "trace.partial.json")
-            if isinstance(exc, (OpmeterError, KeyboardInterrupt)):
-                raise
-            raise OpmeterError(f"the traced inference failed: {type(exc).__name__}: {exc} (partial trace in "
-                               f"{out_dir / 'trace.partial.json'})") from exc
+            saved = save_partial_trace(tracer.trace, out_dir)
+            if isinstance(exc, KeyboardInterrupt):
+                raise KeyboardInterrupt(saved) from exc
+            what = str(exc) if isinstance(exc, OpmeterError) else f"the traced inference failed: " \
+                f"{type(exc).__name__}: {exc}"
+            raise OpmeterError(f"{what} ({saved}; the previous report, if any, is unchanged)") from exc
+        if not trace.complete:  # the tracer lost ops (a foreign dispatch mode, a replaced __call__): no report
+            raise OpmeterError(f"the trace is incomplete: {trace.error} ({save_partial_trace(trace, out_dir)})")
         return trace
 
     def _execute(self, model: Any, infer: Callable[[], Any], workload: Any, trace: Any, progress: _Progress,
@@ -613,19 +633,14 @@ class _Pipeline:
         if not path.is_file():
             raise OpmeterError(f"trace file {path} not found")
         try:
-            if path.name.endswith(".gz"):
-                import orjson
-
-                from opmeter.report.exporters import read_maybe_gzip
-                from opmeter.trace import Trace
-
-                trace = Trace.from_dict(orjson.loads(read_maybe_gzip(path)))
-            else:
-                trace = load_trace(path)
+            trace = load_trace(path)  # plain or gzipped
         except OpmeterError:
             raise
         except Exception as exc:
             raise OpmeterError(f"{path} is not an opmeter trace JSON ({type(exc).__name__}: {exc})") from None
+        if not trace.complete:
+            raise OpmeterError(f"{path} is an incomplete trace ({trace.error}); a report from it would undercount: "
+                               "trace the run again")
         meta = dict(trace.metadata or {})
         preset = str(meta.get("preset") or self.opts.preset)
         wid = meta.get("workload_id")
@@ -641,7 +656,8 @@ class _Pipeline:
         if decode and opts.decode_tokens is None:
             opts = attrs.evolve(opts, decode_tokens=int(decode))
         self.opts = opts
-        image = check_image(opts.image) if opts.image is not None else None  # geometry of a trace made elsewhere
+        # the geometry of a trace made elsewhere
+        image = check_image(opts.image, opts.max_image_pixels) if opts.image is not None else None
         workload = self._workload(preset, image)
         wmeta = meta.get("workload") or {}
         if image is None and wmeta.get("image_width") and wmeta.get("image_height"):
@@ -699,7 +715,19 @@ class _Pipeline:
                 "OPMETER_BW_GBPS to predict for this machine"
             )
         joined.metadata["time_model"] = self._time_model(trace, runtime, joined, workload, device, predict_hw)
-        return self._write(out_dir, joined, trace, timing_trace, workload, preset, device, pred_head, total_start)
+        verification = None
+        if self.opts.verify:  # computed before anything is written, like everything else
+            from opmeter.verify import verify
+
+            with timed(self.seconds, "verify"):
+                verification = verify(preset)
+        from opmeter.report.outdir import staged_report
+
+        carry = [Path(self.opts.trace_path).resolve()] if self.opts.trace_path is not None else []
+        with staged_report(out_dir, carry=carry) as staging:
+            result = self._write(staging, joined, trace, timing_trace, workload, preset, device, pred_head,
+                                 total_start, verification)
+        return attrs.evolve(result, out_dir=out_dir)
 
     def _comparable(self, device: str) -> bool:
         """Whether predicted times are for the machine that measured: the predicted-for entry is the detected GPU
@@ -713,7 +741,8 @@ class _Pipeline:
         return detected.known and detected.name == predict.name
 
     def _write(self, out_dir: Path, joined: Any, trace: Any, timing_trace: Any, workload: Any, preset: str,
-               device: str, pred_head: dict[str, float], total_start: float) -> ReportResult:
+               device: str, pred_head: dict[str, float], total_start: float,
+               verification: pd.DataFrame | None) -> ReportResult:
         from opmeter.io import atomic_write_text
         from opmeter.report import exporters, markdown, plots
         from opmeter.report import format as fmt
@@ -742,13 +771,11 @@ class _Pipeline:
                                 hardware=(joined.hardware or {}).get("name"))
             files += ["flops_by_component.svg", "categories.svg", "time_by_stage.svg"]
             verify_table = None
-            if o.verify:
-                from opmeter.verify import verify, worst_per_layer
+            if verification is not None:
+                from opmeter.verify import worst_per_layer
 
-                with timed(self.seconds, "verify"):
-                    full = verify(preset)
-                files += [p.name for p in exporters.write_table(full, out_dir, "verification", o.compress)]
-                verify_table = _verify_view(worst_per_layer(full))
+                files += [p.name for p in exporters.write_table(verification, out_dir, "verification", o.compress)]
+                verify_table = _verify_view(worst_per_layer(verification))
             mermaid = trace.to_mermaid() if hasattr(trace, "to_mermaid") else None
             summary = workload.summary()
             context = {
@@ -776,9 +803,10 @@ class _Pipeline:
                     "opmeter / torch": f"{_version()} / {torch.__version__}",
                 },
             }
-            from opmeter.timemodel.assess import summary, write_summary
+            from opmeter.timemodel.assess import summary as time_summary
+            from opmeter.timemodel.assess import write_summary
 
-            files.append(write_summary(out_dir / "summary.json", summary(
+            files.append(write_summary(out_dir / "summary.json", time_summary(
                 joined.metadata.get("time_model"), f"{o.model} {preset}", workload.id, device,
                 joined.metadata.get("dtype"))).name)
             files.append("report.md")
@@ -790,6 +818,20 @@ class _Pipeline:
         headline = _headline_lines(joined, pred_head)
         return ReportResult(out_dir=out_dir, files=tuple(sorted(set(files))), headline=tuple(headline),
                             seconds=dict(self.seconds), joined=joined)
+
+
+def save_partial_trace(trace: Any, out_dir: Path) -> str:
+    """Save what an interrupted trace recorded beside ``out_dir``; returns the words saying where (or why not)."""
+    from opmeter.report.outdir import partial_trace_path
+
+    if trace is None:
+        return "nothing was traced"
+    path = partial_trace_path(out_dir)
+    try:
+        trace.save(path)
+    except Exception as exc:  # said, never swallowed: the caller prints it with the error
+        return f"the partial trace could not be saved to {path}: {type(exc).__name__}: {exc}"
+    return f"partial trace in {path}"
 
 
 def _verify_view(df: pd.DataFrame) -> pd.DataFrame:

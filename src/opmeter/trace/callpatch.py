@@ -15,9 +15,11 @@ nearest traced caller).
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any, Protocol
 
+import torch
 from torch import nn
 
 
@@ -35,9 +37,15 @@ class CallTarget(Protocol):
         """The call of ``mod`` ended, normally or by an exception."""
         ...
 
+    def after_call(self, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        """The call returned ``out`` with grad enabled (before :meth:`exit`): backward attribution hooks."""
+        ...
 
+
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _get_ident = threading.get_ident
+_grad_enabled = torch.is_grad_enabled
 _targets: list[CallTarget] = []
 _original: Any = None
 # True while another wrapper installed over ours keeps ours in its chain (we could not restore ``__call__``)
@@ -51,21 +59,41 @@ def _traced_call(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
         if t.thread == _get_ident():
             t.enter(self, args, kwargs)
             try:
-                return _original(self, *args, **kwargs)
+                out = _original(self, *args, **kwargs)
+                if _grad_enabled():  # before exit: the call's context is still on the stack
+                    t.after_call(args, kwargs, out)
+                return out
             finally:
                 t.exit(self)
         return _original(self, *args, **kwargs)
     if not targets:
+        if nn.Module.__call__ is _traced_call:  # stranded: put back by another wrapper after our last tracer left
+            _heal()
         return _original(self, *args, **kwargs)
     ident = _get_ident()
     active = [t for t in targets if t.thread == ident]
     for t in active:
         t.enter(self, args, kwargs)
     try:
-        return _original(self, *args, **kwargs)
+        out = _original(self, *args, **kwargs)
+        if _grad_enabled():
+            for t in active:
+                t.after_call(args, kwargs, out)
+        return out
     finally:
         for t in reversed(active):
             t.exit(self)
+
+
+def _heal() -> None:
+    """Remove our wrapper found in place with no tracer active (another tool restored it after we left)."""
+    global _chained
+    with _lock:
+        if not _targets and nn.Module.__call__ is _traced_call:
+            log.info("opmeter: removing its nn.Module.__call__ wrapper, put back by another tool after the last "
+                     "tracer exited")
+            nn.Module.__call__ = _original  # type: ignore[method-assign]
+            _chained = False
 
 
 class _Probe(nn.Module):
@@ -114,18 +142,38 @@ def install(target: CallTarget) -> None:
         _targets.append(target)
 
 
-def uninstall(target: CallTarget) -> None:
-    """Stop reporting to ``target``; restore ``nn.Module.__call__`` when no tracer is left."""
+def uninstall(target: CallTarget) -> str | None:
+    """Stop reporting to ``target``; restore ``nn.Module.__call__`` when no tracer is left.
+
+    Returns
+    -------
+    str or None
+        Why module calls stopped reaching ``target`` before now (another tool replaced ``nn.Module.__call__``
+        and dropped our wrapper from the chain while the tracer was active), or ``None`` when they never did.
+    """
     global _chained
     with _lock:
         if target in _targets:
             _targets.remove(target)
-        if not _targets:
-            if nn.Module.__call__ is _traced_call:
+        current = nn.Module.__call__
+        if current is _traced_call:
+            lost = None
+            if not _targets:
                 nn.Module.__call__ = _original  # type: ignore[method-assign]
                 _chained = False
-            else:  # replaced over us: ours stays in that chain, passing calls through
-                _chained = True
+        elif _reaches_us(current):  # wrapped over us: ours stays in that chain, passing calls through
+            lost = None
+            _chained = not _targets
+        else:
+            _chained = False
+            lost = (f"nn.Module.__call__ was replaced during the trace by {getattr(current, '__qualname__', current)!r}"
+                    ", which does not call opmeter's wrapper: module calls after that were not attributed")
+    return lost
+
+
+def stranded() -> bool:
+    """Whether our wrapper is in place with no tracer active (it removes itself at the next module call)."""
+    return not _targets and nn.Module.__call__ is _traced_call
 
 
 def is_installed() -> bool:

@@ -18,6 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from opmeter.trace.categories import ATTENTION, COMPUTE
 from opmeter.trace.formulas import OpInfo, compile_op
 from opmeter.trace.recorder import Recorder, UncountedOpWarning
+from opmeter.trace.refusals import check_subclass_types, refuse_nested_args
 
 _EMPTY: dict[str, Any] = {}
 _push = getattr(torch._C, "_push_on_torch_dispatch_stack", None)
@@ -29,7 +30,7 @@ _SHAPES_PER_KEY = 32
 class CountingMode(TorchDispatchMode):
     """Counts every op into ``recorder.cell`` / ``recorder.stage_tot`` (no timing, no log)."""
 
-    supports_higher_order_operators = False
+    supports_higher_order_operators = False  # handlers per op are registered instead (trace.refusals)
 
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
@@ -57,6 +58,21 @@ class CountingMode(TorchDispatchMode):
     def infos(self) -> dict[int, OpInfo]:
         """The :class:`OpInfo` of every overload seen, by ``id(op)``."""
         return {k: entry[3] for k, entry in self.fast.items()}
+
+    def count_whole(self, func: Any, info: OpInfo, args: Any, kwargs: Any, out: Any) -> None:
+        """Count one call of an op run beneath the mode (a higher-order op with a formula) as a single op."""
+        key = id(func)
+        if key not in self.fast:
+            self.fast[key] = (func, info.cost, 0, info)
+        ft, fc, br, bw = self._cost(info, args, kwargs, out)
+        rec = self.rec
+        acc = rec.cell.get(key)
+        if acc is None:
+            acc = rec.cell[key] = [0, 0, 0.0, 0, 0, 0.0]
+            self._seen_dtype(key, out)
+        for i, v in enumerate((1, ft, fc, br, bw)):
+            acc[i] += v
+            rec.stage_tot[i] += v
 
     def _seen_dtype(self, key: int, out: Any) -> None:
         """Output dtype of an op, noted the first time it runs in each (stage group, call path): off the hot path."""
@@ -126,7 +142,8 @@ class CountingMode(TorchDispatchMode):
         """The op's cost; a failing formula counts zero and is reported once per op in ``formula_errors``."""
         try:
             return info.cost(args, kwargs, out)
-        except Exception as exc:  # a formula must never break the model
+        except Exception as exc:  # a formula must never break the model (a nested tensor is refused instead)
+            refuse_nested_args(args, info.name)
             if info.name not in self.formula_errors and info.category in COMPUTE:
                 warnings.warn(f"opmeter: the FLOP formula of {info.name} failed ({type(exc).__name__}: {exc}); its "
                               "FLOPs are unknown and it is reported as uncounted", UncountedOpWarning, stacklevel=2)
@@ -134,6 +151,8 @@ class CountingMode(TorchDispatchMode):
             return 0, 0.0, 0, 0
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if types:  # tensor subclasses only (plain tensors give an empty tuple)
+            check_subclass_types(types, func)
         key = id(func)  # OpOverload.__hash__ is a Python function; id() is not
         entry = self.fast.get(key)
         if entry is None:
@@ -197,6 +216,8 @@ class FullMode(CountingMode):
             self.buffer.clear()
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if types:
+            check_subclass_types(types, func)
         key = id(func)
         entry = self.fast.get(key)
         if entry is None:

@@ -52,13 +52,19 @@ def module_table(model: torch.nn.Module) -> tuple[list[ModuleRecord], dict[int, 
     objects
         The module objects by index (``objects[0]`` is the root too, as a placeholder for the outside).
     """
+    from opmeter.trace.compiled import is_compiled_wrapper, original, user_path
+
     records = [ModuleRecord(OUTSIDE, OUTSIDE, OUTSIDE, None, 0)]
     index: dict[int, int] = {}
     objects: list[torch.nn.Module] = [model]
-    for name, mod in model.named_modules():
-        if id(mod) in index:
+    wrappers: set[str] = set()
+    for full_name, mod in model.named_modules():
+        if is_compiled_wrapper(mod):
+            wrappers.add(full_name)
+        name = user_path(full_name, wrappers)
+        if id(mod) in index or name is None:  # a torch.compile wrapper's _orig_mod: the wrapper stands for it
             continue
-        cls = type(mod)
+        cls = type(original(mod))
         if name == "":
             rec = ModuleRecord(ROOT, cls.__name__, qualified_name(cls), None, 0)
         else:

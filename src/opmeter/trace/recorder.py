@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from opmeter.trace import stages as st
+from opmeter.trace.backward import BackwardAttribution
 from opmeter.trace.modules import ROOT_INDEX, ModuleRecord
 from opmeter.trace.trace import SPAN_CAP, StageRecord, Trace
 
@@ -34,6 +35,8 @@ class Recorder:
         self.records = records
         self.index = index
         self.root = root
+        self.root_alias: Any = None
+        """A ``torch.compile`` wrapper of the root, once it was called (its calls are the root's)."""
         self.timing = timing
         self.sync = sync or _no_sync
         self.nvtx_stages = nvtx_stages
@@ -74,6 +77,7 @@ class Recorder:
         self.stage_idx = -1
         self.cell: dict[int, list[Any]] = {}
         self.stage_tot: list[Any] = [0, 0, 0.0, 0, 0, 0.0]
+        self.backward = BackwardAttribution(self)
         self._switch(self._new_stage(st.SETUP, st.SETUP, st.GLUE))
         self.glue[st.SETUP] = self.stage_idx
 
@@ -237,6 +241,8 @@ class Recorder:
         """A module call starts (see :mod:`opmeter.trace.callpatch`)."""
         idx = self.index.get(id(mod))
         if idx is None:
+            idx = self._compiled_alias(mod)
+        if idx is None:
             # not in the tree (created on the fly, another model...): its ops go to the nearest known ancestor
             self.stack.append(self.stack[-1])
             self.objs.append(mod)
@@ -248,14 +254,33 @@ class Recorder:
         else:
             self._push(idx, mod)
 
+    def after_call(self, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        """A module call returned with grad enabled: hooks attributing its backward (:mod:`opmeter.trace.backward`)."""
+        if not self.closed:
+            self.backward.after_call(args, kwargs, out)
+
     def exit(self, mod: Any) -> None:
         """A module call ends (normally or by an exception)."""
         if self.closed:
             return
-        if mod is self.root:
+        if mod is self.root or mod is self.root_alias:
             self.root_post_hook(mod, None, None)
         else:
             self._pop(mod)
+
+    def _compiled_alias(self, mod: Any) -> int | None:
+        """The index of the traced module a ``torch.compile`` wrapper (not in the tree) compiled, if any; the
+        wrapper's calls count as that module's from now on (:mod:`opmeter.trace.compiled`)."""
+        from opmeter.trace.compiled import is_compiled_wrapper, original
+
+        if not is_compiled_wrapper(mod):
+            return None
+        idx = self.index.get(id(original(mod)))
+        if idx is not None:
+            self.index[id(mod)] = idx
+            if idx == ROOT_INDEX:
+                self.root_alias = mod
+        return idx
 
     def root_pre_hook(self, mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """The root's call starts: a root-level call opens an automatic stage, then push the root."""

@@ -47,6 +47,10 @@ def glue_group(group: str) -> str:
 def _seq_of(t: Any) -> tuple[int, int] | None:
     if not isinstance(t, torch.Tensor) or t.dim() == 0:
         return None
+    if t.is_nested:
+        from opmeter.trace.refusals import refuse_nested_input
+
+        refuse_nested_input(t)
     if not (t.dtype.is_floating_point or t.dtype.is_complex):
         return int(t.shape[-1]), int(t.shape[0]) if t.dim() > 1 else 1
     if t.dim() == 3:

@@ -16,7 +16,9 @@ distinct (call path, op) pairs, not the number of ops.
 
 from __future__ import annotations
 
+import gzip
 import math
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -29,6 +31,7 @@ from opmeter.errors import OpmeterError
 from opmeter.io import atomic_write_bytes
 from opmeter.trace import categories as cat
 from opmeter.trace.modules import OUTSIDE, OUTSIDE_INDEX, ROOT, ModuleRecord
+from opmeter.trace.schema import check_raw
 
 SCHEMA_VERSION: Final = "opmeter.trace/1"
 SPAN_CAP: Final = 200_000
@@ -323,6 +326,12 @@ class Trace:
                    "self_calls": selfc.get((m, op), 0)}
             rows.append(row)
         return self._frame(rows, ["module", "class_name", *_OP_COLS, "self_calls"])
+
+    def by_pass(self) -> pd.DataFrame:
+        """Forward and backward numbers per module side by side (see :func:`opmeter.trace.backward.by_pass`)."""
+        from opmeter.trace.backward import by_pass
+
+        return by_pass(self)
 
     def by_category(self, stage: str | Sequence[str] | None = None) -> pd.DataFrame:
         """One row per category: ``category, calls, flops_tensor, flops_cuda, bytes_read, bytes_written, time_s``."""
@@ -647,6 +656,7 @@ class Trace:
                 f"unsupported trace schema {version!r}: this opmeter reads {SCHEMA_VERSION!r}; "
                 "re-trace the model with this version (or load it with the opmeter that wrote it)"
             )
+        check_raw(d)
         try:
             t = cls(
                 modules=[ModuleRecord(p, cn, qc, par, dep) for p, cn, qc, par, dep in d["modules"]],
@@ -724,8 +734,11 @@ class Trace:
 
         Metadata values JSON cannot hold (a ``Path``, a dtype...) are written as their ``str()``.
         """
-        data = orjson.dumps(self.to_dict(), default=str,
-                            option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+        try:
+            data = orjson.dumps(self.to_dict(), default=str,
+                                option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+        except orjson.JSONEncodeError as exc:  # an integer past 64 bits in the metadata, a cycle...
+            raise OpmeterError(f"cannot write the trace to {path}: {exc}") from exc
         return atomic_write_bytes(path, data)
 
     def summary(self) -> str:
@@ -756,13 +769,18 @@ def load_trace(path: str | Path) -> Trace:
     Raises
     ------
     OpmeterError
-        When the file is missing, not JSON, or of an unknown schema version.
+        When the file is missing, not JSON (plain or gzipped), of an unknown schema version, or malformed.
     """
     p = Path(path)
     try:
         raw = p.read_bytes()
     except OSError as exc:
         raise OpmeterError(f"cannot read trace {p}: {exc.strerror or exc}") from exc
+    if raw[:2] == b"\x1f\x8b":  # gzip (``--compress`` writes trace.json.gz)
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise OpmeterError(f"{p} is a damaged gzip file: {exc}") from None
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -23,9 +23,11 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode_stack, _pop_
 from opmeter.errors import OpmeterError
 from opmeter.trace import callpatch
 from opmeter.trace import stages as st
+from opmeter.trace.compiled import original
 from opmeter.trace.dispatch import CountingMode, FullMode
 from opmeter.trace.modules import module_table
 from opmeter.trace.recorder import Recorder
+from opmeter.trace.refusals import flex_eager_off, flex_eager_on, register_higher_order
 from opmeter.trace.trace import SCHEMA_VERSION, Trace
 
 
@@ -96,6 +98,9 @@ class OpTracer:
         self._recorder: Recorder | None = None
         self._log: IO[bytes] | None = None
         self._t_start = 0.0
+        self._lost: list[str] = []
+        self._flex: Any = None
+        """What made the trace lose data in silence (detected at exit): the trace is marked incomplete."""
 
     # ------------------------------------------------------------------------------------------- enter
 
@@ -112,6 +117,7 @@ class OpTracer:
                        nvtx_stages=bool(self.nvtx), nvtx_modules=self.nvtx == "modules")
         self._recorder = rec
         self.trace = trace
+        self._lost = []
         self._active = True
         try:
             if self.event_log is not None:
@@ -125,6 +131,8 @@ class OpTracer:
             callpatch.install(rec)
             self._installed = True
             if self.count_ops:
+                register_higher_order((CountingMode, FullMode))
+                self._flex = flex_eager_on()
                 if self.timing or self.record_shapes or self._log is not None:
                     mode: CountingMode = FullMode(rec, timing=self.timing,
                                                   sync_ops=sync if self.sync_ops else None,
@@ -168,7 +176,7 @@ class OpTracer:
 
     def _base_metadata(self) -> dict[str, Any]:
         device, dtype = _model_device_dtype(self.model)
-        cls = type(self.model)
+        cls = type(original(self.model))
         from opmeter import __version__
 
         return {
@@ -197,6 +205,10 @@ class OpTracer:
             return
         self._mode = None
         if mode not in _get_current_dispatch_mode_stack():
+            self._lost.append(
+                "the tracer's dispatch mode was taken off the stack before the tracer exited (a mode entered before "
+                "the tracer and exited inside it, e.g. FlopCounterMode, pops whatever mode is on top): ops after "
+                "that were not counted")
             return
         above: list[Any] = []
         try:
@@ -218,9 +230,13 @@ class OpTracer:
             self._pop_our_mode()
         except BaseException as exc:  # pragma: no cover - defensive
             errors.append(exc)
+        flex_eager_off(self._flex)
+        self._flex = None
         if self._installed and self._recorder is not None:
             try:
-                callpatch.uninstall(self._recorder)
+                lost = callpatch.uninstall(self._recorder)
+                if lost:
+                    self._lost.append(lost)
             except BaseException as exc:  # pragma: no cover - defensive
                 errors.append(exc)
             self._installed = False
@@ -272,13 +288,12 @@ class OpTracer:
         if isinstance(extra, dict):
             trace.metadata.update(extra)
         trace.metadata["wall_time_s"] = time.perf_counter() - self._t_start
-        if exc_type is None:
-            trace.complete = True
-            trace.error = None
-        else:
-            trace.complete = False
+        reasons = list(self._lost)
+        if exc_type is not None:
             msg = str(exc) if exc is not None else ""
-            trace.error = f"{exc_type.__name__}: {msg}" if msg else exc_type.__name__
+            reasons.insert(0, f"{exc_type.__name__}: {msg}" if msg else exc_type.__name__)
+        trace.complete = not reasons
+        trace.error = "; ".join(reasons) or None
         if self._log is not None:  # last: the trace above is whole even when the log cannot be renamed
             self._log.close()
             self._log = None

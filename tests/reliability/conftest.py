@@ -1,0 +1,37 @@
+"""Fault-injection suite: every case is marked with what it proves, and the run ends with the counts.
+
+Markers: ``clean_error`` (bad input or a fault gives one clear line / an :class:`~opmeter.errors.OpmeterError`, no
+traceback), ``nothing_lost`` (what was written or recorded before the fault is still there, or the loss is said).
+The terminal summary prints ``reliability: N cases, C clean errors, L nothing lost`` over the cases that passed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+_PASSED: dict[str, set[str]] = {"all": set(), "clean_error": set(), "nothing_lost": set()}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "clean_error: the case checks a one-line error (no traceback)")
+    config.addinivalue_line("markers", "nothing_lost: the case checks that earlier output or records survive")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.passed and "reliability" in str(item.fspath):
+        _PASSED["all"].add(item.nodeid)
+        for name in ("clean_error", "nothing_lost"):
+            if item.get_closest_marker(name) is not None:
+                _PASSED[name].add(item.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _PASSED["all"]:
+        terminalreporter.write_line(
+            f"reliability: {len(_PASSED['all'])} cases, {len(_PASSED['clean_error'])} clean errors, "
+            f"{len(_PASSED['nothing_lost'])} nothing lost")
