@@ -40,6 +40,13 @@ SHAPE_ONLY_TOKEN = 1000
 """Token id every shape-only generation step emits (as the reference model's shape-only mode)."""
 
 aten = torch.ops.aten
+_SCALAR = id(aten._local_scalar_dense.default)
+_TO_COPY = id(aten._to_copy.default)
+_SUM_DIM = id(aten.sum.dim_IntList)
+_CARRY_NONZERO = frozenset({id(aten.sum.default), _SUM_DIM, _TO_COPY})
+_SCATTER = frozenset({id(aten.scatter_.value), id(aten.scatter.value)})
+_WATCHED = frozenset({_SCALAR, *_CARRY_NONZERO, *_SCATTER})
+"""The ops :class:`HostReadPolicy` looks at (by identity: comparing ``OpOverload`` objects runs Python code)."""
 
 
 def metadata(model: nn.Module) -> dict[str, Any]:
@@ -179,6 +186,10 @@ class HostReadPolicy(TorchDispatchMode):
     Any other host read of a meta tensor raises :class:`~opmeter.errors.OpmeterError` naming it: nothing is guessed.
     """
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False  # no per-op dynamo-disable shim (see opmeter.trace.dispatch.CountingMode)
+
     def __init__(self) -> None:
         super().__init__()
         # keyed by identity: a tensor's == is elementwise, so ordinary weak dictionaries cannot hold tensors
@@ -193,23 +204,26 @@ class HostReadPolicy(TorchDispatchMode):
             self._nonzero[moved] = bool(source.count_nonzero().item())
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        key = id(func)
+        if key not in _WATCHED:  # the hot path: every other op passes straight through
+            return func(*args, **(kwargs or {}))
         kwargs = kwargs or {}
         first = args[0] if args else None
-        if func is aten._local_scalar_dense.default and first is not None and first.device.type == "meta":
+        if key == _SCALAR and first is not None and first.device.type == "meta":
             return self._scalar(first)
-        if func is aten._to_copy.default and _to_host(first, kwargs):
+        if key == _TO_COPY and _to_host(first, kwargs):
             return self._to_host(args[0], kwargs)
         out = func(*args, **kwargs)
         if isinstance(first, torch.Tensor) and first.device.type == "meta":
-            self._propagate(func, first, args, out)
+            self._propagate(key, first, args, out)
         return out
 
-    def _propagate(self, func: Any, first: torch.Tensor, args: Any, out: Any) -> None:
-        if func in (aten.sum.default, aten.sum.dim_IntList, aten._to_copy.default) and first in self._nonzero:
+    def _propagate(self, key: int, first: torch.Tensor, args: Any, out: Any) -> None:
+        if key in _CARRY_NONZERO and first in self._nonzero:
             self._nonzero[out] = self._nonzero[first]
-        elif func in (aten.scatter_.value, aten.scatter.value) and len(args) > 2 and args[2].dim() == 2:
+        elif key in _SCATTER and len(args) > 2 and args[2].dim() == 2:
             self._topk[out] = int(args[2].shape[1])
-        elif func is aten.sum.dim_IntList and first in self._topk and first.dim() == 2 and list(args[1]) in ([0], [-2]):
+        elif key == _SUM_DIM and first in self._topk and first.dim() == 2 and list(args[1]) in ([0], [-2]):
             rows, experts = (int(s) for s in first.shape)
             self._counts[out] = (rows, self._topk[first], experts)
 
