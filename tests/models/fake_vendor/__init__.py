@@ -33,5 +33,5 @@ def make_fake_checkpoint(root: Path, preset: str = "deepseek-ocr-toy", weights: 
 
         model = load_vendor(root, weights=False, device="cpu")
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(root / "model.safetensors"))
+        save_file(state, str(root / "model.safetensors"), metadata={"format": "pt"})  # as save_pretrained
     return root

@@ -151,6 +151,8 @@ def load_vendor(
                     config, trust_remote_code=True, attn_implementation=attn_implementation, **{dtype_arg: dt}
                 )
     except (ImportError, AttributeError, TypeError) as exc:
+        if version.startswith(REQUIRED_TRANSFORMERS + "."):  # the right transformers: the checkpoint is at fault
+            raise OpmeterError(f"cannot load the vendor model from {root}: {type(exc).__name__}: {exc}") from None
         raise OpmeterError(f"{_version_hint(version)}; the import failed with: {exc}") from None
     except (OSError, ValueError) as exc:
         hint = "" if version.startswith(REQUIRED_TRANSFORMERS + ".") else f" ({_version_hint(version)})"
