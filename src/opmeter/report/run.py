@@ -723,7 +723,8 @@ class _Pipeline:
                 verification = verify(preset)
         from opmeter.report.outdir import staged_report
 
-        carry = [Path(self.opts.trace_path).resolve()] if self.opts.trace_path is not None else []
+        kept = (self.opts.trace_path, self.opts.profile)  # inputs that live in --out stay in the new report
+        carry = [Path(p).resolve() for p in kept if p is not None]
         with staged_report(out_dir, carry=carry) as staging:
             result = self._write(staging, joined, trace, timing_trace, workload, preset, device, pred_head,
                                  total_start, verification)
