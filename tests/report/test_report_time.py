@@ -86,3 +86,23 @@ def test_bad_time_options_fail_before_work(argv: list[str], message: str, tmp_pa
     err = capsys.readouterr().err
     assert code == 1 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r" / "report.md").exists()
+
+
+def test_a_profile_inside_out_survives_the_report(tmp_path: Path) -> None:
+    """The documented regeneration keeps the machine's profile beside the report it predicted (the directory is
+    replaced as one unit, so the profile must be carried over)."""
+    from opmeter.timemodel.profile import BandwidthPoint, ComputePoint, DeviceProfile
+
+    out = tmp_path / "r"
+    assert main(["report", *TOY, "--device", "meta", "--decode-tokens", "2", "--out", str(out)]) == 0
+    profile = DeviceProfile(
+        device="cpu", device_name="Some other CPU", dtype="float32", threads=1, torch_version="2.x",
+        created="2026-01-01T00:00:00+00:00", source="measured", budget="quick", host_s={"other": 1e-6},
+        module_call_s=1e-6, launch_latency_s=0.0, compute={"vector": (ComputePoint(1e6, 1e4, 1e9, "flat"),)},
+        bandwidth={"read": (BandwidthPoint(1e6, 1e9, "flat"),)},
+    ).save(out / "device_profile.json")
+    before = profile.read_bytes()
+    assert main(["report", *TOY, "--device", "meta", "--decode-tokens", "2", "--profile", str(profile), "--out",
+                 str(out)]) == 0
+    assert (out / "device_profile.json").read_bytes() == before
+    assert "device_profile.json" in _summary(out)["profile"]["origin"]
