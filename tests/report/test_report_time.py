@@ -24,6 +24,18 @@ def _summary(out: Path) -> dict[str, Any]:
     return data
 
 
+def _other_cpu_profile(path: Path) -> Path:
+    """A minimal measured profile of a CPU that is not this one."""
+    from opmeter.timemodel.profile import BandwidthPoint, ComputePoint, DeviceProfile
+
+    return DeviceProfile(
+        device="cpu", device_name="Some other CPU", dtype="float32", threads=1, torch_version="2.x",
+        created="2026-01-01T00:00:00+00:00", source="measured", budget="quick", host_s={"other": 1e-6},
+        module_call_s=1e-6, launch_latency_s=0.0, compute={"vector": (ComputePoint(1e6, 1e4, 1e9, "flat"),)},
+        bandwidth={"read": (BandwidthPoint(1e6, 1e9, "flat"),)},
+    ).save(path)
+
+
 def test_executed_report_compares_predicted_and_measured(cpu_report: Path) -> None:
     data = _summary(cpu_report)
     assert data["device"] == "cpu" and data["dtype"] == "float32" and data["model"].endswith("deepseek-ocr-toy")
@@ -57,14 +69,7 @@ def test_shape_only_report_predicts_with_labelled_defaults(tmp_path: Path) -> No
 
 
 def test_foreign_profile_is_named_and_not_compared(tmp_path: Path) -> None:
-    from opmeter.timemodel.profile import BandwidthPoint, ComputePoint, DeviceProfile
-
-    profile = DeviceProfile(
-        device="cpu", device_name="Some other CPU", dtype="float32", threads=1, torch_version="2.x",
-        created="2026-01-01T00:00:00+00:00", source="measured", budget="quick", host_s={"other": 1e-6},
-        module_call_s=1e-6, launch_latency_s=0.0, compute={"vector": (ComputePoint(1e6, 1e4, 1e9, "flat"),)},
-        bandwidth={"read": (BandwidthPoint(1e6, 1e9, "flat"),)},
-    ).save(tmp_path / "other.json")
+    profile = _other_cpu_profile(tmp_path / "other.json")
     out = tmp_path / "r"
     assert main(["report", *TOY, "--device", "cpu", "--decode-tokens", "2", "--repeats", "1", "--no-profiler",
                  "--profile", str(profile), "--out", str(out)]) == 0
@@ -91,16 +96,9 @@ def test_bad_time_options_fail_before_work(argv: list[str], message: str, tmp_pa
 def test_a_profile_inside_out_survives_the_report(tmp_path: Path) -> None:
     """The documented regeneration keeps the machine's profile beside the report it predicted (the directory is
     replaced as one unit, so the profile must be carried over)."""
-    from opmeter.timemodel.profile import BandwidthPoint, ComputePoint, DeviceProfile
-
     out = tmp_path / "r"
     assert main(["report", *TOY, "--device", "meta", "--decode-tokens", "2", "--out", str(out)]) == 0
-    profile = DeviceProfile(
-        device="cpu", device_name="Some other CPU", dtype="float32", threads=1, torch_version="2.x",
-        created="2026-01-01T00:00:00+00:00", source="measured", budget="quick", host_s={"other": 1e-6},
-        module_call_s=1e-6, launch_latency_s=0.0, compute={"vector": (ComputePoint(1e6, 1e4, 1e9, "flat"),)},
-        bandwidth={"read": (BandwidthPoint(1e6, 1e9, "flat"),)},
-    ).save(out / "device_profile.json")
+    profile = _other_cpu_profile(out / "device_profile.json")
     before = profile.read_bytes()
     assert main(["report", *TOY, "--device", "meta", "--decode-tokens", "2", "--profile", str(profile), "--out",
                  str(out)]) == 0
