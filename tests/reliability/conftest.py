@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from helpers import global_state
 
 _PASSED: dict[str, set[str]] = {"all": set(), "clean_error": set(), "nothing_lost": set()}
 
@@ -35,3 +36,11 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(
             f"reliability: {len(_PASSED['all'])} cases, {len(_PASSED['clean_error'])} clean errors, "
             f"{len(_PASSED['nothing_lost'])} nothing lost")
+
+
+@pytest.fixture
+def clean() -> Any:
+    """The dispatch-mode stack and ``nn.Module.__call__`` are the same after the test as before it."""
+    before = global_state()
+    yield
+    assert global_state() == before

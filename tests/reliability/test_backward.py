@@ -4,11 +4,9 @@ tracer's effect."""
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
 import pytest
 import torch
-from helpers import global_state
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -30,13 +28,6 @@ def _torch_per_module(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
     counts = {k: sum(v.values()) for k, v in fc.get_flop_counts().items()}
     return {("<root>" if k == "Sequential" else k.removeprefix("Sequential.")): n for k, n in counts.items()
             if k != "Global"}
-
-
-@pytest.fixture
-def clean() -> Any:
-    before = global_state()
-    yield
-    assert global_state() == before
 
 
 @pytest.mark.nothing_lost

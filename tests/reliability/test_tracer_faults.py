@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import Small, global_state
+from helpers import Small
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack, _pop_mode
 from torch.utils.flop_counter import FlopCounterMode
@@ -31,13 +31,6 @@ class Deep(nn.Module):
 
 
 _DEPTHS = ["", "outer", "outer.0", "outer.0.0", "outer.1"]
-
-
-@pytest.fixture
-def clean() -> Any:
-    before = global_state()
-    yield
-    assert global_state() == before
 
 
 @pytest.mark.nothing_lost

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode, flop_registry
+from torch.utils.flop_counter import flop_registry
+from trace_helpers import torch_total
 
 from opmeter import OpTracer
 from opmeter import conventions as cv
@@ -18,14 +18,6 @@ from opmeter.trace import categories as cat
 from opmeter.trace.formulas import op_cost
 
 aten = torch.ops.aten
-
-
-def torch_total(fn: Callable[[], Any]) -> int:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with FlopCounterMode(display=False) as fc:
-            fn()
-    return int(fc.get_total_flops())
 
 
 def ours(fn: Callable[[], Any]) -> Any:

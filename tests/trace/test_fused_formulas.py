@@ -14,7 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from flash_attn_standin import SCHEMAS, ensure_registered
-from torch.utils.flop_counter import FlopCounterMode, flop_registry
+from torch.utils.flop_counter import flop_registry
+from trace_helpers import torch_total
 
 from opmeter import OpTracer
 from opmeter import conventions as cv
@@ -47,14 +48,6 @@ def _grouped_mm_device() -> str:
     except (RuntimeError, NotImplementedError, AttributeError):
         return "meta"
     return "cpu"
-
-
-def torch_total(fn: Callable[[], Any]) -> int:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with FlopCounterMode(display=False) as fc:
-            fn()
-    return int(fc.get_total_flops())
 
 
 def traced(fn: Callable[[], Any]) -> Any:

@@ -27,6 +27,15 @@ def global_state() -> tuple[Any, ...]:
 
 
 
+def torch_total(fn: Any) -> int:
+    """torch's own FLOP count of everything ``fn()`` runs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with FlopCounterMode(display=False) as fc:
+            fn()
+    return int(fc.get_total_flops())
+
+
 def torch_flops_per_module(model: nn.Module, fn: Any) -> dict[str, int]:
     """Tensor-core FLOPs per module path (our naming) measured by ``torch.utils.flop_counter``."""
     with warnings.catch_warnings():
