@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import stat
 import tempfile
+import zlib
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from opmeter.errors import OpmeterError
 
@@ -127,3 +132,29 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically; see :func:`atomic_write_bytes`."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_json(path: str | os.PathLike[str], what: str) -> Any:
+    """Read a JSON file, plain or gzipped (``--compress`` writes ``*.json.gz``), for a loader.
+
+    ``what`` names the file kind in the errors ("trace", "device profile").
+
+    Raises
+    ------
+    OpmeterError
+        One line when the file cannot be read, is a damaged gzip file, or is not JSON.
+    """
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise OpmeterError(f"cannot read {what} {p}: {exc.strerror or exc}") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise OpmeterError(f"{p} is a damaged gzip file: {exc}") from None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise OpmeterError(f"{p} is not a JSON {what}: {exc}") from None

@@ -30,7 +30,7 @@ import attrs
 import orjson
 
 from opmeter.errors import OpmeterError
-from opmeter.io import atomic_write_bytes
+from opmeter.io import atomic_write_bytes, read_json
 
 SCHEMA_VERSION: Final = "opmeter.device_profile/1"
 MEASURED: Final = "measured"
@@ -253,15 +253,7 @@ def load_profile(path: str | Path) -> DeviceProfile:
     OpmeterError
         When the file is missing, not JSON, or not a profile of this schema.
     """
-    p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise OpmeterError(f"cannot read device profile {p}: {exc.strerror or exc}") from None
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise OpmeterError(f"{p} is not a JSON device profile: {exc}") from None
+    data = read_json(path, "device profile")
     return DeviceProfile.from_dict(data)
 
 

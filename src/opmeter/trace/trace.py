@@ -16,9 +16,7 @@ distinct (call path, op) pairs, not the number of ops.
 
 from __future__ import annotations
 
-import gzip
 import math
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -28,7 +26,7 @@ import orjson
 import pandas as pd
 
 from opmeter.errors import OpmeterError
-from opmeter.io import atomic_write_bytes
+from opmeter.io import atomic_write_bytes, read_json
 from opmeter.trace import categories as cat
 from opmeter.trace.modules import OUTSIDE, OUTSIDE_INDEX, ROOT, ModuleRecord
 from opmeter.trace.schema import check_raw
@@ -771,20 +769,7 @@ def load_trace(path: str | Path) -> Trace:
     OpmeterError
         When the file is missing, not JSON (plain or gzipped), of an unknown schema version, or malformed.
     """
-    p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise OpmeterError(f"cannot read trace {p}: {exc.strerror or exc}") from exc
-    if raw[:2] == b"\x1f\x8b":  # gzip (``--compress`` writes trace.json.gz)
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise OpmeterError(f"{p} is a damaged gzip file: {exc}") from None
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise OpmeterError(f"{p} is not a JSON trace: {exc}") from exc
+    data = read_json(path, "trace")
     return Trace.from_dict(data)
 
 
