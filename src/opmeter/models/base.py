@@ -94,6 +94,9 @@ class RunRequest:
     decode_tokens: int | None = None
     image: Path | None = None
     weights: bool = True
+    """Load the checkpoint's weights when the adapter has one (``False``: random initialisation)."""
+    weights_dir: Path | None = None
+    """``--weights DIR``: a local checkpoint to load (adapters that build from a config)."""
     scratch: Path = Path(".")
     """A directory the run may write into (removed afterwards)."""
 
