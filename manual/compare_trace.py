@@ -39,8 +39,7 @@ from opmeter.models.deepseek_ocr.workloads import load_workload
 from opmeter.report import format as fmt
 from opmeter.report.exporters import read_maybe_gzip
 from opmeter.report.plots import _save
-from opmeter.report.run import predicted_frames
-from opmeter.report.variant import choose_analytic
+from opmeter.models.deepseek_ocr.adapter import DeepseekOCRAdapter
 from opmeter.trace import Trace
 
 
@@ -74,13 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         wmeta = meta.get("workload") or {}
         if wmeta.get("image_width"):
             workload = attrs.evolve(workload, width=int(wmeta["image_width"]), height=int(wmeta["image_height"]))
-        cfg = get_config(preset)
-        vision = workload.vision(cfg)
+        get_config(preset)
         # the same analytic variant the report picks: dtype, SDPA path, host checks and routing read from the trace
-        choice = choose_analytic(trace, cfg, workload.text_tokens() + vision.image_tokens, workload.decode_steps)
-        pm, ps, _ = predicted_frames(choice.analytic(cfg), vision, workload.text_tokens(), workload.decode_steps,
-                                     HARDWARE[args.hardware], choice)
-        joined = join(trace, pm, ps)
+        adapter = DeepseekOCRAdapter()
+        prediction = adapter.predict(trace, workload, preset, HARDWARE[args.hardware])
+        joined = join(trace, prediction.modules, prediction.stages, components=adapter.components(),
+                      stage_spec=adapter.stage_spec)
     except OpmeterError as exc:
         print(f"compare_trace: error: {exc}", file=sys.stderr)
         return 1

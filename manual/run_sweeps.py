@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from opmeter.io import atomic_write_text
-from opmeter.sweeps import SWEEPS, SweepConfig, measured_vision_column, write_sweep
+from opmeter.models.deepseek_ocr.sweeps import SWEEPS, SweepConfig, measured_vision_column, write_sweep
 
 
 def main() -> None:

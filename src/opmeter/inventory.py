@@ -1,7 +1,7 @@
 """Static inventory of any ``nn.Module``, without running it: classes, instances, parameters, child classes.
 
 What torchinfo's "unique layers" gives, plus parameters per top-level component. Works on meta-device models, so
-the full-size DeepSeek-OCR is inventoried without allocating weights.
+a full-size model is inventoried without allocating weights.
 """
 
 from __future__ import annotations
@@ -151,7 +151,8 @@ def build_inventory(model: nn.Module, component_depth: int = 2) -> Inventory:
     component_depth
         Components are the modules ``component_depth`` levels below the root (containers such as ``ModuleList``
         and leaves stop the descent earlier); parameters registered directly on an expanded module are listed as
-        their own components. For DeepSeek-OCR depth 2 gives ``model.sam_model``, ``model.layers``, ``lm_head``, ...
+        their own components. For a ``ForCausalLM`` wrapper depth 2 gives ``model.layers``, ``model.norm``,
+        ``lm_head``, ...
     """
     seen: set[int] = set()
     order: list[type] = []

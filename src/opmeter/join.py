@@ -23,8 +23,9 @@ feel as ``Trace``):
 
 :meth:`Joined.save` writes ``joined.json`` (orjson, ``schema_version``, atomic); :func:`load_joined` reads it back.
 
-The join knows the model only through a component table (:data:`DEEPSEEK_OCR_COMPONENTS`, path patterns) and the
-predicted per-module frame (:func:`opmeter.analytic.base.layer_frame` layout), keyed by the same module paths.
+The join knows the model only through its adapter's component table and stage specification
+(:mod:`opmeter.structure`) and the predicted per-module frame (:func:`opmeter.analytic.base.layer_frame` layout),
+keyed by the same module paths.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import pandas as pd
 
 from opmeter.errors import OpmeterError
 from opmeter.io import atomic_write_bytes
+from opmeter.structure import Component, StageSpec
 from opmeter.trace import OUTSIDE, ROOT
 
 SCHEMA_VERSION = 1
@@ -67,45 +69,6 @@ CALL, FORWARD, CONTAINER, NEVER = "call", "forward", "container", "never"
 """Values of the ``invoked`` column of :meth:`Joined.by_module` (see :func:`_forward_invoked`)."""
 
 CONTAINERS = frozenset({"ModuleList", "ModuleDict", "ParameterList", "ParameterDict"})
-
-
-@attrs.frozen
-class Component:
-    """A named component: the modules whose path matches ``pattern`` (and class, when given) and everything below.
-
-    When several components match along a path, the deepest module wins, so components are disjoint.
-    """
-
-    name: str
-    pattern: str
-    class_name: str | None = None
-
-    def matches(self, path: str, class_name: str) -> bool:
-        """Whether the module ``path`` of class ``class_name`` is a root of this component."""
-        if self.class_name is not None and class_name != self.class_name:
-            return False
-        return re.search(self.pattern, path) is not None
-
-
-DEEPSEEK_OCR_COMPONENTS: tuple[Component, ...] = (
-    Component("SAM encoder", r"^model\.sam_model$"),
-    Component("CLIP tower", r"^model\.vision_model$"),
-    Component("projector", r"^model\.projector$"),
-    Component("token embedding", r"^model\.embed_tokens$"),
-    Component("decoder attention", r"^model\.layers\.\d+\.self_attn$"),
-    Component("decoder norms", r"^model\.layers\.\d+\.(input_layernorm|post_attention_layernorm)$"),
-    Component("decoder residual adds", r"^model\.layers\.\d+$"),
-    Component("dense MLP", r"^model\.layers\.\d+\.mlp$", "DeepseekV2MLP"),
-    Component("MoE dispatch/combine", r"^model\.layers\.\d+\.mlp$"),
-    Component("MoE gate", r"^model\.layers\.\d+\.mlp\.gate$"),
-    Component("routed experts", r"^model\.layers\.\d+\.mlp\.experts$"),
-    Component("shared experts", r"^model\.layers\.\d+\.mlp\.shared_experts$"),
-    Component("final norm", r"^model\.norm$"),
-    Component("LM head", r"^lm_head$"),
-)
-"""DeepSeek-OCR components, by vendor attribute paths (the reference model uses the same ones)."""
-
-VISION_COMPONENTS = ("SAM encoder", "CLIP tower", "projector")
 
 
 def rel_diff(measured: Any, predicted: Any) -> float:
@@ -222,7 +185,7 @@ class Joined:
     def by_class(self) -> pd.DataFrame:
         """Per module class: instances, calls, measured vs predicted FLOPs / bytes / weights (inclusive sums).
 
-        Only classes whose instances do not nest in one another sum meaningfully; the DeepSeek-OCR classes do not.
+        Only classes whose instances do not nest in one another sum meaningfully; those of a typical tree do not.
         """
         df = self._modules[~self._modules["module"].isin([ROOT, OUTSIDE])]
         cols = ["calls", *(["forward_calls"] if "forward_calls" in df else []), "flops_tensor", "flops_cuda", "bytes",
@@ -578,7 +541,8 @@ def join(
     trace: Any,
     predicted_modules: pd.DataFrame | None = None,
     predicted_stages: pd.DataFrame | None = None,
-    components: Sequence[Component] = DEEPSEEK_OCR_COMPONENTS,
+    components: Sequence[Component] = (),
+    stage_spec: StageSpec | None = None,
     param_bytes: Mapping[str, int] | None = None,
     runtime: Any = None,
     hardware: Mapping[str, Any] | None = None,
@@ -599,7 +563,9 @@ def join(
         Per-stage prediction: ``stage`` (``vision``, ``prefill``, ``decode``, ``decode[i]``), ``flops_tensor``,
         ``flops_cuda``, ``bytes_read``, ``bytes_written`` and optionally memory columns and ``predicted_time_s``.
     components
-        Disjoint named components (path patterns); the rest is glue.
+        Disjoint named components (path patterns; the adapter's); the rest is glue.
+    stage_spec
+        Where the model's request stage is (:class:`~opmeter.structure.StageSpec`); ``None``: no request stage.
     param_bytes
         Parameter + buffer bytes owned by each module path (its own, not children's), for measured weight memory.
     runtime
@@ -757,7 +723,7 @@ def join(
         component_order=tuple(dict.fromkeys(c.name for c in components)),
         module_category=mod_cat,
     )
-    stages = _stages(trace, joined, predicted_stages, runtime, timing_trace)
+    stages = _stages(trace, joined, predicted_stages, runtime, timing_trace, stage_spec or StageSpec())
     return attrs.evolve(joined, stages=stages)
 
 
@@ -1021,9 +987,13 @@ def _stage_frame(trace: Any) -> pd.DataFrame:
 
 
 def _stages(
-    trace: Any, joined: Joined, predicted: pd.DataFrame | None, runtime: Any, timing_trace: Any = None
+    trace: Any, joined: Joined, predicted: pd.DataFrame | None, runtime: Any, timing_trace: Any, spec: StageSpec
 ) -> pd.DataFrame:
-    """Measured (trace) and predicted stage rows; measured times from the runtime profile when executed."""
+    """Measured (trace) and predicted stage rows; measured times from the runtime profile when executed.
+
+    The request stage (``spec.request_stage``) gathers the explicit stages of that name (the request modules' calls,
+    marked while tracing, wherever they ran); without them, the request components' share of the prefill.
+    """
     st = _stage_frame(trace)
     if timing_trace is not None and not st.empty:
         tst = _stage_frame(timing_trace)
@@ -1036,22 +1006,23 @@ def _stages(
         for k, v in values.items():
             row[k] = row.get(k, 0.0) + float(v)
 
+    req = spec.request_stage
     names = [str(n) for n in st["stage"]] if not st.empty else []
-    explicit_vision = [n for n in names if n == "vision" or n.startswith("vision[")]
+    explicit = [n for n in names if n == req or n.startswith(f"{req}[")]
     mods = joined.by_module()
     vis = {m: 0.0 for m in METRICS}
-    if not explicit_vision:
-        # vision = the vision components' work during prefill (the tracer's prefill stage includes it)
-        vision_mask = mods["component"].isin(VISION_COMPONENTS)
+    if not explicit and spec.request_components:
+        # the request components' work during prefill (the tracer's prefill stage includes it)
+        mask = mods["component"].isin(spec.request_components)
         src = "prefill_self_" if "prefill_self_flops_tensor" in mods else "self_"
-        vis = {m: float(_num(mods[vision_mask], f"{src}{m}").sum()) for m in METRICS}
-        add("vision", **vis)
+        vis = {m: float(_num(mods[mask], f"{src}{m}").sum()) for m in METRICS}
+        add(req, **vis)
     decode_steps: list[str] = []
     for rec in st.to_dict("records") if not st.empty else []:
         name = str(rec["stage"])
         vals = {m: float(rec.get(m, 0.0) or 0.0) for m in METRICS}
-        if name in explicit_vision:
-            add("vision", **vals)
+        if name in explicit:
+            add(req, **vals)
         elif name == "prefill":
             add("prefill", **{m: vals[m] - vis[m] for m in METRICS})
         elif name.startswith("decode["):
@@ -1060,11 +1031,11 @@ def _stages(
             add("decode", **vals)
         elif name not in ("decode", "total"):
             add(name, **vals)
-    rows.setdefault("vision", {"stage": "vision"})
-    rows.setdefault("prefill", {"stage": "prefill"})
-    rows.setdefault("decode", {"stage": "decode"})
+    request = [req] if (spec.request_modules or spec.request_components or req in rows) else []
+    for name in (*request, "prefill", "decode"):
+        rows.setdefault(name, {"stage": name})
     head = [s for s in ("setup",) if s in rows]
-    ordered = [*head, "vision", "prefill", *[s for s in ("prefill.glue",) if s in rows], *decode_steps, "decode"]
+    ordered = [*head, *request, "prefill", *[s for s in ("prefill.glue",) if s in rows], *decode_steps, "decode"]
     ordered += [s for s in rows if s not in ordered]
     out = pd.DataFrame([rows[s] for s in ordered])
     for m in METRICS:
@@ -1084,7 +1055,7 @@ def _stages(
         keep = ["stage", *[c for c in pcols if c in pr]]
         pr = pr[keep].rename(columns={c: (c if c == "predicted_time_s" else f"pred_{c}") for c in keep[1:]})
         if "total" not in set(pr["stage"]):
-            base = pr[pr["stage"].isin(["vision", "prefill", "decode"])]
+            base = pr[pr["stage"].isin([req, "prefill", "decode"])]
             tot: dict[str, Any] = {"stage": "total"}
             for c in pr.columns[1:]:
                 if (c.startswith("pred_") and c.removeprefix("pred_") in ("flops_tensor", "flops_cuda", "bytes_read",
@@ -1114,7 +1085,7 @@ def _stages(
 
         runs = runtime.runs
         per_stage: dict[str, Stat] = {
-            "vision": Stat.of([r.vision_s for r in runs]),
+            req: Stat.of([r.vision_s for r in runs]),
             "prefill": Stat.of([r.prefill_s - r.vision_s for r in runs]),
             "decode": Stat.of([r.decode_s for r in runs]),
             "total": Stat.of([r.total_s for r in runs]),

@@ -4,7 +4,7 @@ How time is measured
 --------------------
 A :class:`StageClock` hooks the *step module* (the module whose ``forward`` runs once per generated token, by default
 the model itself): its first call is **prefill** (vision + decoder over the prompt), every later call a **decode
-step**. Optional *vision modules* (for DeepSeek-OCR ``model.sam_model``, ``model.vision_model``, ``model.projector``)
+step**. Optional *vision modules* (the adapter's request modules, e.g. a vision tower and its projector)
 are timed inside prefill.
 
 * On **CPU** each boundary reads ``time.perf_counter()``; CPU kernels run synchronously, so boundaries are exact.

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from opmeter.cli import main
-from opmeter.sweeps import SweepConfig, run_sweep, sweep_grids
+from opmeter.models.deepseek_ocr.sweeps import SweepConfig, run_sweep, sweep_grids
 
 REQUIRED = ["rows", "cols", "crops", "image_tokens", "variant", "tensor_tflops", "cuda_tflops", "io_tb",
             "arithmetic_intensity", "activations_gb", "kv_gb"]

@@ -36,12 +36,14 @@ def test_verify_fast_passes_and_writes_tables(toy_run: tuple[int, Path]) -> None
 
 
 def test_verify_exits_non_zero_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = V.deepseek_ocr_cases
+    from opmeter.models.deepseek_ocr import verify_cases as dsocr_cases
+
+    real = dsocr_cases.deepseek_ocr_cases
 
     def few(*args: object) -> list[V.Case]:
         return [c for c in real(*args) if c.layer == "MLPBlock"]  # type: ignore[arg-type]
 
-    monkeypatch.setattr(V, "deepseek_ocr_cases", few)
+    monkeypatch.setattr(dsocr_cases, "deepseek_ocr_cases", few)
     monkeypatch.setattr(V, "TOL_BYTES", -1.0)  # nothing can pass
     assert main(["verify", "--fast", "--quiet", "--out", str(tmp_path)]) == 1
     assert pd.read_csv(tmp_path / "verification.csv")["status"].str.startswith("FAIL").all()

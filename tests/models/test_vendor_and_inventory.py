@@ -84,4 +84,4 @@ def test_inventory_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     data = json.loads(out.read_text())
     assert data["num_classes"] == 30
     assert main(["inventory", "--vendor", str(tmp_path / "missing")]) == 1
-    assert "not found" in capsys.readouterr().err
+    assert "does not exist" in capsys.readouterr().err

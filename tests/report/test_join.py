@@ -12,14 +12,17 @@ import pytest
 
 from opmeter.errors import OpmeterError
 from opmeter.join import GLUE, OUTSIDE, ROOT, SCHEMA_VERSION, Joined, join, load_joined, rel_diff
-from opmeter.report.run import _param_bytes
+from opmeter.models.deepseek_ocr.adapter import DeepseekOCRAdapter
+from opmeter.report.run import param_bytes_by_module
+
+DSOCR = DeepseekOCRAdapter()
 
 
 @pytest.fixture(scope="module")
 def joined(toy_run: dict[str, Any]) -> Joined:
     return join(
-        toy_run["trace"], toy_run["pred_modules"], toy_run["pred_stages"], param_bytes=_param_bytes(toy_run["model"]),
-        hardware={"name": "H100-SXM"},
+        toy_run["trace"], toy_run["pred_modules"], toy_run["pred_stages"], components=DSOCR.components(),
+        stage_spec=DSOCR.stage_spec, param_bytes=param_bytes_by_module(toy_run["model"]), hardware={"name": "H100-SXM"},
     )
 
 
@@ -203,7 +206,8 @@ def test_forward_invoked_prediction_falls_back_to_the_predicted_children(toy_run
     pm = toy_run["pred_modules"]
     if "direct_forward" in pm:
         pm = pm[~pm["direct_forward"]]
-    joined = join(toy_run["trace"], pm, toy_run["pred_stages"])
+    joined = join(toy_run["trace"], pm, toy_run["pred_stages"], components=DSOCR.components(),
+                  stage_spec=DSOCR.stage_spec)
     row = joined.by_module().set_index("module").loc[f"{CLIP0}.self_attn"]
     assert row["pred_layer"] == "NoTPAttention (children)"
     assert row["rel_flops_tensor"] == pytest.approx(0.0, abs=1e-9)

@@ -9,7 +9,7 @@ import orjson
 import pandas as pd
 
 from opmeter.models.deepseek_ocr.config import get_config
-from opmeter.report.variant import AnalyticChoice, ExpertCounts, choose_analytic
+from opmeter.models.deepseek_ocr.variant import AnalyticChoice, ExpertCounts, choose_analytic
 from opmeter.trace import load_trace
 
 TOY = "deepseek-ocr-toy"
@@ -90,7 +90,7 @@ def test_executed_report_matches_the_analytic_prediction_module_by_module(cpu_re
 
 def test_balanced_choice_predicts_as_before(toy_run: dict[str, Any]) -> None:
     from opmeter.hardware import HARDWARE
-    from opmeter.report.run import predicted_frames
+    from opmeter.models.deepseek_ocr.predict import predicted_frames
 
     w = toy_run["workload"]
     cfg = get_config(TOY)

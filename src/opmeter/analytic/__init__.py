@@ -1,6 +1,6 @@
 """Analytic layer library: predict from shapes alone what the tracer measures (generic part).
 
-Model-specific layers live with their model (e.g. :mod:`opmeter.models.deepseek_ocr.analytic`). This package never
+Model-specific layers live with their model, under :mod:`opmeter.models`. This package never
 imports the tracer.
 """
 

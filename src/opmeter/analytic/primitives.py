@@ -305,7 +305,7 @@ class LayerNorm(Layer):
 
 @attrs.frozen(repr=False)
 class RMSNorm(Layer):
-    """RMSNorm written out as LLaMA / DeepSeek-V2 do, op by op.
+    """RMSNorm written out op by op, as eager decoder implementations do.
 
     ``x.to(fp32)``; ``pow(2)``; ``mean(-1)``; ``+ eps``; ``rsqrt``; ``x * r``; ``.to(dtype)``; ``weight * x``.
     The casts vanish when the input is already fp32.

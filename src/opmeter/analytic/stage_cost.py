@@ -142,7 +142,7 @@ class ParameterFootprint:
     bytes
         Parameter bytes at the model dtype.
     by_component
-        Parameter count per top-level component (``sam_model``, ``vision_model``, ...).
+        Parameter count per top-level component (e.g. the first-level modules of the model).
     """
 
     parameters: int

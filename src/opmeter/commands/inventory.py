@@ -1,4 +1,4 @@
-"""``opmeter inventory``: static inventory of the reference DeepSeek-OCR (any preset, on meta) or a vendor model."""
+"""``opmeter inventory``: static inventory of a model (any preset, built on meta)."""
 
 from __future__ import annotations
 
@@ -12,20 +12,19 @@ from opmeter.errors import OpmeterError
 NAME = "inventory"
 HELP = (
     "List module classes (qualified name, instances, parameters, child classes) and parameters per top-level "
-    "component, without running the model: the reference DeepSeek-OCR at a preset, or a local vendor checkpoint."
+    "component, without running the model (built on meta from its preset or checkpoint config)."
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``opmeter inventory``."""
-    from opmeter.models.deepseek_ocr.config import FULL_SIZE, PRESETS
+    from opmeter.models.base import DEFAULT_MODEL
 
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model adapter NAME[:ARG] (default: %(default)s)")
+    parser.add_argument("--preset", default=None, help="preset (default: the model's full size)")
     parser.add_argument(
-        "--preset", default=FULL_SIZE, help=f"reference preset: {', '.join(sorted(PRESETS))} (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--vendor", metavar="PATH", help="inventory the vendor remote code from this local checkpoint directory "
-        "(built from config.json on meta; needs transformers 4.46.x)",
+        "--vendor", metavar="PATH", help="shorthand for --model vendor:PATH (a local checkpoint of the default model, "
+        "built from config.json on meta)",
     )
     parser.add_argument("--depth", type=int, default=2, help="component depth below the root (default: %(default)s)")
     parser.add_argument("--json", dest="json_path", metavar="FILE", help="also write the inventory as JSON")
@@ -39,14 +38,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.depth < 0:
         raise OpmeterError(f"--depth must be >= 0, got {args.depth}")
-    if args.vendor:
-        from opmeter.models.deepseek_ocr.vendor import load_vendor
+    from opmeter.models.base import RunRequest, resolve_adapter
 
-        model = load_vendor(args.vendor, weights=False, device="meta")
+    adapter = resolve_adapter(f"vendor:{args.vendor}" if args.vendor else args.model)
+    build = getattr(adapter, "inventory_model", None)
+    if build is not None:
+        model = build(args.preset)
     else:
-        from opmeter.models.deepseek_ocr.model import build_reference
-
-        model = build_reference(args.preset, device="meta")
+        model = adapter.prepare(RunRequest(preset=args.preset, workload=None, device="meta")).model
     inv = build_inventory(model, component_depth=args.depth)
     data = orjson.dumps(inv.to_dict(), option=orjson.OPT_INDENT_2)
     if args.json_path:

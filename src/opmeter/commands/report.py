@@ -1,4 +1,4 @@
-"""``opmeter report``: trace a DeepSeek-OCR run, join it with the analytic model, write the report."""
+"""``opmeter report``: trace a model's inference, join it with its analytic model, write the report."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from opmeter.errors import OpmeterError
 
 NAME = "report"
 HELP = (
-    "Trace a DeepSeek-OCR inference (shape-only on meta without a GPU, or executed with --device cpu|cuda), join it "
-    "with the analytic model and write report.md, JSON, CSV, SVG and call graphs into --out."
+    "Trace one inference of a model (shape-only on meta without a GPU, or executed with --device cpu|cuda), join it "
+    "with its analytic model and write report.md, JSON, CSV, SVG and call graphs into --out."
 )
 
 
@@ -31,15 +31,13 @@ def _positive_int(minimum: int) -> type:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``opmeter report``."""
-    from opmeter.models.deepseek_ocr.config import FULL_SIZE
+    from opmeter.models.base import DEFAULT_MODEL, adapter_names
     from opmeter.report.limits import DEFAULT_MAX_IMAGE_PIXELS
 
-    parser.add_argument("--workload", default="dsocr-standard-v1", help="workload id (default: %(default)s)")
-    parser.add_argument(
-        "--model", default="reference", help="'reference' (embedded implementation) or 'vendor:PATH' (local "
-        "deepseek-ai/DeepSeek-OCR checkout; default: %(default)s)",
-    )
-    parser.add_argument("--preset", default=FULL_SIZE, help="reference-model preset (default: %(default)s)")
+    parser.add_argument("--model", default=None, help=f"model adapter NAME[:ARG], one of {', '.join(adapter_names())} "
+                        f"(default: {DEFAULT_MODEL}; with --trace: the one that recorded it)")
+    parser.add_argument("--workload", default=None, help="workload id (default: the model's standard workload)")
+    parser.add_argument("--preset", default=None, help="model preset (default: the model's full size)")
     parser.add_argument(
         "--device", default="auto", help="auto | cpu | cuda | meta (default auto: cuda when available, else meta = "
         "shape-only)",
@@ -68,14 +66,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verify", action="store_true",
                         help="also run the per-layer verification of the preset (opmeter verify) into the report")
     parser.add_argument("--no-weights", action="store_true",
-                        help="--model vendor:PATH: random initialisation from config.json instead of the checkpoint's "
-                        "weights (shape-only runs never load weights)")
+                        help="random initialisation from the checkpoint's config instead of its weights (models loaded "
+                        "from a checkpoint; shape-only runs never load weights)")
+    parser.add_argument("--weights", default=None, metavar="DIR",
+                        help="load weights from this local checkpoint (models built from a config)")
     parser.add_argument("--profile", default=None, metavar="PROFILE_JSON",
                         help="device profile from `opmeter calibrate` for the predicted times (default: calibrate on "
                              "the spot when executing, documented defaults of --hardware when shape-only)")
     parser.add_argument("--dtype", default=None,
-                        help="dtype of the reference model: float32 | bfloat16 | float16 (default: bfloat16 on meta "
-                             "and cuda, float32 on cpu)")
+                        help="dtype of the model: float32 | bfloat16 | float16 (default: bfloat16 on meta and cuda, "
+                             "float32 on cpu)")
     parser.add_argument("--threads", type=_positive_int(1), default=None,
                         help="torch threads for the run (match the profile's; default: torch's setting)")
     parser.add_argument("--no-profiler", action="store_true", help="skip the torch.profiler operator table")
@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         compress=args.compress,
         profiler=not args.no_profiler,
         weights=not args.no_weights,
+        weights_dir=args.weights,
         verify=args.verify,
         nvtx_modules=args.nvtx_modules,
         profile=args.profile,

@@ -1,4 +1,4 @@
-"""``opmeter verify``: analytic layers vs the tracer on the reference modules, layer by layer and end to end."""
+"""``opmeter verify``: analytic layers vs the tracer on a model's own modules, layer by layer and end to end."""
 
 from __future__ import annotations
 
@@ -7,18 +7,17 @@ import sys
 
 from opmeter.errors import OpmeterError
 from opmeter.io import ensure_output_dir
-from opmeter.models.deepseek_ocr.geometry import MAX_CROPS
 
 NAME = "verify"
 HELP = (
-    "Trace every DeepSeek-OCR reference module shape-only (meta, bf16) at the standard workload's shapes and compare "
+    "Trace every module of a model shape-only (meta, bf16) at its standard workload's shapes and compare "
     "tensor-core FLOPs, CUDA-core FLOPs and bytes with the analytic layers; writes verification.csv/.md; exits 1 "
     "if any row is outside tolerance."
 )
 
 
-MAX_GRID_CROPS = 4 * MAX_CROPS
-"""Largest ``--grid`` (cols * rows): four times the model's own maximum."""
+MAX_GRID_CROPS = 36
+"""Largest ``--grid`` (cols * rows) the command accepts; a model may bound it further."""
 
 
 def _grid(text: str) -> tuple[int, int]:
@@ -30,29 +29,29 @@ def _grid(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"grid must be at least 1x1, got {text!r}")
     if cols * rows > MAX_GRID_CROPS:
         raise argparse.ArgumentTypeError(
-            f"grid {text!r} has {cols * rows} crops; at most {MAX_GRID_CROPS} are verified (the model's own tiling "
-            f"uses at most {MAX_CROPS}, and memory grows with the crop count)")
+            f"grid {text!r} has {cols * rows} crops; at most {MAX_GRID_CROPS} are verified (memory grows with the "
+            "crop count)")
     return cols, rows
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``opmeter verify``."""
-    from opmeter.models.deepseek_ocr.config import FULL_SIZE, PRESETS
+    from opmeter.models.base import DEFAULT_MODEL
 
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model adapter NAME[:ARG] (default: %(default)s)")
     parser.add_argument("--out", default="reports/verify", help="output directory (default: %(default)s)")
+    parser.add_argument("--preset", default=None, help="preset (default: the model's full size)")
     parser.add_argument(
-        "--preset", default=FULL_SIZE, help=f"reference preset: {', '.join(sorted(PRESETS))} (default: %(default)s)"
+        "--fast", action="store_true", help="CI-sized run: the model's smallest preset (overrides --preset)"
     )
     parser.add_argument(
-        "--fast", action="store_true", help="CI-sized run: the deepseek-ocr-toy preset (overrides --preset)"
-    )
-    parser.add_argument(
-        "--grid", type=_grid, default=None, help="crop grid COLSxROWS (default: 2x3, the standard page)"
+        "--grid", type=_grid, default=None,
+        help="crop grid COLSxROWS for models that tile pages (default: the standard page's)"
     )
     parser.add_argument(
         "--device", choices=("meta", "cpu"), default="meta",
         help="meta: shape-only bf16 (any size, default); cpu: real fp32 tensors, fused SDPA, learned routing "
-        "(small presets: use with --fast or --preset deepseek-ocr-mini)",
+        "(small presets only: use with --fast)",
     )
     parser.add_argument(
         "--attn", choices=("eager", "sdpa"), default="eager",
@@ -63,16 +62,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the verification; print the worst row per layer; return 1 when any row fails."""
-    from opmeter.models.deepseek_ocr.config import get_config
+    from opmeter.models.base import resolve_adapter
     from opmeter.verify import run_verify, worst_per_layer
 
-    preset = "deepseek-ocr-toy" if args.fast else args.preset
-    get_config(preset)  # validates the name
+    adapter = resolve_adapter(args.model)
+    cases_of = getattr(adapter, "verify_cases", None)
+    if cases_of is None:
+        raise OpmeterError(f"{adapter.words.name} has no verification cases")
+    preset = str((getattr(adapter, "fast_preset", None) if args.fast else args.preset) or adapter.default_preset)
     progress = None if args.quiet else (lambda msg: print(f"  tracing {msg}", file=sys.stderr))
-    if args.device == "cpu" and preset == "deepseek-ocr-v1-base":
-        raise OpmeterError("--device cpu runs the model for real: use --fast or --preset deepseek-ocr-mini")
+    cases = cases_of(preset, args.device, args.grid, args.attn)  # validates preset, device and grid first
     ensure_output_dir(args.out)  # fail now, not after the run
-    df, seconds = run_verify(preset, args.out, args.grid, progress, args.device, args.attn)
+    df, seconds = run_verify(cases, preset, args.out, progress, args.device)
     if df.empty:
         raise OpmeterError("no verification cases ran")
     worst = worst_per_layer(df)

@@ -19,31 +19,7 @@ import pandas as pd
 import torch
 
 from opmeter.errors import OpmeterError
-from opmeter.join import Component
-
-
-@attrs.frozen
-class StageSpec:
-    """Where a model's request stages are, beyond the prefill/decode marks of the root calls.
-
-    Attributes
-    ----------
-    request_stage
-        Name of the stage that holds the encoder or vision work of the request (``vision``, ``encoder``). It is part
-        of the time to first token, never ``setup``, even when it runs before the first decoder call.
-    request_modules
-        Module paths (as the tracer names them) whose calls are that stage. The pipeline marks each call as an
-        explicit stage while tracing, so the split is exact whether the call runs inside the prefill or before it.
-    request_components
-        Component names covering the same modules, for traces recorded without the explicit marks.
-    decoder_module
-        Path of the module whose calls delimit prefill and decode when it is not the traced root (``""``: the root).
-    """
-
-    request_stage: str = "encoder"
-    request_modules: tuple[str, ...] = ()
-    request_components: tuple[str, ...] = ()
-    decoder_module: str = ""
+from opmeter.structure import Component, StageSpec
 
 
 @attrs.frozen
@@ -160,14 +136,22 @@ class ModelAdapter(Protocol):
         """Build or load the model and its inputs; raise :class:`OpmeterError` with one line on bad input."""
         ...
 
-    def workload_from_trace(self, metadata: Mapping[str, Any]) -> tuple[Workload, str]:
-        """The workload and preset a saved trace ran (``report --trace``)."""
+    def workload_from_trace(self, metadata: Mapping[str, Any], request: RunRequest) -> tuple[Workload, str]:
+        """The workload and preset a saved trace ran (``report --trace``), from its metadata and the request."""
+        ...
+
+    def parameter_model(self, preset: str, metadata: Mapping[str, Any]) -> torch.nn.Module | None:
+        """The model on meta, for the parameter bytes of a saved trace (its metadata given); ``None`` when it
+        cannot be built."""
         ...
 
     def predict(self, trace: Any, workload: Workload, preset: str, hardware: Any) -> Prediction | None:
         """The analytic prediction of the traced run; ``None`` for a measured-only family."""
         ...
 
+
+DEFAULT_MODEL = "deepseek-ocr"
+"""The adapter of the commands without ``--model``: the project's flagship model."""
 
 _REGISTRY: dict[str, Callable[[str | None, str], ModelAdapter]] = {}
 _ALIASES: dict[str, str] = {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from opmeter.errors import OpmeterError
 
@@ -82,26 +82,24 @@ def available_memory_bytes() -> int | None:
         return None
 
 
-def executed_memory_bytes(config: Any, workload: Any, dtype_bytes: int) -> int:
-    """Analytic estimate of an executed run's peak: parameters + the prefill's activation peak + the full KV cache."""
-    from opmeter.analytic.stage_cost import StageCost
-    from opmeter.models.deepseek_ocr.analytic import DeepseekOCRAnalytic, parameter_footprint
+def check_cpu_memory(need: int, what: str, smaller: str, available: int | None = None) -> None:
+    """Refuse to execute on CPU what would not fit in memory.
 
-    analytic = DeepseekOCRAnalytic(config, dtype=dtype_bytes)
-    vision = workload.vision(config)
-    prefill = StageCost.from_layer("prefill", analytic.prefill(vision, workload.text_tokens()))
-    positions = workload.text_tokens() + vision.image_tokens + workload.max_new_tokens
-    return int(parameter_footprint(config, dtype_bytes).bytes + prefill.activations_gb * 1e9
-               + analytic.kv_cache_bytes(positions))
-
-
-def check_cpu_memory(config: Any, workload: Any, dtype_bytes: int, available: int | None = None) -> None:
-    """Refuse to execute on CPU what would not fit in memory (the analytic estimate against what is available)."""
+    Parameters
+    ----------
+    need
+        The run's estimated peak in bytes (the adapter's analytic estimate).
+    what
+        What would run, for the message (e.g. the preset).
+    smaller
+        What to use instead, for the message (e.g. the smaller presets).
+    available
+        Bytes available (default: measured now).
+    """
     available = available_memory_bytes() if available is None else available
     if available is None:
         return
-    need = executed_memory_bytes(config, workload, dtype_bytes)
     if need > MEMORY_HEADROOM * available:
-        raise OpmeterError(f"executing {config.name} on CPU needs about {need / 1e9:.1f} GB (parameters, activations, "
+        raise OpmeterError(f"executing {what} on CPU needs about {need / 1e9:.1f} GB (parameters, activations, "
                            f"KV cache), {available / 1e9:.1f} GB is available: use --device meta (shape-only, exact "
-                           "counts) or a smaller preset (deepseek-ocr-mini, deepseek-ocr-toy)")
+                           f"counts) or {smaller}")

@@ -61,6 +61,20 @@ def _header(joined: Joined, context: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def request_stage(joined: Joined) -> str:
+    """The name of the model's request stage (encoder or vision work inside TTFT)."""
+    return str(joined.metadata.get("request_stage") or "vision")
+
+
+def _stage_words(joined: Joined) -> str:
+    """What the stages mean, in the model's words."""
+    req = request_stage(joined)
+    parts = joined.metadata.get("request_parts")
+    what = f"`{req}` = {parts}" if parts else f"`{req}` = the model's {req} modules"
+    return (f"{what}, wherever they run (inside the first forward or before it); `prefill` = the rest of the first "
+            f"forward (decoder over the prompt, LM head); TTFT = {req} + prefill.")
+
+
 def _headline(joined: Joined, context: Mapping[str, Any]) -> list[str]:
     tot = joined.totals()
     unc = joined.unclassified_summary()
@@ -74,7 +88,8 @@ def _headline(joined: Joined, context: Mapping[str, Any]) -> list[str]:
         ("compute ops with unknown FLOPs (no formula: uncounted, not zero)",
          fmt.uncounted(joined.metadata.get("uncounted_ops"))),
     ]
-    for stage in ("vision", "prefill", "decode"):
+    req = request_stage(joined)
+    for stage in (req, "prefill", "decode"):
         if stage in st.index:
             row = st.loc[stage]
             items.append((f"{stage}: FLOPs measured / predicted", f"{fmt.flops(row['flops'])} / "
@@ -99,7 +114,7 @@ def _headline(joined: Joined, context: Mapping[str, Any]) -> list[str]:
         named = cats[cats["category"] != "unclassified"]["time_share"].sum()
         items.append(("profiled op time in named categories (torch.profiler)", fmt.pct(named, 2)))
     hw = (joined.hardware or {}).get("name", "?")
-    for key, label in (("ttft", f"TTFT roofline bound on {hw} (vision + prefill)"),
+    for key, label in (("ttft", f"TTFT roofline bound on {hw} ({req} + prefill)"),
                        ("tpot", f"TPOT roofline bound on {hw} (decode step)")):
         if context.get(f"predicted_{key}_s") is not None:
             items.append((label, fmt.seconds(context[f"predicted_{key}_s"])))
@@ -122,7 +137,7 @@ def _headline(joined: Joined, context: Mapping[str, Any]) -> list[str]:
             return f"{v['mean']:.4g} ± {(v.get('std') or 0.0):.2g}"
 
         items += [
-            (f"TTFT measured (vision + prefill), mean ± std of {rt.get('repeats')}", ms("prefill_s")),
+            (f"TTFT measured ({req} + prefill), mean ± std of {rt.get('repeats')}", ms("prefill_s")),
             ("TPOT measured", ms("tpot_s")),
             ("tokens/s end to end", ms("tokens_per_s", "")),
             ("tokens/s decode (1/TPOT)", ms("decode_tokens_per_s", "")),
@@ -135,7 +150,7 @@ def _headline(joined: Joined, context: Mapping[str, Any]) -> list[str]:
 
 
 def _analytic_variant(joined: Joined) -> list[str]:
-    """Which analytic variant predicted this run, and the evidence from the trace (:mod:`opmeter.report.variant`)."""
+    """Which analytic variant predicted this run, and the evidence the adapter read from the trace."""
     choice = joined.metadata.get("analytic_choice")
     if not isinstance(choice, Mapping):
         label = joined.metadata.get("analytic_variant")
@@ -212,8 +227,7 @@ def _stages(joined: Joined) -> list[str]:
     lines = [
         "## Stages",
         "",
-        "`vision` = SAM + CLIP + projector during the first forward; `prefill` = the rest of the first forward (decoder"
-        " over the prompt, LM head); TTFT = vision + prefill. Predicted time = roofline "
+        _stage_words(joined) + " Predicted time = roofline "
         "max(compute at peak, bytes at bandwidth). Bytes are summed per aten op as dispatched (unfused; on meta, "
         "attention takes the math path with scores in memory), so memory-bound predictions are upper bounds for "
         "fused kernels. `total` includes the setup and glue stages, which the analytic model does not predict.",
@@ -250,12 +264,13 @@ def _memory(joined: Joined) -> list[str]:
         rows.append(("parameters + buffers", fmt.nbytes(root.get("weight_bytes")),
                      fmt.nbytes(root.get("pred_weight_bytes")), fmt.rel(root.get("rel_weight_bytes"))))
     st = joined.by_stage().set_index("stage")
-    for stage in ("vision", "prefill", "decode"):
+    req = request_stage(joined)
+    for stage in (req, "prefill", "decode"):
         if stage in st.index:
             row = st.loc[stage]
             rows.append((f"{stage}: activation peak (predicted)", "—", fmt.nbytes(row.get("pred_activation_bytes")),
                          "—"))
-            if stage != "vision":
+            if stage != req:
                 rows.append((f"{stage}: KV cache at the end (predicted)", "—",
                              fmt.nbytes(row.get("pred_kv_cache_bytes")), "—"))
     rt = joined.runtime or {}

@@ -287,7 +287,7 @@ class Recorder:
         if self.root_active == 0 and not self.explicit:
             seq = st.sequence_length(args, kwargs or {})
             tokens, batch = (seq if seq is not None else (None, None))
-            if tokens is not None and tokens > 1 and not self.prefill_seen:
+            if tokens is not None and not self.prefill_seen and self.n_decode == 0:  # the first call with tokens
                 self.prefill_seen = True
                 name, group = st.PREFILL, st.PREFILL
             elif tokens == 1:

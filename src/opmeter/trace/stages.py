@@ -4,9 +4,9 @@ Rules (documented in the README):
 
 * Each root-level forward call (a call of the traced model that is not nested in another call of it) is a stage.
   The first whose input (``input_ids`` / ``inputs_embeds`` / ``decoder_input_ids`` keyword, else the first tensor
-  argument) has sequence length > 1 is ``prefill``; calls with sequence length 1 are ``decode[0]``,
-  ``decode[1]``...; any other call is ``forward[i]``. Groups: ``prefill``, ``decode`` (every decode step),
-  ``other`` (``forward[i]``).
+  argument) has a sequence length is ``prefill``, whatever that length (an encoder-decoder's decoder starts from one
+  token); later calls with sequence length 1 are ``decode[0]``, ``decode[1]``...; any other call is ``forward[i]``.
+  Groups: ``prefill``, ``decode`` (every decode step), ``other`` (``forward[i]``).
 * Sequence length: integer tensors (token ids) use their last dimension; floating tensors of rank 3
   (``[batch, seq, hidden]`` embeddings) their second; anything else has no sequence length (``forward[i]``).
 * Ops outside every root call (e.g. ``generate()``'s sampling and stopping criteria between steps) belong to a

@@ -194,7 +194,7 @@ class SelfAttention(Layer):
 
 @attrs.frozen(repr=False, kw_only=True)
 class MultiLatentAttention(Layer):
-    """Multi-head latent attention (DeepSeek-V2/V3): low-rank query and key-value projections with a shared
+    """Multi-head latent attention: low-rank query and key-value projections with a shared
     rotary key.
 
     Children: ``q_a_proj`` -> ``q_a_layernorm`` -> ``q_b_proj`` (or one ``q_proj`` when ``q_lora_rank`` is 0),

@@ -1,4 +1,6 @@
-"""Gated MLP: ``down_proj(act(gate_proj(x)) * up_proj(x))`` (LLaMA, DeepSeek, Qwen2, Mixtral's experts)."""
+"""Gated MLP: ``down_proj(act(gate_proj(x)) * up_proj(x))`` ).
+
+The gated feed-forward of most decoder LLMs and of their experts."""
 
 from __future__ import annotations
 

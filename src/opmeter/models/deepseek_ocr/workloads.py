@@ -142,6 +142,20 @@ class Workload:
             "prompt": self.prompt,
         }
 
+    def describe(self) -> dict[str, str]:
+        """Report header lines: the page and its crop grid, the prompt and the generation length."""
+        s = self.summary()
+        return {
+            "image": f"{s['image_width']} x {s['image_height']} px, crop grid {s['crop_grid'][0]} x "
+                     f"{s['crop_grid'][1]}, {s['image_tokens']} image tokens",
+            "prompt": f"{s['prefill_length']} positions ({s['text_tokens']} text + {s['image_tokens']} image); "
+                      f"{s['max_new_tokens']} new tokens (1 prefill + {s['decode_steps']} decode steps)",
+        }
+
+    def with_new_tokens(self, tokens: int) -> Workload:
+        """The same workload generating ``tokens`` new tokens."""
+        return attrs.evolve(self, max_new_tokens=tokens)
+
     def image(self) -> Image.Image:
         """The deterministic synthetic page (same pixels for the same id, size and seed)."""
         return synthetic_page(self.width, self.height, self.seed)

@@ -26,7 +26,7 @@ import pandas as pd
 from opmeter.analytic.base import Layer
 from opmeter.analytic.stage_cost import StageCost
 from opmeter.errors import OpmeterError
-from opmeter.io import atomic_write_text
+from opmeter.io import atomic_write_text, ensure_output_dir
 from opmeter.units import gigabytes, terabits, tflops
 
 SWEEPS = ("vision", "prefill", "decode")
@@ -400,3 +400,48 @@ def measured_vision_column(
         return df
 
     return hook
+
+
+MAX_MEASURED_CROPS = 36
+"""Largest ``--max-crops`` with ``--measured`` (those grids are traced)."""
+
+MAX_SWEEP_CROPS = 256
+"""Largest ``--max-crops``: the analytic sweep is cheap, but the model's own tiling stops at 9 crops."""
+
+
+def run_sweeps(args: Any) -> list[str]:
+    """``opmeter sweep`` for DeepSeek-OCR: check the sizes, run the sweep(s), return one line per sweep."""
+    from opmeter.models.deepseek_ocr.analytic import VARIANTS
+    from opmeter.models.deepseek_ocr.config import get_config
+
+    cfg = get_config(args.preset)
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad or not variants:
+        raise OpmeterError(f"unknown variant(s) {bad or args.variants!r}; use {', '.join(VARIANTS)}")
+    if not 2 <= args.max_crops <= MAX_SWEEP_CROPS:
+        raise OpmeterError(f"--max-crops must be between 2 and {MAX_SWEEP_CROPS}, got {args.max_crops}")
+    if args.measured and args.max_crops > MAX_MEASURED_CROPS:  # measured points trace their grids
+        raise OpmeterError(f"--measured traces grids: --max-crops must be at most {MAX_MEASURED_CROPS} with it, got "
+                           f"{args.max_crops}")
+    if not 1 <= args.decode_steps <= cfg.decoder.max_position_embeddings:
+        raise OpmeterError(f"--decode-steps must be between 1 and {cfg.decoder.max_position_embeddings} (the "
+                           f"model's max_position_embeddings), got {args.decode_steps}")
+    if args.measured < 0:
+        raise OpmeterError(f"--measured must be >= 0, got {args.measured}")
+    if args.measured and "normal" not in variants:  # the measured column sits in the 'normal' rows only
+        raise OpmeterError("--measured traces the reference's attention, the 'normal' variant: add it to --variants")
+    sweep_cfg = SweepConfig(
+        preset=args.preset, variants=variants, decode_steps=args.decode_steps, base_size=cfg.base_size,
+        image_size=cfg.image_size, max_crops=args.max_crops,
+    )
+    ensure_output_dir(args.out)  # fail now, not after the run
+    names = SWEEPS if args.name == "all" else (args.name,)
+    lines = []
+    for name in names:
+        hook = None
+        if name == "vision" and args.measured:
+            hook = measured_vision_column(args.preset, max_points=args.measured)
+        res = write_sweep(name, args.out, sweep_cfg, plots=not args.no_plots, measured=hook)
+        lines.append(f"{name}: {len(res.frame)} rows, {len(res.files)} files in {args.out} ({res.seconds:.1f} s)")
+    return lines
