@@ -580,6 +580,60 @@ def join(
         A module-timing trace of the same run (``OpTracer(count_ops=False, timing=True)``): its per-module and
         per-stage times replace the counts trace's (which has none, or inflated ones, when it counted ops).
     """
+    meta = _run_metadata(trace, metadata)
+    modules = _measured_modules(trace)
+    if timing_trace is not None:
+        modules = _with_module_times(modules, timing_trace)
+    modules = _with_bytes(modules)
+    modules = _with_bytes(modules, "self_")
+    modules["component"] = assign_components(modules, components)
+    modules["param_bytes"] = modules["module"].map(lambda p: float((param_bytes or {}).get(p, 0)))
+    modules["weight_bytes"] = _subtree_sum(modules, "param_bytes")
+
+    modules = _with_stage_columns(modules, trace, timing_trace)
+    modules = _forward_invoked(modules)
+    modules = _with_prediction(modules, predicted_modules, components, param_bytes)
+
+    totals = _totals(trace, modules)
+    if timing_trace is not None:
+        totals["time_s"] = _totals(timing_trace, modules)["time_s"]
+    categories = _categories(trace, totals, operator_times)
+    operators = _call(trace, "by_operator")
+    if not operators.empty:
+        operators = _shares(_with_bytes(operators), totals)
+    unclassified_ops = _call(trace, "unclassified")
+    if "reason" in unclassified_ops:  # ops outside every module are glue already (the <outside> module row)
+        unclassified_ops = unclassified_ops[unclassified_ops["reason"] == "no category"].reset_index(drop=True)
+    edges = _call(trace, "edges")
+    comp_cat = _component_category(trace, modules, components)
+    mod_cat = _call(trace, "by_module_and_category")
+    if not mod_cat.empty:
+        mod_cat = _with_bytes(mod_cat).drop(columns=["bytes_read", "bytes_written"])
+        if "time_s" in mod_cat and mod_cat["time_s"].isna().all():
+            mod_cat = mod_cat.drop(columns=["time_s"])
+        mod_cat = _forward_module_category(modules, mod_cat)
+
+    joined = Joined(
+        modules=modules,
+        stages=pd.DataFrame(),
+        categories=categories,
+        operators=operators,
+        unclassified_ops=unclassified_ops,
+        edges=edges,
+        component_category=comp_cat,
+        totals_=totals,
+        metadata=meta,
+        runtime=runtime.to_dict() if runtime is not None and hasattr(runtime, "to_dict") else runtime,
+        hardware=dict(hardware) if hardware else None,
+        component_order=tuple(dict.fromkeys(c.name for c in components)),
+        module_category=mod_cat,
+    )
+    stages = _stages(trace, joined, predicted_stages, runtime, timing_trace, stage_spec or StageSpec())
+    return attrs.evolve(joined, stages=stages)
+
+
+def _run_metadata(trace: Any, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The trace's metadata with the caller's over it, completeness, and the uncounted compute ops."""
     meta: dict[str, Any] = dict(getattr(trace, "metadata", {}) or {})
     meta.update(metadata or {})
     meta.setdefault("complete", bool(getattr(trace, "complete", True)))
@@ -588,7 +642,11 @@ def join(
     uncounted = _call(trace, "uncounted")  # compute ops without a FLOP formula: named in the report's headline
     if len(uncounted):
         meta["uncounted_ops"] = {str(r["op"]): int(r["calls"]) for r in uncounted.to_dict("records")}
+    return meta
 
+
+def _measured_modules(trace: Any) -> pd.DataFrame:
+    """The trace's per-module table with numeric inclusive and ``self_`` columns, parent and depth."""
     modules = _call(trace, "by_module")
     if modules.empty:
         modules = pd.DataFrame(columns=["module", "class_name", "parent", "depth", "calls"])
@@ -603,34 +661,37 @@ def join(
         modules["parent"] = modules["module"].map(_parent)
     if "depth" not in modules:
         modules["depth"] = modules["module"].map(lambda p: 0 if p in (ROOT, OUTSIDE) else str(p).count(".") + 1)
-    if timing_trace is not None:
-        tm = _call(timing_trace, "by_module")
-        if not tm.empty and "time_s" in tm:
-            times = tm.set_index("module")
-            for col in ("time_s", "self_time_s"):
-                if col in times:
-                    modules[col] = modules["module"].map(times[col]).fillna(0.0).astype(float)
-            # time outside every module call (preprocessing, the generate loop): the block's wall time minus the
-            # root's calls; a module-timing trace counts no ops, so it has no <outside> row of its own
-            wall = float(_totals(timing_trace, tm).get("time_s", math.nan))
-            root_time = float(times["time_s"].get(ROOT, math.nan)) if "time_s" in times else math.nan
-            outside = wall - root_time
-            if math.isfinite(outside) and outside >= 0:
-                if OUTSIDE not in set(modules["module"]):
-                    row = {"module": OUTSIDE, "class_name": OUTSIDE, "parent": None, "depth": 0}
-                    modules = pd.concat([modules, pd.DataFrame([row])], ignore_index=True)
-                    for col in modules.columns:
-                        if col.startswith(("flops", "self_", "bytes", "time", "calls")):
-                            modules[col] = _num(modules, col)
-                mask = modules["module"] == OUTSIDE
-                modules.loc[mask, "time_s"] = outside
-                modules.loc[mask, "self_time_s"] = outside
-    modules = _with_bytes(modules)
-    modules = _with_bytes(modules, "self_")
-    modules["component"] = assign_components(modules, components)
-    modules["param_bytes"] = modules["module"].map(lambda p: float((param_bytes or {}).get(p, 0)))
-    modules["weight_bytes"] = _subtree_sum(modules, "param_bytes")
+    return modules
 
+
+def _with_module_times(modules: pd.DataFrame, timing_trace: Any) -> pd.DataFrame:
+    """Per-module times from a module-timing trace, and the time outside every module call."""
+    tm = _call(timing_trace, "by_module")
+    if not tm.empty and "time_s" in tm:
+        times = tm.set_index("module")
+        for col in ("time_s", "self_time_s"):
+            if col in times:
+                modules[col] = modules["module"].map(times[col]).fillna(0.0).astype(float)
+        # time outside every module call (preprocessing, the generate loop): the block's wall time minus the
+        # root's calls; a module-timing trace counts no ops, so it has no <outside> row of its own
+        wall = float(_totals(timing_trace, tm).get("time_s", math.nan))
+        root_time = float(times["time_s"].get(ROOT, math.nan)) if "time_s" in times else math.nan
+        outside = wall - root_time
+        if math.isfinite(outside) and outside >= 0:
+            if OUTSIDE not in set(modules["module"]):
+                row = {"module": OUTSIDE, "class_name": OUTSIDE, "parent": None, "depth": 0}
+                modules = pd.concat([modules, pd.DataFrame([row])], ignore_index=True)
+                for col in modules.columns:
+                    if col.startswith(("flops", "self_", "bytes", "time", "calls")):
+                        modules[col] = _num(modules, col)
+            mask = modules["module"] == OUTSIDE
+            modules.loc[mask, "time_s"] = outside
+            modules.loc[mask, "self_time_s"] = outside
+    return modules
+
+
+def _with_stage_columns(modules: pd.DataFrame, trace: Any, timing_trace: Any) -> pd.DataFrame:
+    """``prefill_*`` and ``decode_*`` per-module columns (times from the timing trace when there is one)."""
     for stage in ("prefill", "decode"):
         per_stage = _stage_modules(trace, stage)
         if timing_trace is not None and not per_stage.empty:
@@ -645,10 +706,12 @@ def join(
             for c in per_stage.columns:
                 if c != "module":
                     modules[c] = _num(modules, c)
+    return modules
 
-    modules = _forward_invoked(modules)
 
-    # prediction
+def _with_prediction(modules: pd.DataFrame, predicted_modules: pd.DataFrame | None,
+                     components: Sequence[Component], param_bytes: Mapping[str, int] | None) -> pd.DataFrame:
+    """The predicted columns (``pred_*``), predicted-but-never-traced rows, and the relative differences."""
     pred_cols = [
         "flops_tensor", "flops_cuda", "bytes_read", "bytes_written", "self_flops_tensor", "self_flops_cuda",
         "self_bytes_read", "self_bytes_written", "weight_bytes", "activation_bytes", "kv_cache_bytes",
@@ -688,43 +751,7 @@ def join(
         rel_diff(a, b) if param_bytes else math.nan
         for a, b in zip(modules["weight_bytes"], modules["pred_weight_bytes"], strict=True)
     ]
-
-    totals = _totals(trace, modules)
-    if timing_trace is not None:
-        totals["time_s"] = _totals(timing_trace, modules)["time_s"]
-    categories = _categories(trace, totals, operator_times)
-    operators = _call(trace, "by_operator")
-    if not operators.empty:
-        operators = _shares(_with_bytes(operators), totals)
-    unclassified_ops = _call(trace, "unclassified")
-    if "reason" in unclassified_ops:  # ops outside every module are glue already (the <outside> module row)
-        unclassified_ops = unclassified_ops[unclassified_ops["reason"] == "no category"].reset_index(drop=True)
-    edges = _call(trace, "edges")
-    comp_cat = _component_category(trace, modules, components)
-    mod_cat = _call(trace, "by_module_and_category")
-    if not mod_cat.empty:
-        mod_cat = _with_bytes(mod_cat).drop(columns=["bytes_read", "bytes_written"])
-        if "time_s" in mod_cat and mod_cat["time_s"].isna().all():
-            mod_cat = mod_cat.drop(columns=["time_s"])
-        mod_cat = _forward_module_category(modules, mod_cat)
-
-    joined = Joined(
-        modules=modules,
-        stages=pd.DataFrame(),
-        categories=categories,
-        operators=operators,
-        unclassified_ops=unclassified_ops,
-        edges=edges,
-        component_category=comp_cat,
-        totals_=totals,
-        metadata=meta,
-        runtime=runtime.to_dict() if runtime is not None and hasattr(runtime, "to_dict") else runtime,
-        hardware=dict(hardware) if hardware else None,
-        component_order=tuple(dict.fromkeys(c.name for c in components)),
-        module_category=mod_cat,
-    )
-    stages = _stages(trace, joined, predicted_stages, runtime, timing_trace, stage_spec or StageSpec())
-    return attrs.evolve(joined, stages=stages)
+    return modules
 
 
 def _structure(modules: pd.DataFrame) -> tuple[list[str], dict[str, list[str]]]:
@@ -1046,8 +1073,12 @@ def _stages(
     out = _with_bytes(out)
     out["flops"] = out["flops_tensor"] + out["flops_cuda"]
     out["trace_time_s"] = out.pop("time_s")
+    out = _with_predicted_stages(out, predicted, spec.request_stage)
+    return _with_measured_times(out, runtime, spec.request_stage)
 
-    # predicted work and time
+
+def _with_predicted_stages(out: pd.DataFrame, predicted: pd.DataFrame | None, req: str) -> pd.DataFrame:
+    """The predicted work and time per stage (``pred_*``, ``predicted_time_s``) and the relative differences."""
     pcols = ["flops_tensor", "flops_cuda", "bytes_read", "bytes_written", "weight_bytes", "activation_bytes",
              "kv_cache_bytes", "predicted_time_s"]
     if predicted is not None and len(predicted):
@@ -1076,8 +1107,11 @@ def _stages(
     out["pred_flops"] = out["pred_flops_tensor"] + out["pred_flops_cuda"]
     for m in ("flops_tensor", "flops_cuda", "bytes"):
         out[f"rel_{m}"] = [rel_diff(a, b) for a, b in zip(out[m], out[f"pred_{m}"], strict=True)]
+    return out
 
-    # measured time
+
+def _with_measured_times(out: pd.DataFrame, runtime: Any, req: str) -> pd.DataFrame:
+    """Measured stage times (mean, std) from the runtime profile, and measured / predicted."""
     out["measured_time_s"] = math.nan
     out["measured_time_std_s"] = math.nan
     if runtime is not None and getattr(runtime, "runs", None):

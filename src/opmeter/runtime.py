@@ -40,26 +40,15 @@ import pandas as pd
 import torch
 from torch import nn
 
-try:  # the ``nvtx`` package is a no-op without Nsight attached, and works on CPU-only machines
-    import nvtx as _nvtx
-except Exception:  # pragma: no cover - optional at runtime
-    _nvtx = None
-
-
-NVTX_DOMAIN = "opmeter"
-"""The tracer's NVTX domain too, so Nsight shows stage ranges from timing runs and traced runs side by side."""
+from opmeter.trace.stages import NVTX
 
 
 def _nvtx_push(name: str) -> None:
-    if _nvtx is not None:
-        with contextlib.suppress(Exception):
-            _nvtx.push_range(name, domain=NVTX_DOMAIN)
+    NVTX.push(name)
 
 
 def _nvtx_pop() -> None:
-    if _nvtx is not None:
-        with contextlib.suppress(Exception):
-            _nvtx.pop_range(domain=NVTX_DOMAIN)
+    NVTX.pop()
 
 
 class _Mark:

@@ -99,7 +99,8 @@ def test_nvtx_ranges_prefill_decode_and_steps_are_balanced(monkeypatch: pytest.M
         def pop_range(domain: str = "") -> None:
             events.append("-")
 
-    monkeypatch.setattr(rt, "_nvtx", FakeNvtx)
+    monkeypatch.setattr(rt.NVTX, "_push", FakeNvtx.push_range)
+    monkeypatch.setattr(rt.NVTX, "_pop", FakeNvtx.pop_range)
     model = _Toy()
     profile_runtime(lambda: _generate(model, 2), model, [("vision", model.vision)], repeats=1, warmup=0)
     pushed = [e[1:] for e in events if e.startswith("+")]

@@ -207,6 +207,9 @@ class _Pipeline:
             log.warning("parameter bytes unavailable: the model of %s could not be built on meta (%s: %s)",
                         preset, type(exc).__name__, exc)
             model = None
+        if model is None:
+            log.info("measured parameter bytes are n/a in this report: no model of the trace at hand (%s)",
+                     meta.get("model_spec"))
         hardware = choose_hardware(o.hardware, "meta")
         return self._finish(out_dir, adapter, trace, None, model, workload, preset, str(meta.get("device", "?")),
                             hardware, started)

@@ -21,12 +21,15 @@ Rules (documented in the README):
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Final, Protocol
 
 import torch
+
+log = logging.getLogger(__name__)
 
 PREFILL: Final = "prefill"
 DECODE: Final = "decode"
@@ -73,18 +76,24 @@ def sequence_length(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int,
     return None
 
 
-class _Nvtx:
-    """NVTX ranges when the ``nvtx`` package imports; no-ops otherwise (harmless on CPU)."""
+class Nvtx:
+    """NVTX ranges (domain ``opmeter``) when the ``nvtx`` package imports; no-ops otherwise (harmless on CPU).
+
+    The one place opmeter pushes NVTX ranges (stages, module calls, the runtime's prefill/decode ranges). A push that
+    fails switches NVTX off for the process, and says so in the log.
+    """
+
+    DOMAIN: Final = "opmeter"
 
     def __init__(self) -> None:
+        self._push: Any = None
+        self._pop: Any = None
         try:
             import nvtx
 
-            self._push: Any = nvtx.push_range
-            self._pop: Any = nvtx.pop_range
-        except Exception:  # pragma: no cover - depends on the environment
-            self._push = None
-            self._pop = None
+            self._push, self._pop = nvtx.push_range, nvtx.pop_range
+        except Exception as exc:  # pragma: no cover - depends on the environment
+            log.info("NVTX ranges off: the nvtx package does not import (%s)", type(exc).__name__)
 
     @property
     def available(self) -> bool:
@@ -93,18 +102,20 @@ class _Nvtx:
     def push(self, name: str) -> None:
         if self._push is not None:
             try:
-                self._push(name, domain="opmeter")
-            except Exception:  # pragma: no cover
+                self._push(name, domain=self.DOMAIN)
+            except Exception as exc:
+                log.warning("NVTX ranges switched off for this process: push_range failed (%s: %s)",
+                            type(exc).__name__, exc)
                 self._push = None
                 self._pop = None
 
     def pop(self) -> None:
         if self._pop is not None:
-            with contextlib.suppress(Exception):
-                self._pop(domain="opmeter")
+            with contextlib.suppress(Exception):  # a pop without its push (switched off in between) is harmless
+                self._pop(domain=self.DOMAIN)
 
 
-NVTX = _Nvtx()
+NVTX = Nvtx()
 
 
 class _StageTarget(Protocol):
