@@ -79,9 +79,11 @@ class RunTiming:
     total_s
         The whole timed call (preprocessing, prefill, decode, glue).
     vision_s
-        Vision modules inside the first forward (0 when none were named or none ran).
+        The request modules (vision tower, encoder: the adapter's ``request_modules``), wherever they ran (0 when
+        none were named or none ran).
     prefill_s
-        The first forward of the step module, vision included.
+        Time to first token: the first forward of the step module, request modules included; for an encoder-first
+        model, from the start of its first request module call (before the first forward) to the end of it.
     decode_step_s
         One entry per later forward: from the end of the previous forward to the end of this one (glue included).
     """
@@ -178,8 +180,8 @@ class StageClock:
 
     def _vision_pre(self, name: str) -> Callable[[nn.Module, Any], None]:
         def hook(module: nn.Module, args: Any) -> None:
-            if len(self._calls) != 1 or self._calls[0][1] is not None:
-                return  # only inside the first forward
+            if self._calls and (len(self._calls) != 1 or self._calls[0][1] is not None):
+                return  # only before the first forward ends (inside it, or before it for an encoder-first model)
             self._vision_depth += 1
             if self._vision_depth == 1:
                 self._vision_spans.append((_Mark(self._cuda), None))
@@ -227,7 +229,11 @@ class StageClock:
         calls = [(s, e) for s, e in self._calls if e is not None]
         if not calls:
             return RunTiming(total_s=total, vision_s=0.0, prefill_s=0.0, decode_step_s=())
-        prefill = calls[0][0].seconds_until(calls[0][1])  # type: ignore[arg-type]
+        first_start = calls[0][0]
+        early = [s for s, _ in self._vision_spans if s.seconds_until(first_start) > 0]
+        if early:  # an encoder-first model: its request modules ran before the first forward, inside TTFT
+            first_start = early[0]
+        prefill = first_start.seconds_until(calls[0][1])  # type: ignore[arg-type]
         steps = []
         for (_, prev_end), (_, end) in itertools.pairwise(calls):
             steps.append(prev_end.seconds_until(end))  # type: ignore[union-attr,arg-type]

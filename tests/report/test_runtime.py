@@ -49,6 +49,23 @@ def test_stage_clock_splits_prefill_and_decode_steps() -> None:
     assert data["repeats"] == 2 and data["metrics"]["mfu_decode"]["mean"] is None
 
 
+def test_an_encoder_run_before_the_first_forward_is_inside_the_time_to_first_token() -> None:
+    model = _Toy()
+
+    def encoder_first() -> None:
+        memory = model.vision(torch.randn(256, 16))  # the request module, called before any root call
+        for _ in range(50):
+            memory = model.vision(memory)
+        x = model(memory[:1])
+        for _ in range(2):
+            x = model(x)
+
+    prof = profile_runtime(encoder_first, model, [("vision", model.vision)], repeats=2, warmup=1)
+    for run in prof.runs:
+        assert 0 < run.vision_s <= run.prefill_s <= run.total_s
+        assert run.ttft_s == run.prefill_s and len(run.decode_step_s) == 2
+
+
 def test_hooks_are_removed_even_when_the_run_raises() -> None:
     model = _Toy()
 
