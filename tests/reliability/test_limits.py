@@ -92,9 +92,9 @@ def test_an_executed_cpu_run_that_does_not_fit_in_memory_is_refused(
 
 
 def test_the_memory_estimate_grows_with_the_preset() -> None:
+    from opmeter.models.deepseek_ocr.adapter import executed_memory_bytes
     from opmeter.models.deepseek_ocr.config import get_config
     from opmeter.models.deepseek_ocr.workloads import load_workload
-    from opmeter.models.deepseek_ocr.adapter import executed_memory_bytes
 
     def need(preset: str) -> int:
         return executed_memory_bytes(get_config(preset), load_workload("dsocr-standard-v1").for_config(preset), 4)

@@ -19,9 +19,9 @@ def toy_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from opmeter.models.deepseek_ocr.analytic import DeepseekOCRAnalytic
     from opmeter.models.deepseek_ocr.config import get_config
     from opmeter.models.deepseek_ocr.model import build_reference
+    from opmeter.models.deepseek_ocr.predict import predicted_frames
     from opmeter.models.deepseek_ocr.tokenizer import BuiltinTokenizer
     from opmeter.models.deepseek_ocr.workloads import load_workload
-    from opmeter.models.deepseek_ocr.predict import predicted_frames
     from opmeter.trace import OpTracer
 
     workload = attrs.evolve(load_workload("dsocr-standard-v1").for_config(TOY), max_new_tokens=4)

@@ -18,8 +18,8 @@ from opmeter.errors import OpmeterError
 from opmeter.models.base import (
     ModelAdapter,
     ModelWords,
-    PreparedRun,
     Prediction,
+    PreparedRun,
     RunRequest,
     StageSpec,
     register,
