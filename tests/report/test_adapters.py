@@ -165,5 +165,5 @@ def test_a_hand_made_trace_names_no_adapter_and_is_refused(tmp_path: Path, capsy
 
 
 def test_an_unknown_model_is_one_line() -> None:
-    with pytest.raises(OpmeterError, match="unknown --model 'nosuch'; known: .*deepseek-ocr"):
+    with pytest.raises(OpmeterError, match=r"unknown --model 'nosuch'; known: .*deepseek-ocr"):
         resolve_adapter("nosuch")
