@@ -44,7 +44,7 @@ import pandas as pd
 from opmeter.errors import OpmeterError
 from opmeter.io import atomic_write_bytes
 from opmeter.structure import Component, StageSpec
-from opmeter.trace import OUTSIDE, ROOT
+from opmeter.trace import OUTSIDE, ROOT, Trace
 
 SCHEMA_VERSION = 1
 """Version of ``joined.json``; bumped on any incompatible change."""
@@ -517,7 +517,7 @@ def load_joined(path: str | Path) -> Joined:
 # -- building ----------------------------------------------------------------------------------------------------
 
 
-def _call(trace: Any, name: str, *args: Any, **kwargs: Any) -> pd.DataFrame:
+def _call(trace: Trace, name: str, *args: Any, **kwargs: Any) -> pd.DataFrame:
     fn = getattr(trace, name, None)
     if fn is None:
         return pd.DataFrame()
@@ -528,7 +528,7 @@ def _call(trace: Any, name: str, *args: Any, **kwargs: Any) -> pd.DataFrame:
     return out if isinstance(out, pd.DataFrame) else pd.DataFrame(out)
 
 
-def _stage_modules(trace: Any, stage: str) -> pd.DataFrame:
+def _stage_modules(trace: Trace, stage: str) -> pd.DataFrame:
     df = _call(trace, "by_module", stage=stage)
     if df.empty:
         return df
@@ -538,7 +538,7 @@ def _stage_modules(trace: Any, stage: str) -> pd.DataFrame:
 
 
 def join(
-    trace: Any,
+    trace: Trace,
     predicted_modules: pd.DataFrame | None = None,
     predicted_stages: pd.DataFrame | None = None,
     components: Sequence[Component] = (),
@@ -548,7 +548,7 @@ def join(
     hardware: Mapping[str, Any] | None = None,
     operator_times: pd.DataFrame | None = None,
     metadata: Mapping[str, Any] | None = None,
-    timing_trace: Any = None,
+    timing_trace: Trace | None = None,
 ) -> Joined:
     """Join a trace with the analytic prediction of the same run.
 
@@ -632,7 +632,7 @@ def join(
     return attrs.evolve(joined, stages=stages)
 
 
-def _run_metadata(trace: Any, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+def _run_metadata(trace: Trace, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
     """The trace's metadata with the caller's over it, completeness, and the uncounted compute ops."""
     meta: dict[str, Any] = dict(getattr(trace, "metadata", {}) or {})
     meta.update(metadata or {})
@@ -645,7 +645,7 @@ def _run_metadata(trace: Any, metadata: Mapping[str, Any] | None) -> dict[str, A
     return meta
 
 
-def _measured_modules(trace: Any) -> pd.DataFrame:
+def _measured_modules(trace: Trace) -> pd.DataFrame:
     """The trace's per-module table with numeric inclusive and ``self_`` columns, parent and depth."""
     modules = _call(trace, "by_module")
     if modules.empty:
@@ -664,7 +664,7 @@ def _measured_modules(trace: Any) -> pd.DataFrame:
     return modules
 
 
-def _with_module_times(modules: pd.DataFrame, timing_trace: Any) -> pd.DataFrame:
+def _with_module_times(modules: pd.DataFrame, timing_trace: Trace) -> pd.DataFrame:
     """Per-module times from a module-timing trace, and the time outside every module call."""
     tm = _call(timing_trace, "by_module")
     if not tm.empty and "time_s" in tm:
@@ -690,7 +690,7 @@ def _with_module_times(modules: pd.DataFrame, timing_trace: Any) -> pd.DataFrame
     return modules
 
 
-def _with_stage_columns(modules: pd.DataFrame, trace: Any, timing_trace: Any) -> pd.DataFrame:
+def _with_stage_columns(modules: pd.DataFrame, trace: Trace, timing_trace: Trace | None) -> pd.DataFrame:
     """``prefill_*`` and ``decode_*`` per-module columns (times from the timing trace when there is one)."""
     for stage in ("prefill", "decode"):
         per_stage = _stage_modules(trace, stage)
@@ -895,7 +895,7 @@ def _subtree_sum(modules: pd.DataFrame, col: str) -> pd.Series:
     return modules["module"].map(lambda p: total.get(p, 0.0))
 
 
-def _totals(trace: Any, modules: pd.DataFrame) -> dict[str, float]:
+def _totals(trace: Trace, modules: pd.DataFrame) -> dict[str, float]:
     raw: dict[str, Any] = {}
     fn = getattr(trace, "totals", None)
     if fn is not None:
@@ -913,7 +913,7 @@ def _totals(trace: Any, modules: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def _categories(trace: Any, totals: Mapping[str, float], operator_times: pd.DataFrame | None) -> pd.DataFrame:
+def _categories(trace: Trace, totals: Mapping[str, float], operator_times: pd.DataFrame | None) -> pd.DataFrame:
     df = _call(trace, "by_category")
     if df.empty:
         df = pd.DataFrame(columns=["category", "calls", "flops_tensor", "flops_cuda", "bytes_read", "bytes_written"])
@@ -966,7 +966,7 @@ def _component_roots(modules: pd.DataFrame, components: Sequence[Component]) -> 
     return out
 
 
-def _component_category(trace: Any, modules: pd.DataFrame, components: Sequence[Component]) -> pd.DataFrame:
+def _component_category(trace: Trace, modules: pd.DataFrame, components: Sequence[Component]) -> pd.DataFrame:
     """Component x category from inclusive per-(module, category) numbers: a component root's inclusive work minus
     the inclusive work of the component roots nested directly inside it; glue = category total - top-level roots."""
     cols = ["calls", "flops_tensor", "flops_cuda", "bytes"]
@@ -1004,7 +1004,7 @@ def _component_category(trace: Any, modules: pd.DataFrame, components: Sequence[
     return out[keep].reset_index(drop=True)
 
 
-def _stage_frame(trace: Any) -> pd.DataFrame:
+def _stage_frame(trace: Trace) -> pd.DataFrame:
     df = _call(trace, "stages")
     if df.empty:
         return df
@@ -1014,7 +1014,7 @@ def _stage_frame(trace: Any) -> pd.DataFrame:
 
 
 def _stages(
-    trace: Any, joined: Joined, predicted: pd.DataFrame | None, runtime: Any, timing_trace: Any, spec: StageSpec
+    trace: Trace, joined: Joined, predicted: pd.DataFrame | None, runtime: Any, timing_trace: Trace | None, spec: StageSpec
 ) -> pd.DataFrame:
     """Measured (trace) and predicted stage rows; measured times from the runtime profile when executed.
 

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from opmeter.io import atomic_write_bytes, atomic_write_text
+from opmeter.trace import Trace
 
 
 def parquet_available() -> bool:
@@ -51,7 +52,7 @@ def write_csv(df: pd.DataFrame, path: str | Path, compress: bool = False) -> Pat
     return write_maybe_gzip(path, df.to_csv(index=False).encode("utf-8"), compress)
 
 
-def write_trace_json(trace: Any, path: str | Path, compress: bool = False) -> Path:
+def write_trace_json(trace: Trace, path: str | Path, compress: bool = False) -> Path:
     """The trace as JSON (``Trace.save``), or gzipped to ``<path>.gz``."""
     if not compress:
         written = Path(trace.save(path))
@@ -92,7 +93,7 @@ def write_table(df: pd.DataFrame, out_dir: str | Path, stem: str, compress: bool
     return written
 
 
-def write_callgraph(trace: Any, out_dir: str | Path) -> list[Path]:
+def write_callgraph(trace: Trace, out_dir: str | Path) -> list[Path]:
     """``callgraph.dot`` and ``callgraph.mmd`` from the trace's class-level call graph (when it offers them)."""
     out = Path(out_dir)
     written = []
@@ -105,7 +106,7 @@ def write_callgraph(trace: Any, out_dir: str | Path) -> list[Path]:
     return written
 
 
-def write_chrome_trace(trace: Any, path: str | Path, compress: bool = False) -> Path | None:
+def write_chrome_trace(trace: Trace, path: str | Path, compress: bool = False) -> Path | None:
     """Chrome/Perfetto trace of module spans when the trace was timed; ``None`` otherwise.
 
     With ``compress`` a file over :data:`COMPRESS_MIN_BYTES` is gzipped to ``<path>.gz`` (Perfetto and
