@@ -9,7 +9,6 @@ import gzip
 import importlib.util
 import io
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
