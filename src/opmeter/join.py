@@ -1014,7 +1014,8 @@ def _stage_frame(trace: Trace) -> pd.DataFrame:
 
 
 def _stages(
-    trace: Trace, joined: Joined, predicted: pd.DataFrame | None, runtime: Any, timing_trace: Trace | None, spec: StageSpec
+    trace: Trace, joined: Joined, predicted: pd.DataFrame | None, runtime: Any, timing_trace: Trace | None,
+    spec: StageSpec,
 ) -> pd.DataFrame:
     """Measured (trace) and predicted stage rows; measured times from the runtime profile when executed.
 
