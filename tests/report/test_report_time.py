@@ -83,10 +83,13 @@ def test_foreign_profile_is_named_and_not_compared(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("argv", "message"), [
     (["--profile", "missing.json"], "cannot read device profile"),
     (["--dtype", "int4"], "unsupported dtype"),
-    (["--dtype", "float32", "--model", "vendor:/nonexistent"], "--dtype applies to the reference model"),
+    (["--dtype", "float32", "--model", "vendor:{checkpoint}"], "--dtype applies to the reference model"),
 ])
 def test_bad_time_options_fail_before_work(argv: list[str], message: str, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    argv = [a.format(checkpoint=tmp_path / "ckpt") for a in argv]
     code = main(["report", *TOY, "--device", "meta", "--out", str(tmp_path / "r"), *argv])
     err = capsys.readouterr().err
     assert code == 1 and message in err and len(err.strip().splitlines()) == 1

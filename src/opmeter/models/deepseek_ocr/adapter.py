@@ -171,6 +171,9 @@ class DeepseekOCRAdapter:
         return model, tokenizer
 
     def prepare(self, request: RunRequest) -> PreparedRun:
+        if self.vendor_path is not None and request.dtype is not None:
+            raise OpmeterError("--dtype applies to the reference model, not to --model vendor:PATH (the vendor code "
+                               "runs in its own dtype)")
         preset = request.preset or str(self.default_preset)
         config = get_config(preset if self.vendor_path is None else FULL_SIZE)  # one clear line for a bad preset
         get_config(preset)
