@@ -554,3 +554,38 @@ class Ocr2ForConditionalGeneration(Layer):
         tx = self.preset.text
         return [("model", self.model()), ("lm_head", Linear(self.batch, tx.hidden_size, tx.vocab_size, bias=False,
                                                              dtype=self.dtype))]
+
+
+PARAMETER_GROUPS: dict[str, str] = {
+    "sam_encoder": "model.vision_tower.sam_encoder",
+    "vision_encoder": "model.vision_tower.vision_encoder",
+    "learned_queries": "model.vision_tower.query_",
+    "projector": "model.multi_modal_projector",
+    "embed_tokens": "model.language_model.embed_tokens",
+    "decoder_layers": "model.language_model.layers",
+    "final_norm": "model.language_model.norm",
+    "view_separator": "model.view_separator",
+    "lm_head": "lm_head",
+}
+"""Parameter groups and the module-path prefix of their parameters."""
+
+
+def parameter_counts(preset: Ocr2Preset) -> dict[str, int]:
+    """Parameters per group of :data:`PARAMETER_GROUPS`, counted from the analytic layers (buffers excluded)."""
+    e, tx = preset.encoder, preset.text
+    tower = VisionModel(preset=preset, batch=1, size=preset.global_size, dtype=1)
+    sam, encoder = (layer for _, layer in tower.children())
+    rotary = next(layer for name, layer in encoder.children() if name == "rotary_emb")
+    text = TextModel(preset=preset, batch=1, q_len=1, dtype=1)
+    layers = sum(layer.weight_bytes() for name, layer in text.children() if name.startswith("layers."))
+    return {
+        "sam_encoder": sam.weight_bytes(),
+        "vision_encoder": encoder.weight_bytes() - rotary.weight_bytes(),
+        "learned_queries": (QUERIES_LOCAL + QUERIES_GLOBAL) * e.hidden_size,
+        "projector": (e.hidden_size + 1) * tx.hidden_size,
+        "embed_tokens": tx.vocab_size * tx.hidden_size,
+        "decoder_layers": layers,
+        "final_norm": tx.hidden_size,
+        "view_separator": tx.hidden_size,
+        "lm_head": tx.vocab_size * tx.hidden_size,
+    }
