@@ -56,6 +56,11 @@ class MaskedAttention(SelfAttention):
     path builds the bias from ``ones``, ``tril``, ``zeros``, ``masked_fill``), or no mask (``mask=""``)."""
 
     mask: str = ""
+    caches: bool = True
+    """Whether the layer keeps a KV cache (the visual encoder runs once and keeps none)."""
+
+    def own_kv_cache_bytes(self) -> int:
+        return super().own_kv_cache_bytes() if self.caches else 0
 
     def core_ops(self) -> list[Op]:
         ops = super().core_ops()
@@ -175,7 +180,7 @@ class VisionEncoderLayer(Layer):
         e, t, d = self.preset.encoder, self.batch * self.seq, self.dtype
         attn = MaskedAttention(batch=self.batch, q_len=self.seq, hidden=e.hidden_size, heads=e.num_attention_heads,
                                kv_heads=e.num_key_value_heads, head_dim=e.hidden_size // e.num_attention_heads,
-                               dtype=d, sdpa=self.sdpa, rotary_inside=False, qkv_bias=True, mask="bool",
+                               dtype=d, sdpa=self.sdpa, rotary_inside=False, qkv_bias=True, mask="bool", caches=False,
                                class_name="DeepseekOcr2VisionAttention")
         mlp = GatedMLP(tokens=t, hidden=e.hidden_size, intermediate=e.intermediate_size, dtype=d,
                        class_name="DeepseekOcr2VisionMLP", act_class_name="SiLUActivation")

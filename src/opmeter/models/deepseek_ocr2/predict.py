@@ -79,27 +79,95 @@ def _seconds(tensor: float, cuda: float, nbytes: float, hardware: Any) -> float:
     return float(roofline(tensor, cuda, nbytes, hardware).time_s)
 
 
+ADDITIVE = ("flops_tensor", "flops_cuda", "bytes_read", "bytes_written", "predicted_time_s")
+"""Stage columns that add up over stages."""
+
+
+def _decode_rows(run: RunShape, hardware: Any) -> list[dict[str, Any]]:
+    """``decode[i]`` rows. FLOPs, bytes and the KV cache are affine in the cached length, so steps 0 and 1 give every
+    step exactly; the activation peak is interpolated between the first and the last step (an upper bound: each
+    op's size grows with the cache, so the peak is convex in the step)."""
+    n = run.decode_steps
+    if n == 0:
+        return []
+    first = _row("decode[0]", run.decode_step(0), hardware)
+    if n == 1:
+        return [first]
+    second = _row("decode[1]", run.decode_step(1), hardware)
+    last = _row(f"decode[{n - 1}]", run.decode_step(n - 1), hardware)
+    rows = []
+    for i in range(n):
+        row: dict[str, Any] = {"stage": f"decode[{i}]", "weight_bytes": first["weight_bytes"]}
+        for k in (*ADDITIVE, "kv_cache_bytes"):
+            row[k] = first[k] + i * (second[k] - first[k])
+        frac = i / (n - 1)
+        row["activation_bytes"] = first["activation_bytes"] + frac * (last["activation_bytes"] -
+                                                                      first["activation_bytes"])
+        rows.append(row)
+    if hardware is not None:  # the roofline time is not affine (a max of two bounds): evaluate it per step
+        for row in rows:
+            row["predicted_time_s"] = _seconds(row["flops_tensor"], row["flops_cuda"],
+                                               row["bytes_read"] + row["bytes_written"], hardware)
+    return rows
+
+
 def stage_frame(run: RunShape, hardware: Any = None) -> pd.DataFrame:
     """One row per stage (``vision``, ``prefill``, ``decode[i]``, ``decode``, ``total``) with
     :data:`STAGE_COLUMNS`; ``predicted_time_s`` is the roofline bound on ``hardware`` (NaN without one)."""
     prefill, vision = run.prefill(), run.vision()
     rows = [_row("vision", vision, hardware), _row("prefill", prefill, hardware, minus=vision)]
-    steps = [_row(f"decode[{i}]", run.decode_step(i), hardware) for i in range(run.decode_steps)]
+    steps = _decode_rows(run, hardware)
     rows += steps
-    summed = ("flops_tensor", "flops_cuda", "bytes_read", "bytes_written", "predicted_time_s")
     if steps:
-        decode = {"stage": "decode", **{k: sum(s[k] for s in steps) for k in summed}}
+        decode = {"stage": "decode", **{k: sum(s[k] for s in steps) for k in ADDITIVE}}
         decode.update(weight_bytes=steps[-1]["weight_bytes"], kv_cache_bytes=steps[-1]["kv_cache_bytes"],
                       activation_bytes=max(s["activation_bytes"] for s in steps))
         rows.append(decode)
     parts = [r for r in rows if not r["stage"].startswith("decode[")]
-    total = {"stage": "total", **{k: sum(p[k] for p in parts) for k in summed}}
+    total = {"stage": "total", **{k: sum(p[k] for p in parts) for k in ADDITIVE}}
     total.update(weight_bytes=prefill.weight_bytes(), kv_cache_bytes=parts[-1]["kv_cache_bytes"],
                  activation_bytes=max(p["activation_bytes"] for p in parts))
     rows.append(total)
     return pd.DataFrame(rows, columns=STAGE_COLUMNS)
 
 
+SUMMED = ("calls", "flops_tensor", "flops_cuda", "bytes_read", "bytes_written", "self_flops_tensor",
+          "self_flops_cuda", "self_bytes_read", "self_bytes_written")
+"""Per-module columns that add up over calls."""
+
+
+def _decode_frame(run: RunShape) -> pd.DataFrame | None:
+    """Per-module rows of all decode steps: exact sums from steps 0 and 1 (affine in the cached length), the KV
+    cache and the activation peak of the last step."""
+    n = run.decode_steps
+    if n == 0:
+        return None
+    first = layer_frame(run.decode_step(0)).set_index("module")
+    if n == 1:
+        return first
+    second = layer_frame(run.decode_step(1)).set_index("module")
+    last = layer_frame(run.decode_step(n - 1)).set_index("module")
+    out = first.copy()
+    tri = n * (n - 1) // 2
+    for col in SUMMED:
+        out[col] = n * first[col] + tri * (second[col] - first[col])
+    out["kv_cache_bytes"] = last["kv_cache_bytes"]
+    out["activation_bytes"] = last["activation_bytes"].combine(first["activation_bytes"], max)
+    return out
+
+
 def module_frame(run: RunShape) -> pd.DataFrame:
     """Per-module prediction of the whole run, keyed like the tracer's ``by_module()``."""
-    return layer_frame(run.prefill(), calls=run.calls())
+    pre = layer_frame(run.prefill()).set_index("module")
+    dec = _decode_frame(run)
+    if dec is None:
+        return pre.reset_index()
+    out = pre.copy()
+    shared = dec.index.intersection(pre.index)
+    for col in SUMMED:
+        out.loc[shared, col] = pre.loc[shared, col] + dec.loc[shared, col]
+    out.loc[shared, "activation_bytes"] = pre.loc[shared, "activation_bytes"].combine(
+        dec.loc[shared, "activation_bytes"], max)
+    out.loc[shared, "kv_cache_bytes"] = dec.loc[shared, "kv_cache_bytes"]
+    extra = dec.loc[dec.index.difference(pre.index)]
+    return pd.concat([out, extra]).reset_index()
