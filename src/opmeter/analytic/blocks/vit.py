@@ -125,13 +125,16 @@ class RelPosAttention(Layer):
         ops: list[Op] = []
         if b > 1:
             ops.append(copy("clone", 3 * bh * hw * hd, d, d))
-        for axis, other in ((h, w), (w, h)):
+        for i, (axis, other) in enumerate(((h, w), (w, h))):
             ops += interpolated_rel_pos_ops(axis, self.rel_table, hd, d)
-            ops.append(copy("clone", bh * hw * hd, d, d))
+            if i == 0:  # the first einsum copies the permuted queries; the second reuses that layout
+                ops.append(copy("clone", bh * hw * hd, d, d))
             ops.append(gemm("bmm", bh * other, axis, hd, batch=axis, a=d, b=d, b_numel=axis * axis * hd))
         ops += [copy("clone", bh * hw * h, d, d), copy("clone", bh * hw * w, d, d)]
         bias = bh * hw * hw
         ops.append(pointwise("add", bias, ELEMENTWISE_FLOPS, [bh * hw * h * d, bh * hw * w * d], d))
+        if self.sdpa == "math":  # the decomposition copies the bias before adding it to the scores
+            ops.append(copy("clone", bias, d, d))
         ops += sdpa_ops(b, nh, hw, hw, hd, dtype=d, mask_numel=bias, impl=self.sdpa)
         ops.append(copy("clone", bh * hw * hd, d, d))
         return ops

@@ -173,3 +173,15 @@ def deepseek_ocr2_cases(preset: str = "full", workload: str = STANDARD) -> tuple
     _decoder_cases(c, run.prompt_tokens)
     _end_to_end(c, run, model_inputs(model, p, wl))
     return c.cases, _shape_only
+
+
+def verify_rows(preset: str = "full", workload: str = STANDARD) -> Any:
+    """Run every case; one row per case in :data:`opmeter.verify.COLUMNS` layout (for ``opmeter verify``)."""
+    import pandas as pd
+
+    from opmeter.verify import COLUMNS, run_case
+
+    cases, context = deepseek_ocr2_cases(preset, workload)
+    with context():
+        rows = [run_case(case) for case in cases]
+    return pd.DataFrame(rows, columns=COLUMNS)
