@@ -11,7 +11,6 @@ from opmeter.models.base import ModelAdapter, RunRequest
 from opmeter.models.deepseek_ocr2 import compat
 from opmeter.models.deepseek_ocr2.adapter import COMPONENTS, DeepseekOcr2Adapter
 
-
 SHIPPED = base.BUILTIN_PACKAGES
 
 

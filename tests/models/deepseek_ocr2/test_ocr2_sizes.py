@@ -4,11 +4,10 @@ the documented figures."""
 from __future__ import annotations
 
 import pytest
+from ocr2_helpers import needs_ocr2
 
 from opmeter.models.deepseek_ocr2.analytic import PARAMETER_GROUPS, parameter_counts
 from opmeter.models.deepseek_ocr2.config import PRESETS, get_preset
-
-from ocr2_helpers import needs_ocr2
 
 DOCUMENTED = {
     "sam_encoder": 94_979_328,
@@ -58,5 +57,6 @@ def test_full_size_config_is_the_released_model() -> None:
     assert list(vision.sam_config.global_attn_indexes) == [2, 5, 8, 11]
     assert list(vision.sam_config.downsample_channels) == [512, 896]
     enc = vision.encoder_config
-    assert (enc.hidden_size, enc.num_hidden_layers, enc.num_attention_heads, enc.num_key_value_heads) == (896, 24, 14, 2)
+    sizes = (enc.hidden_size, enc.num_hidden_layers, enc.num_attention_heads, enc.num_key_value_heads)
+    assert sizes == (896, 24, 14, 2)
     assert cfg.image_token_id == 128815

@@ -5,11 +5,10 @@ from __future__ import annotations
 import types
 
 import pytest
+from ocr2_helpers import needs_ocr2
 
 from opmeter.models.deepseek_ocr2.config import get_preset
 from opmeter.models.deepseek_ocr2.workloads import WORKLOADS, Ocr2Workload, get_workload
-
-from ocr2_helpers import needs_ocr2
 
 pytestmark = needs_ocr2
 

@@ -17,7 +17,7 @@ import torch
 
 from opmeter.errors import OpmeterError
 from opmeter.join import Component
-from opmeter.models.base import ModelWords, PreparedRun, Prediction, RunRequest, StageSpec, register
+from opmeter.models.base import ModelWords, Prediction, PreparedRun, RunRequest, StageSpec, register
 from opmeter.models.deepseek_ocr2.compat import require_deepseek_ocr2
 from opmeter.models.deepseek_ocr2.config import FULL, PRESETS, get_preset
 from opmeter.models.deepseek_ocr2.workloads import STANDARD, WORKLOADS, Ocr2Workload, get_workload
@@ -123,7 +123,7 @@ class DeepseekOcr2Adapter:
                 "dtype": str(dtype).removeprefix("torch."),
                 "image_tokens": views.image_tokens(preset), "crop_grid": list(views.grid),
                 "prompt_tokens": int(inputs["input_ids"].shape[1]),
-                "experts_implementation": str(model.config.text_config._experts_implementation)}
+                "experts_implementation": str(_experts_implementation(model))}
         return PreparedRun(model=model, infer=infer, workload=workload, preset=preset.name, metadata=meta,
                            context=_run_context(device))
 
@@ -149,19 +149,25 @@ def predict_run(preset: Any, workload: Ocr2Workload, hardware: Any = None, dtype
 
     run = RunShape.of(preset, workload, dtype, sdpa)
     stages = stage_frame(run, hardware)
-    by = stages.set_index("stage")
+    by: dict[Any, dict[Any, Any]] = {r["stage"]: r for r in stages.to_dict("records")}
     headline = {
         "image_tokens": float(workload.views(preset).image_tokens(preset)),
         "prompt_tokens": float(run.prompt_tokens),
-        "vision_flops_tensor": float(by.loc["vision", "flops_tensor"]),
-        "prefill_flops_tensor": float(by.loc["prefill", "flops_tensor"]),
-        "total_flops_tensor": float(by.loc["total", "flops_tensor"]),
-        "kv_cache_bytes": float(by.loc["total", "kv_cache_bytes"]),
-        "weight_bytes": float(by.loc["total", "weight_bytes"]),
+        "vision_flops_tensor": float(by["vision"]["flops_tensor"]),
+        "prefill_flops_tensor": float(by["prefill"]["flops_tensor"]),
+        "total_flops_tensor": float(by["total"]["flops_tensor"]),
+        "kv_cache_bytes": float(by["total"]["kv_cache_bytes"]),
+        "weight_bytes": float(by["total"]["weight_bytes"]),
     }
     return Prediction(modules=module_frame(run), stages=stages, headline=headline,
                       label=f"{NAME} {preset.name}, SDPA {sdpa}, {dtype}-byte activations",
                       details={"sdpa": sdpa, "dtype_bytes": dtype, "experts": "grouped_mm"})
+
+
+def _experts_implementation(model: torch.nn.Module) -> str:
+    """The experts implementation transformers chose for the decoder (``grouped_mm`` by default)."""
+    config: Any = model.config
+    return str(config.text_config._experts_implementation)
 
 
 def _run_variant(trace: Any) -> tuple[int, str]:

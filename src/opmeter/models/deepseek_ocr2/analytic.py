@@ -72,7 +72,8 @@ class MaskedAttention(SelfAttention):
             return ops
         else:
             extra = [Op("ones", bytes_written=s * lk * BOOL), copy("tril", s * lk, BOOL, BOOL),
-                     Op("zeros", bytes_written=s * lk * c), elementwise("masked_fill", s * lk, [s * lk * (c + BOOL)], c)]
+                     Op("zeros", bytes_written=s * lk * c),
+                     elementwise("masked_fill", s * lk, [s * lk * (c + BOOL)], c)]
         return extra + ops
 
 

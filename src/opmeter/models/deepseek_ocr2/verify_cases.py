@@ -26,7 +26,7 @@ class _Cases:
     """Collects cases for one model (meta, bf16)."""
 
     def __init__(self, model: torch.nn.Module, ctx: dict[str, Any]) -> None:
-        self.model = model
+        self.model: Any = model
         self.ctx = ctx
         self.cases: list[Case] = []
         self.device = next(model.parameters()).device
