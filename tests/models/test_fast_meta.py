@@ -56,6 +56,20 @@ def _cases() -> dict[str, Callable[[], torch.Tensor]]:
         "softmax_half_to_float": lambda: torch.ops.aten._softmax(q.half(), -1, True),
         "softmax_bad_dim": lambda: torch.ops.aten._softmax(q, 7, False),
         "softmax_fp32_of_bf16": lambda: torch.softmax(a, -1, dtype=torch.float32),
+        "eq_scalar": lambda: q.eq(float("-inf")), "eq_scalar_long": lambda: lng == 3,
+        "eq_scalar_transposed": lambda: qt == 0,
+        "logical_not": lambda: torch.logical_not(q), "logical_not_long": lambda: torch.logical_not(lng),
+        "all_dim": lambda: torch.all(q.eq(0), -1, keepdim=True), "all_dim_float": lambda: torch.all(q, 1),
+        "all_dim_uint8": lambda: torch.all(lng.to(torch.uint8), 0), "all_bad_dim": lambda: torch.all(q, 9),
+        "where": lambda: torch.where(q.eq(0), torch.zeros_like(q), q),
+        "where_broadcast": lambda: torch.where(torch.empty(1, 1, 7, 1, **M, dtype=torch.bool), q, q),
+        "where_dtypes": lambda: torch.where(q.eq(0), q, q.half()),
+        "where_scalar": lambda: torch.where(q.eq(0), q, 0.0),
+        "where_transposed": lambda: torch.where(qt.eq(0), qt, qt),
+        "cumsum_int": lambda: torch.cumsum(lng, 0), "cumsum_float": lambda: torch.cumsum(f, -1),
+        "cumsum_int32": lambda: torch.cumsum(lng.float(), 0, dtype=torch.int32),
+        "cumsum_bool": lambda: torch.cumsum(torch.empty(4, **M, dtype=torch.bool), 0),
+        "cumsum_bad_dim": lambda: torch.cumsum(f, 5), "cumsum_transposed": lambda: torch.cumsum(qt, -1),
     }
 
 
