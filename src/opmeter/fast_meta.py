@@ -228,6 +228,16 @@ def _cumsum(x: torch.Tensor, dim: int, *, dtype: torch.dtype | None = None) -> t
     return _empty(x.shape, dtype)
 
 
+def _index_rows(x: torch.Tensor, indices: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    """``index.Tensor`` with one integer index tensor on the first dimension of a row-major tensor (a row gather:
+    ``x[idx]``): shape ``idx.shape + x.shape[1:]``, contiguous, as torch's meta kernel gives it."""
+    idx = indices[0] if len(indices) == 1 else None
+    if (idx is None or idx.dtype not in (torch.int64, torch.int32) or x.dim() == 0 or not x.is_contiguous()
+            or not idx.is_contiguous()):
+        return _torch_meta("meta_index_Tensor")(x, indices)
+    return _empty((*idx.shape, *x.shape[1:]), x.dtype)
+
+
 def _has_softmax_meta() -> bool:
     """Whether torch registers a dedicated meta kernel for ``_softmax`` (2.13 does; 2.6 decomposes it)."""
     import torch._meta_registrations as registrations
@@ -279,6 +289,7 @@ def _kernels() -> dict[str, Callable[..., torch.Tensor]]:
         "all.dim": _all_dim,
         "where.self": _where_self,
         "cumsum": _cumsum,
+        "index.Tensor": _index_rows,
     }
     for name in _INT_TO_FLOAT_UNARY:
         kernels[name] = _unary(getattr(refs, name), float_only=True)

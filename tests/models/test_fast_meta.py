@@ -70,6 +70,10 @@ def _cases() -> dict[str, Callable[[], torch.Tensor]]:
         "cumsum_int32": lambda: torch.cumsum(lng.float(), 0, dtype=torch.int32),
         "cumsum_bool": lambda: torch.cumsum(torch.empty(4, **M, dtype=torch.bool), 0),
         "cumsum_bad_dim": lambda: torch.cumsum(f, 5), "cumsum_transposed": lambda: torch.cumsum(qt, -1),
+        "index_rows": lambda: q[0, 0][lng[0, :5]], "index_rows_2d": lambda: q[0, 0][lng[:2, :3]],
+        "index_rows_int32": lambda: q[0, 0][lng[0, :5].int()], "index_bool": lambda: q[0, 0][q[0, 0, :, 0] > 0],
+        "index_second_dim": lambda: q[0, 0][:, lng[0, :5]], "index_transposed": lambda: qt[0, 0][lng[0, :2]],
+        "index_two": lambda: q[0, 0][lng[0, :3], lng[1, :3]],
     }
 
 
