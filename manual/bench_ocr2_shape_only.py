@@ -4,8 +4,8 @@ Usage: ``python manual/bench_ocr2_shape_only.py [--tokens 512] [--workload dsocr
 meta, traces one fixed-budget generation (vision request stage marked as the pipeline does), predicts it, joins
 them, and prints one line: ``ocr2_shape_only build_s=... trace_s=... predict_s=... join_s=... total_s=...
 cpu_s=... trace_cpu_s=... tensor_rel_max=...`` (``tensor_rel_max``: the largest per-component tensor-core FLOP
-difference, trace vs prediction). The target is ``total_s <= 60`` (wall clock; ``cpu_s`` is the process CPU time, which a shared machine
-does not inflate).
+difference, trace vs prediction). The target is ``total_s <= 60`` (wall clock; ``cpu_s`` is the process CPU time,
+which a shared machine inflates much less).
 """
 
 from __future__ import annotations
