@@ -133,8 +133,7 @@ class RelPosAttention(Layer):
         ops += [copy("clone", bh * hw * h, d, d), copy("clone", bh * hw * w, d, d)]
         bias = bh * hw * hw
         ops.append(pointwise("add", bias, ELEMENTWISE_FLOPS, [bh * hw * h * d, bh * hw * w * d], d))
-        if self.sdpa == "math":  # the decomposition copies the bias before adding it to the scores
-            ops.append(copy("clone", bias, d, d))
+        ops.append(copy("clone", bias, d, d))  # the [B*heads, hw, h, w] bias, made contiguous as the SDPA mask
         ops += sdpa_ops(b, nh, hw, hw, hd, dtype=d, mask_numel=bias, impl=self.sdpa)
         ops.append(copy("clone", bh * hw * hd, d, d))
         return ops
