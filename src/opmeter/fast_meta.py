@@ -188,6 +188,57 @@ def _softmax(x: torch.Tensor, dim: int, half_to_float: bool) -> torch.Tensor:
     return _empty(x.shape, torch.float32 if half_to_float else x.dtype)
 
 
+def _compare_scalar(ref: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``eq.Scalar`` and friends: a boolean tensor of the input's shape."""
+    def kernel(x: torch.Tensor, other: Any) -> torch.Tensor:
+        if not _fast_ok(x) or x.dtype.is_complex or isinstance(other, complex):
+            return ref(x, other)
+        return _empty(x.shape, torch.bool)
+
+    return kernel
+
+
+def _logical_not(x: torch.Tensor) -> torch.Tensor:
+    if not _fast_ok(x):
+        return torch._refs.logical_not(x)
+    return _empty(x.shape, torch.bool)
+
+
+def _all_dim(x: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:
+    """``all.dim``: boolean (``uint8`` stays ``uint8``), the dimension reduced."""
+    if not _fast_ok(x) or x.dim() == 0 or not _dims_in_range(x, dim) or x.dtype == torch.uint8:
+        return torch._refs.all(x, dim, keepdim)
+    return _empty(_reduced_shape(x, dim, keepdim), torch.bool)
+
+
+def _where_self(cond: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``where.self``: the broadcast shape of the three, the promoted type of ``x`` and ``y``."""
+    ok = (cond.dtype == torch.bool and x.dtype == y.dtype and not x.dtype.is_complex and x.dim() > 0 and y.dim() > 0
+          and _fast_ok(cond, x, y))
+    if not ok:
+        return torch._refs.where(cond, x, y)
+    return _empty(_broadcast(_broadcast(cond.shape, x.shape), y.shape), x.dtype)
+
+
+def _cumsum(x: torch.Tensor, dim: int, *, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``cumsum``: the input's shape; integers (and booleans) accumulate in ``int64`` unless ``dtype`` is given."""
+    if not _fast_ok(x) or not _dims_in_range(x, dim) or x.dtype.is_complex:
+        return torch._refs.cumsum(x, dim, dtype=dtype)
+    if dtype is None:
+        dtype = x.dtype if x.dtype.is_floating_point else torch.int64
+    return _empty(x.shape, dtype)
+
+
+def _index_rows(x: torch.Tensor, indices: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    """``index.Tensor`` with one integer index tensor on the first dimension of a row-major tensor (a row gather:
+    ``x[idx]``): shape ``idx.shape + x.shape[1:]``, contiguous, as torch's meta kernel gives it."""
+    idx = indices[0] if len(indices) == 1 else None
+    if (idx is None or idx.dtype not in (torch.int64, torch.int32) or x.dim() == 0 or not x.is_contiguous()
+            or not idx.is_contiguous()):
+        return _torch_meta("meta_index_Tensor")(x, indices)
+    return _empty((*idx.shape, *x.shape[1:]), x.dtype)
+
+
 def _has_softmax_meta() -> bool:
     """Whether torch registers a dedicated meta kernel for ``_softmax`` (2.13 does; 2.6 decomposes it)."""
     import torch._meta_registrations as registrations
@@ -234,6 +285,12 @@ def _kernels() -> dict[str, Callable[..., torch.Tensor]]:
         "neg": _unary(refs.neg, float_only=False),
         "mean.dim": _reduction(refs.mean, integer_to_long=False),
         "sum.dim_IntList": _reduction(refs.sum, integer_to_long=True),
+        "eq.Scalar": _compare_scalar(refs.eq),
+        "logical_not": _logical_not,
+        "all.dim": _all_dim,
+        "where.self": _where_self,
+        "cumsum": _cumsum,
+        "index.Tensor": _index_rows,
     }
     for name in _INT_TO_FLOAT_UNARY:
         kernels[name] = _unary(getattr(refs, name), float_only=True)

@@ -172,7 +172,7 @@ def _load_builtin() -> None:
         importlib.import_module(module)
 
 
-BUILTIN_PACKAGES: tuple[str, ...] = ("opmeter.models.deepseek_ocr.adapter",)
+BUILTIN_PACKAGES: tuple[str, ...] = ("opmeter.models.deepseek_ocr.adapter", "opmeter.models.deepseek_ocr2.adapter")
 """Modules whose import registers an adapter."""
 
 
