@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from opmeter.errors import OpmeterError
@@ -73,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     progress = None if args.quiet else (lambda msg: print(f"  tracing {msg}", file=sys.stderr))
     cases = cases_of(preset, args.device, args.grid, args.attn)  # validates preset, device and grid first
     ensure_output_dir(args.out)  # fail now, not after the run
-    df, seconds = run_verify(cases, preset, args.out, progress, args.device)
+    with getattr(adapter, "verify_context", contextlib.nullcontext)():
+        df, seconds = run_verify(cases, preset, args.out, progress, args.device)
     if df.empty:
         raise OpmeterError("no verification cases ran")
     worst = worst_per_layer(df)

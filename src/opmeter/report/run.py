@@ -17,6 +17,7 @@ leaves an existing report directory as it was (a finished run replaces files one
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
@@ -284,5 +285,5 @@ class _Pipeline:
             raise OpmeterError(f"--verify: {adapter.words.name} has no verification cases")
         from opmeter.verify import verify
 
-        with timed(self.seconds, "verify"):
+        with timed(self.seconds, "verify"), getattr(adapter, "verify_context", contextlib.nullcontext)():
             return verify(cases(preset))

@@ -16,11 +16,11 @@ from typing import Any
 import torch
 
 from opmeter.errors import OpmeterError
-from opmeter.join import Component
 from opmeter.models.base import ModelWords, Prediction, PreparedRun, RunRequest, StageSpec, register
 from opmeter.models.deepseek_ocr2.compat import require_deepseek_ocr2
 from opmeter.models.deepseek_ocr2.config import FULL, PRESETS, get_preset
 from opmeter.models.deepseek_ocr2.workloads import STANDARD, WORKLOADS, Ocr2Workload, get_workload
+from opmeter.structure import Component
 
 NAME = "deepseek-ocr-2"
 
@@ -127,13 +127,42 @@ class DeepseekOcr2Adapter:
         return PreparedRun(model=model, infer=infer, workload=workload, preset=preset.name, metadata=meta,
                            context=_run_context(device))
 
-    def workload_from_trace(self, metadata: Mapping[str, Any]) -> tuple[Ocr2Workload, str]:
-        """The workload and preset a saved trace ran."""
+    def workload_from_trace(self, metadata: Mapping[str, Any], request: RunRequest | None = None
+                            ) -> tuple[Ocr2Workload, str]:
+        """The workload and preset a saved trace ran (``request.decode_tokens`` overrides its length)."""
         from opmeter.models.deepseek_ocr2.workloads import workload_from_summary
 
         summary = metadata.get("workload")
         workload = workload_from_summary(summary) if isinstance(summary, dict) else get_workload(STANDARD)
+        if request is not None and request.decode_tokens is not None:
+            workload = workload.with_new_tokens(request.decode_tokens)
         return workload, str(metadata.get("preset", FULL))
+
+    def parameter_model(self, preset: str, metadata: Mapping[str, Any]) -> torch.nn.Module | None:
+        """The model on meta, for the parameter bytes of a saved trace."""
+        from opmeter.models.deepseek_ocr2.model import build_model
+
+        require_deepseek_ocr2()
+        return build_model(get_preset(preset), "meta")
+
+    fast_preset = FULL
+    """``opmeter verify --fast``: the full size is verified on meta in about 20 s."""
+
+    def verify_cases(self, preset: str, device: str = "meta", grid: tuple[int, int] | None = None,
+                     attn: str = "eager") -> list[Any]:
+        """The per-layer verification cases (:mod:`.verify_cases`), shape-only on meta; run them inside
+        :meth:`verify_context`."""
+        from opmeter.models.deepseek_ocr2.verify_cases import deepseek_ocr2_cases
+
+        require_deepseek_ocr2()
+        if device != "meta" or grid is not None or attn != "eager":
+            raise OpmeterError(f"{NAME} is verified shape-only on meta at its standard page (no --device cpu, "
+                               "--grid or --attn)")
+        return deepseek_ocr2_cases(preset)[0]
+
+    def verify_context(self) -> contextlib.AbstractContextManager[Any]:
+        """transformers' value checks off and the fast meta kernels on, around the verification cases."""
+        return _shape_only()
 
     def predict(self, trace: Any, workload: Any, preset: str, hardware: Any) -> Prediction:
         """The analytic prediction of the traced run (see :func:`predict_run`)."""
@@ -150,9 +179,16 @@ def predict_run(preset: Any, workload: Ocr2Workload, hardware: Any = None, dtype
     run = RunShape.of(preset, workload, dtype, sdpa)
     stages = stage_frame(run, hardware)
     by: dict[Any, dict[Any, Any]] = {r["stage"]: r for r in stages.to_dict("records")}
+    from opmeter.models.deepseek_ocr2.analytic import parameter_counts
+
+    parameters = float(sum(parameter_counts(preset).values()))
     headline = {
+        "predicted_ttft_s": float(by["vision"]["predicted_time_s"]) + float(by["prefill"]["predicted_time_s"]),
+        "predicted_tpot_s": (float(by["decode"]["predicted_time_s"]) / workload.decode_steps
+                             if workload.decode_steps and "decode" in by else 0.0),
+        "parameters": parameters, "parameter_bytes": parameters * dtype,
         "image_tokens": float(workload.views(preset).image_tokens(preset)),
-        "prompt_tokens": float(run.prompt_tokens),
+        "prompt_tokens": float(run.prompt_tokens), "prefill_length": float(run.prompt_tokens),
         "vision_flops_tensor": float(by["vision"]["flops_tensor"]),
         "prefill_flops_tensor": float(by["prefill"]["flops_tensor"]),
         "total_flops_tensor": float(by["total"]["flops_tensor"]),
