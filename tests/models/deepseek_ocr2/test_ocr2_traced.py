@@ -25,7 +25,8 @@ def traced():
         new_tokens = run.infer()
     trace.metadata.update(run.metadata)
     prediction = adapter.predict(trace, run.workload, run.preset, None)
-    joined = join(trace, prediction.modules, prediction.stages, components=adapter.components(run.model))
+    joined = join(trace, prediction.modules, prediction.stages, components=adapter.components(run.model),
+                  stage_spec=adapter.stage_spec)
     return trace, prediction, joined, new_tokens
 
 
