@@ -74,6 +74,10 @@ class ReportOptions:
     """``torch.set_num_threads`` for the run (restored afterwards); ``None``: torch's setting."""
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     """Refuse larger ``--image`` pages (header read only); 0 = no limit."""
+    images: str | None = None
+    """``--images DIR|GLOB``: a report over these pages (:mod:`opmeter.report.pageset_run`)."""
+    write_files: bool = True
+    """``False``: compute and return the figures, write nothing (one page of a set report)."""
 
 
 @attrs.frozen
@@ -217,6 +221,13 @@ def run_report(opts: ReportOptions) -> ReportResult:
     """Produce the report described by ``opts``; see the module docstring."""
     if opts.threads is not None and opts.threads < 1:
         raise OpmeterError(f"--threads must be at least 1, got {opts.threads}")
+    from opmeter.models.deepseek_ocr.pages import page_planner
+
+    planner = page_planner(opts.workload, opts.images, opts.preset)
+    if planner is not None:  # a set of pages: one report over all of them
+        from opmeter.report.pageset_run import run_page_set
+
+        return run_page_set(opts, planner)
     before = torch.get_num_threads()
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
@@ -721,6 +732,8 @@ class _Pipeline:
 
             with timed(self.seconds, "verify"):
                 verification = verify(preset)
+        if not self.opts.write_files:  # one page of a set report: the figures only
+            return ReportResult(out_dir, (), tuple(_headline_lines(joined, pred_head)), dict(self.seconds), joined)
         from opmeter.report.outdir import staged_report
 
         kept = (self.opts.trace_path, self.opts.profile)  # inputs that live in --out stay in the new report
