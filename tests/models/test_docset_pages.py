@@ -19,7 +19,8 @@ def test_docset_pages_carry_their_grid_tokens_and_expected_length(tmp_path: Path
     assert [p.file for p in pages] == [f"{d.name}.png" for d in DOCSET_V1]
     a4 = next(p for p in pages if p.file == "a4-portrait-150dpi.png")
     assert dict(a4.geometry) == {"crop_cols": 2, "crop_rows": 3, "image_tokens": 903, "prompt_tokens": 912}
-    assert all((p.geometry["crop_cols"], p.geometry["crop_rows"]) == d.crop_grid() for p, d in zip(pages, DOCSET_V1))
+    assert all((p.geometry["crop_cols"], p.geometry["crop_rows"]) == d.crop_grid()
+               for p, d in zip(pages, DOCSET_V1, strict=True))
     assert [p.decode_tokens for p in pages] == [d.expected_tokens() for d in DOCSET_V1]
     groups = by_geometry(pages)
     assert len(groups) == 11  # 17 pages: the three A4 scans, Letter and the two-column paper share 2 x 3
