@@ -163,6 +163,9 @@ class GeometryRun:
     measured_ttft_s: float = math.nan
     measured_tpot_s: float = math.nan
     seconds: dict[str, float] = attrs.field(factory=dict)
+    hardware: str = ""
+    """The hardware entry of the roofline columns; ``profile`` the device profile of the time model."""
+    profile: str = ""
 
     @property
     def traced_steps(self) -> int:
@@ -202,7 +205,8 @@ def geometry_run(joined: Any, seconds: Mapping[str, float]) -> GeometryRun:
         ttft_s=_float(predicted.get("ttft_s")), tpot_s=_float(predicted.get("tpot_s")),
         roofline_ttft_s=_float(head.get("predicted_ttft_s")), roofline=joined.roofline_seconds,
         measured_ttft_s=_float(measured.get("ttft_s")), measured_tpot_s=_float(measured.get("tpot_s")),
-        seconds=dict(seconds))
+        seconds=dict(seconds), hardware=str((joined.hardware or {}).get("name", "")),
+        profile=str((tm.get("profile") or {}).get("label") or tm.get("profile_label") or ""))
 
 
 def _float(value: Any) -> float:

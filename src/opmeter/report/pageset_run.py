@@ -58,6 +58,9 @@ class SetResult:
     geometry_columns: tuple[str, ...]
     device: str
     notes: tuple[str, ...]
+    hardware: str = ""
+    """Roofline columns: this hardware entry; predicted times: :attr:`profile`."""
+    profile: str = ""
 
 
 def _page_options(opts: Any, planner: PagePlanner, page: Page, tokens: int, scratch: Path) -> Any:
@@ -125,18 +128,22 @@ def _calibrated_profile(opts: Any, device: str, scratch: Path) -> Any:
 
     log.info("no --profile: calibrating %s once for every page (quick budget)", device)
     profile = calibrate(device, opts.dtype or "float32", opts.threads, quick=True)
-    return attrs.evolve(opts, profile=profile.save(scratch / "device-profile.json"))
+    path = profile.save(scratch / "calibrated-on-the-spot-quick-profile.json")  # the name says it in the report
+    return attrs.evolve(opts, profile=path)
 
 
 def _executed(opts: Any, planner: PagePlanner, pages: list[Page], device: str, scratch: Path
               ) -> tuple[Runs, list[dict[str, Any]], list[str]]:
     """Run and time every page at its own length."""
+    calibrated = opts.profile is None
     opts = _calibrated_profile(opts, device, scratch)
     done: Runs = {i: _run_or_fail(opts, planner, page, scratch / f"page-{i}")
                   for i, page in enumerate(pages) if page.error is None}
     ran = [p for p, run in done.values() if run is not None]
     geometries = [{**dict(k), "pages": len(g)} for k, g in by_geometry(ran).items()]
-    return done, geometries, [f"device profile: {opts.profile}"] if opts.profile else []
+    note = ("the device profile was calibrated once on the spot (quick budget) for every page; `opmeter calibrate` "
+            "makes a full one (pass it with --profile)") if calibrated else f"device profile: {opts.profile}"
+    return done, geometries, [note]
 
 
 def compute_set(opts: Any, planner: PagePlanner, device: str) -> SetResult:
@@ -158,8 +165,10 @@ def compute_set(opts: Any, planner: PagePlanner, device: str) -> SetResult:
         parts.append(page_components(page, run))
     geometry = tuple(dict.fromkeys(c for p in pages for c in p.geometry))
     frame = pages_frame(rows, geometry)
+    runs = [run for _, run in done.values() if run is not None]
+    hardware, profile = (runs[0].hardware, runs[0].profile) if runs else ("", "")
     return SetResult(frame, distributions(frame, [*geometry, *DISTRIBUTED]), set_components(parts),
-                     pd.DataFrame(geometries), geometry, device, tuple(notes))
+                     pd.DataFrame(geometries), geometry, device, tuple(notes), hardware, profile)
 
 
 def _check(opts: Any) -> tuple[Path, str]:
@@ -225,7 +234,8 @@ def write_set(out_dir: Path, opts: Any, planner: PagePlanner, result: SetResult,
     header = {"pages": planner.description, "model": f"{opts.model}, preset {opts.preset}",
               "device": result.device + (" (shape-only: meta tensors, nothing executed)"
                                          if result.device == "meta" else f" ({opts.repeats} timed repeats)"),
-              "hardware": opts.hardware or "detected GPU, else the default entry (predicted times)"}
+              "predicted times": f"time model with {result.profile}" if result.profile else "no device profile",
+              "roofline columns": f"{result.hardware} peaks" if result.hardware else "no hardware entry"}
     context = {"title": f"{planner.set_id} on {opts.preset}", "command": f"`{opts.command}`", "header": header}
     with staged_report(out_dir) as staging:
         exporters.write_csv(result.pages, staging / "pages.csv")
