@@ -167,3 +167,27 @@ def test_executed_set_times_every_page(tmp_path: Path, capsys: pytest.CaptureFix
     assert df["measured_ttft_s"].gt(0).all() and df["measured_tpot_s"].gt(0).all()
     assert (df["decode_tokens"] == 3).all() and df["traced_decode_steps"].eq(2).all()
     assert "measured_ttft_s" in set(pd.read_csv(out / "distributions.csv")["figure"])
+
+
+def test_a_geometry_that_is_not_affine_is_traced_at_each_pages_length(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opmeter.report import pageset
+    from opmeter.report import run as run_module
+
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    _page(pages / "a.png", (300, 200))
+    _page(pages / "b.png", (300, 200))
+    (pages / "decode_tokens.json").write_text(json.dumps({"a.png": 6, "b.png": 3}))
+    monkeypatch.setattr(pageset.GeometryRun, "affine", lambda self: False)
+    calls: list[Any] = []
+    real = run_module.run_report
+    monkeypatch.setattr(run_module, "run_report", lambda o: calls.append(o.decode_tokens) or real(o))
+    out = tmp_path / "report"
+    code, stdout, _ = _report(["--images", str(pages), "--out", str(out)], capsys)
+    assert code == 0, stdout
+    assert calls[1:] == [4, 6, 3]  # the short trace, then each page at its own length
+    df = pd.read_csv(out / "pages.csv").set_index("file")
+    assert df.loc["a.png", "traced_decode_steps"] == 5 and df.loc["b.png", "traced_decode_steps"] == 2
+    assert "not affine" in (out / "report.md").read_text()

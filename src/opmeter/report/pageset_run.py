@@ -18,9 +18,11 @@ page succeeded.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,31 +87,56 @@ Runs = dict[int, tuple[Page, GeometryRun | None]]
 """Page index -> the page (its error set when it failed) and its run."""
 
 
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int, what: str) -> Iterator[Callable[[], None]]:
+    """A rich progress bar advanced once per run (or nothing)."""
+    if not enabled:
+        yield lambda: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn()) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda: bar.advance(task)
+
+
 def _shape_only(opts: Any, planner: PagePlanner, pages: list[Page], scratch: Path
                 ) -> tuple[Runs, list[dict[str, Any]], list[str]]:
     """Trace each distinct geometry once; pages of a non-affine geometry at their own length."""
     done: Runs = {}
-    geometries, notes = [], []
-    for g, (key, group) in enumerate(by_geometry(pages).items()):
-        started = time.perf_counter()
-        try:
-            run = _run(opts, planner, pages[group[0]], SHORT_NEW_TOKENS, scratch / f"geometry-{g}")
-        except OpmeterError as exc:
-            done |= {i: (_failed(pages[i], exc), None) for i in group}
-            continue
-        affine = run.affine()
-        if affine:
-            done |= {i: (pages[i], run) for i in group}
-        else:
-            note = (f"geometry {dict(key)}: the traced decode steps are not affine in the KV length; each of its "
-                    f"{len(group)} pages is traced at its own length")
-            log.warning(note)
-            notes.append(note)
-            for i in group:
-                done[i] = _run_or_fail(opts, planner, pages[i], scratch / f"page-{i}")
-        geometries.append({**dict(key), "pages": len(group), "traced_new_tokens": SHORT_NEW_TOKENS,
-                           "affine": affine, "seconds": time.perf_counter() - started})
+    geometries: list[dict[str, Any]] = []
+    notes: list[str] = []
+    groups = by_geometry(pages)
+    with _progress(opts.progress, len(groups), "geometries (shape-only)") as tick:
+        for g, (key, group) in enumerate(groups.items()):
+            _geometry(opts, planner, pages, key, group, scratch / f"geometry-{g}", done, geometries, notes)
+            tick()
     return done, geometries, notes
+
+
+def _geometry(opts: Any, planner: PagePlanner, pages: list[Page], key: Any, group: list[int], scratch: Path,
+              done: Runs, geometries: list[dict[str, Any]], notes: list[str]) -> None:
+    """Trace one geometry (short decode) for the pages of ``group``; record their runs, the geometry, any note."""
+    started = time.perf_counter()
+    smallest = min(group, key=lambda i: pages[i].width * pages[i].height)  # same work, least image decoding
+    try:
+        run = _run(opts, planner, pages[smallest], SHORT_NEW_TOKENS, scratch)
+    except OpmeterError as exc:
+        done |= {i: (_failed(pages[i], exc), None) for i in group}
+        return
+    affine = run.affine()
+    if affine:
+        done |= {i: (pages[i], run) for i in group}
+    else:
+        note = (f"geometry {dict(key)}: the traced decode steps are not affine in the KV length; each of its "
+                f"{len(group)} pages is traced at its own length")
+        log.warning(note)
+        notes.append(note)
+        for i in group:
+            done[i] = _run_or_fail(opts, planner, pages[i], scratch.with_name(f"page-{i}"))
+    geometries.append({**dict(key), "pages": len(group), "traced_new_tokens": SHORT_NEW_TOKENS,
+                       "affine": affine, "seconds": time.perf_counter() - started})
 
 
 def _run_or_fail(opts: Any, planner: PagePlanner, page: Page, scratch: Path) -> tuple[Page, GeometryRun | None]:
@@ -137,8 +164,12 @@ def _executed(opts: Any, planner: PagePlanner, pages: list[Page], device: str, s
     """Run and time every page at its own length."""
     calibrated = opts.profile is None
     opts = _calibrated_profile(opts, device, scratch)
-    done: Runs = {i: _run_or_fail(opts, planner, page, scratch / f"page-{i}")
-                  for i, page in enumerate(pages) if page.error is None}
+    todo = [i for i, page in enumerate(pages) if page.error is None]
+    done: Runs = {}
+    with _progress(opts.progress, len(todo), f"pages ({device}, timed)") as tick:
+        for i in todo:
+            done[i] = _run_or_fail(opts, planner, pages[i], scratch / f"page-{i}")
+            tick()
     ran = [p for p, run in done.values() if run is not None]
     geometries = [{**dict(k), "pages": len(g)} for k, g in by_geometry(ran).items()]
     note = ("the device profile was calibrated once on the spot (quick budget) for every page; `opmeter calibrate` "

@@ -1,7 +1,8 @@
 """DeepSeek-OCR's side of a report over a set of pages: which pages, their crop grids, token counts and geometry.
 
 A page's work is decided by its geometry: the crop grid, the image tokens it gives and the prompt length. Pages of
-equal geometry run the same ops on the same shapes, so the generic set report (:mod:`opmeter.report.pageset_run`)
+equal geometry run the same ops on the same shapes (the page is resized to its views by PIL, outside the traced ops,
+whatever its resolution), so the generic set report (:mod:`opmeter.report.pageset_run`)
 traces each distinct geometry once. Each page runs as the single-page workload ``dsocr-standard-v1`` (base 1024,
 tiles 640, crop mode on, the grounding-markdown prompt) on its own image.
 """
