@@ -262,7 +262,7 @@ def write_set(out_dir: Path, opts: Any, planner: PagePlanner, result: SetResult,
     files = ["report.md", "pages.csv", "distributions.csv", "components.csv", "ttft_vs_image_tokens.svg"]
     if not result.geometries.empty:
         files.append("geometries.csv")
-    header = {"pages": planner.description, "model": f"{opts.model}, preset {opts.preset}",
+    header = {"set": planner.description, "model": f"{opts.model}, preset {opts.preset}",
               "device": result.device + (" (shape-only: meta tensors, nothing executed)"
                                          if result.device == "meta" else f" ({opts.repeats} timed repeats)"),
               "predicted times": f"time model with {result.profile}" if result.profile else "no device profile",
