@@ -262,7 +262,10 @@ def write_set(out_dir: Path, opts: Any, planner: PagePlanner, result: SetResult,
     files = ["report.md", "pages.csv", "distributions.csv", "components.csv", "ttft_vs_image_tokens.svg"]
     if not result.geometries.empty:
         files.append("geometries.csv")
-    header = {"set": planner.description, "model": f"{opts.model}, preset {opts.preset}",
+    decode = (f"{opts.decode_tokens} new tokens per page (--decode-tokens)" if opts.decode_tokens else
+              "each page's own length (a built-in page's expected output, a user's decode_tokens.json entry, else "
+              "the workload's default)")
+    header = {"set": planner.description, "decode": decode, "model": f"{opts.model}, preset {opts.preset}",
               "device": result.device + (" (shape-only: meta tensors, nothing executed)"
                                          if result.device == "meta" else f" ({opts.repeats} timed repeats)"),
               "predicted times": f"time model with {result.profile}" if result.profile else "no device profile",

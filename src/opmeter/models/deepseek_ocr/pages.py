@@ -53,8 +53,8 @@ class DocumentPages:
     def description(self) -> str:
         """One line for the report header."""
         if self.images is None:
-            return (f"built-in document set {self.set_id}: {len(DOCSETS[self.set_id])} generated pages, each with "
-                    f"its expected output length, run as {self.base_workload}")
+            return (f"built-in document set {self.set_id}: {len(DOCSETS[self.set_id])} generated pages, run as "
+                    f"{self.base_workload}")
         return f"the pages of {self.images}, run as {self.base_workload}"
 
     def pages(self, directory: Path, decode_tokens: int | None, max_pixels: int) -> list[Page]:
