@@ -67,7 +67,7 @@ def render(result: Any, context: Mapping[str, Any], files: Sequence[str]) -> str
             "page; predicted TTFT is the time model's (eager scenario), predicted TPOT its per-step time plus the "
             "roofline growth of a longer KV cache; no time is measured.", ""]
     else:
-        lines += ["Executed: every page ran at its own decode length and was timed over the repeats after a "
+        lines += ["Executed: every page ran at its decode length (above) and was timed over the repeats after a "
                   "warm-up; measured TTFT and TPOT are means over the repeats.", ""]
     lines += [*(f"> {n}" for n in result.notes), ""] if result.notes else []
     lines += ["## Distributions over the pages", "", _distribution_table(result.distributions), "",
