@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="reports/latest", help="output directory (default: %(default)s)")
     parser.add_argument("--image", default=None,
                         help="use this image instead of the workload's (with --trace: the image that was traced)")
+    parser.add_argument("--images", default=None, metavar="DIR|GLOB",
+                        help="a report over these PNG/JPEG/WebP pages (per-page table, distributions); "
+                        "decode_tokens.json beside them gives per-page lengths")
     parser.add_argument("--max-image-pixels", type=_positive_int(0), default=DEFAULT_MAX_IMAGE_PIXELS,
                         help="refuse larger --image pages, read from the header only (default: %(default)s; 0 = no "
                         "limit)")
@@ -110,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         progress=not args.no_progress and sys.stderr.isatty(),
         max_image_pixels=args.max_image_pixels,
+        images=args.images,
         command="opmeter report " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["report"] else "opmeter report",
     )
     result = run_report(opts)

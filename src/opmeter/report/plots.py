@@ -123,3 +123,26 @@ def time_by_stage(
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
+
+
+def ttft_against(pages: pd.DataFrame, x: str, path: str | Path, title: str = "TTFT per page") -> Path:
+    """Predicted (and, when executed, measured) TTFT of each page against one of its columns (e.g. image tokens).
+
+    ``pages`` is a set report's per-page table (``predicted_ttft_s``, ``measured_ttft_s``, ``error``).
+    """
+    ok = pages[pages["error"].isna()] if "error" in pages else pages
+    series = [(c, label, marker) for c, label, marker in (
+        ("predicted_ttft_s", "predicted (time model)", "o"), ("roofline_ttft_s", "roofline bound", "^"),
+        ("measured_ttft_s", "measured", "s")) if c in ok and pd.to_numeric(ok[c], errors="coerce").notna().any()]
+    if ok.empty or x not in ok or not series:
+        return _empty(path, title, "no page with a TTFT")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    xs = pd.to_numeric(ok[x], errors="coerce")
+    for col, label, marker in series:
+        ax.scatter(xs, pd.to_numeric(ok[col], errors="coerce") * 1e3, label=label, marker=marker, alpha=0.8)
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel("TTFT (ms)")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

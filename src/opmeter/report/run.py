@@ -82,6 +82,10 @@ class ReportOptions:
     """``torch.set_num_threads`` for the run (restored afterwards); ``None``: torch's setting."""
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     """Refuse larger ``--image`` pages (header read only); 0 = no limit."""
+    images: str | None = None
+    """``--images DIR|GLOB``: a report over these pages (:mod:`opmeter.report.pageset_run`)."""
+    write_files: bool = True
+    """``False``: compute and return the figures, write nothing (one page of a set report)."""
 
 
 @attrs.frozen
@@ -92,7 +96,8 @@ class ReportResult:
     files: tuple[str, ...]
     headline: tuple[str, ...]
     seconds: dict[str, float]
-    joined: Joined
+    joined: Joined | None
+    """The joined tables (``None`` for a report over a set of pages, which has one per geometry)."""
 
 
 def param_bytes_by_module(model: torch.nn.Module) -> dict[str, int]:
@@ -114,6 +119,11 @@ def run_report(opts: ReportOptions) -> ReportResult:
     """Produce the report described by ``opts``; see the module docstring."""
     if opts.threads is not None and opts.threads < 1:
         raise OpmeterError(f"--threads must be at least 1, got {opts.threads}")
+    planner = _page_planner(opts)
+    if planner is not None:  # a set of pages: one report over all of them
+        from opmeter.report.pageset_run import run_page_set
+
+        return run_page_set(attrs.evolve(opts, preset=opts.preset or planner.preset), planner)
     before = torch.get_num_threads()
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
@@ -121,6 +131,19 @@ def run_report(opts: ReportOptions) -> ReportResult:
         return _Pipeline(opts).run()
     finally:
         torch.set_num_threads(before)
+
+
+def _page_planner(opts: ReportOptions) -> Any:
+    """The adapter's planner of a set of pages (``--images``, or a workload naming a page set); ``None``: one run."""
+    if opts.trace_path is not None:
+        return None
+    adapter = resolve_adapter(opts.model or DEFAULT_MODEL)
+    planner_of = getattr(adapter, "page_planner", None)
+    if planner_of is None:
+        if opts.images is not None:
+            raise OpmeterError(f"--images: {adapter.words.name} has no report over a set of pages")
+        return None
+    return planner_of(opts.workload, opts.images, opts.preset)
 
 
 def adapter_of_trace(trace: Trace, requested: str | None) -> ModelAdapter:
@@ -263,9 +286,11 @@ class _Pipeline:
                 trace, joined, workload.decode_steps, adapter.stage_spec.request_modules, device,
                 execution is not None and device in ("cpu", "cuda"), o.profile, hardware)
         verification = self._verification(adapter, preset)  # before anything is written, like everything else
+        head = prediction.headline if prediction is not None else {}
+        if not o.write_files:  # one page of a set report: the figures only
+            return ReportResult(out_dir, (), tuple(headline_lines(joined, head)), dict(self.seconds), joined)
         from opmeter.report.outdir import staged_report
 
-        head = prediction.headline if prediction is not None else {}
         facts = RunFacts(o.command, str(o.model or adapter.spec), preset, device, head, o.compress,
                          o.write_trace_json and o.trace_path is None)
         kept = (o.trace_path, o.profile)  # inputs that live in --out stay in the new report

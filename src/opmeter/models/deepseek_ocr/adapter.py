@@ -256,6 +256,12 @@ class DeepseekOCRAdapter:
 
         return run_sweeps(args)
 
+    def page_planner(self, workload: str | None, images: str | None, preset: str | None) -> Any:
+        """The pages of a set report (``--images``, or a workload naming a document set); ``None``: one page."""
+        from opmeter.models.deepseek_ocr.pages import page_planner
+
+        return page_planner(workload or str(self.default_workload), images, preset or str(self.default_preset))
+
     def inventory_model(self, preset: str | None) -> torch.nn.Module:
         """The model on meta for ``opmeter inventory``."""
         if self.vendor_path is not None:

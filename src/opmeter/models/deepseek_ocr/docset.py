@@ -169,10 +169,7 @@ class DocPage:
 
     def expected_tokens(self) -> int:
         """Tokens a perfect transcription takes: the text with the built-in tokenizer, plus EOS."""
-        from opmeter.models.deepseek_ocr.tokenizer import BuiltinTokenizer
-
-        _, lines = self.render()
-        return len(BuiltinTokenizer().encode("\n".join(lines), add_special_tokens=False)) + 1
+        return _transcription_tokens(self.render()[1])
 
     def crop_grid(self, base_size: int = 1024, image_size: int = 640) -> tuple[int, int]:
         """``(cols, rows)`` the vendor preprocessing gives this page (crop mode on)."""
@@ -180,10 +177,19 @@ class DocPage:
 
     def save(self, directory: str | Path) -> Path:
         """Write the page as ``<name>.png`` into ``directory``."""
+        return self._save(self.render()[0], directory)
+
+    def _save(self, img: Image.Image, directory: str | Path) -> Path:
         path = Path(directory) / f"{self.name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.render()[0].save(path)
+        img.save(path, compress_level=1)  # fast: the file only feeds the run
         return path
+
+
+def _transcription_tokens(lines: list[str]) -> int:
+    from opmeter.models.deepseek_ocr.tokenizer import BuiltinTokenizer
+
+    return len(BuiltinTokenizer().encode("\n".join(lines), add_special_tokens=False)) + 1
 
 
 _A4_SEED = 3
@@ -299,5 +305,6 @@ def builtin_pages(docset_id: str, directory: str | Path) -> Iterator[PageInput]:
     if docset_id not in DOCSETS:
         raise OpmeterError(f"unknown document set {docset_id!r}; known: {', '.join(DOCSETS)}")
     for page in DOCSETS[docset_id]:
-        path = page.save(directory)
-        yield PageInput(path.name, path, page.width, page.height, page.expected_tokens())
+        img, lines = page.render()  # once: the file and the expected length come from the same rendering
+        path = page._save(img, directory)
+        yield PageInput(path.name, path, page.width, page.height, _transcription_tokens(lines))

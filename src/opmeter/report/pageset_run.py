@@ -1,0 +1,285 @@
+"""``opmeter report`` over a set of pages: run each distinct geometry (shape-only) or each page (executed), then
+write one report of per-page rows, distributions, TTFT against image tokens and the set's components.
+
+Every run goes through the single-page report (:func:`opmeter.report.run.run_report` with ``write_files=False``)
+and is read from its :class:`~opmeter.join.Joined`, so a set report counts, predicts and measures exactly as a
+single-page report does.
+
+* Shape-only (``--device meta``): each distinct geometry is traced once with :data:`~opmeter.report.pageset.
+  SHORT_NEW_TOKENS` new tokens, and each page's decode is extended to its own length
+  (:func:`opmeter.report.pageset.decode_figures`). A geometry whose traced steps are not affine is traced again at
+  each page's own length (logged).
+* Executed (``--device cpu|cuda``): every page runs at its own length with ``--repeats`` timed repeats. Without
+  ``--profile`` the device is calibrated once (quick budget) for all pages.
+
+Pages that cannot be read or run are listed with their error and skipped; the report fails (exit 1) only when no
+page succeeded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pandas as pd
+
+from opmeter.errors import OpmeterError
+from opmeter.report.pageset import (
+    DISTRIBUTED,
+    SHORT_NEW_TOKENS,
+    GeometryRun,
+    Page,
+    PagePlanner,
+    by_geometry,
+    distributions,
+    error_row,
+    geometry_run,
+    page_components,
+    page_row,
+    pages_frame,
+    set_components,
+)
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class SetResult:
+    """Everything a set report shows (before it is written)."""
+
+    pages: pd.DataFrame
+    distributions: pd.DataFrame
+    components: pd.DataFrame
+    geometries: pd.DataFrame
+    geometry_columns: tuple[str, ...]
+    device: str
+    notes: tuple[str, ...]
+    hardware: str = ""
+    """Roofline columns: this hardware entry; predicted times: :attr:`profile`."""
+    profile: str = ""
+
+
+def _page_options(opts: Any, planner: PagePlanner, page: Page, tokens: int, scratch: Path) -> Any:
+    return attrs.evolve(opts, workload=planner.base_workload, image=page.path, images=None, decode_tokens=tokens,
+                        out=scratch, write_trace_json=False, profiler=False, progress=False, write_files=False,
+                        verify=False, command=f"{opts.command} [page {page.file}]")
+
+
+def _run(opts: Any, planner: PagePlanner, page: Page, tokens: int, scratch: Path) -> GeometryRun:
+    from opmeter.report.run import run_report
+
+    result = run_report(_page_options(opts, planner, page, tokens, scratch))
+    return geometry_run(result.joined, result.seconds)
+
+
+def _failed(page: Page, exc: OpmeterError) -> Page:
+    log.warning("page %s skipped: %s", page.file, exc)
+    return attrs.evolve(page, error=str(exc))
+
+
+Runs = dict[int, tuple[Page, GeometryRun | None]]
+"""Page index -> the page (its error set when it failed) and its run."""
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int, what: str) -> Iterator[Callable[[], None]]:
+    """A rich progress bar advanced once per run (or nothing)."""
+    if not enabled:
+        yield lambda: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn()) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda: bar.advance(task)
+
+
+def _shape_only(opts: Any, planner: PagePlanner, pages: list[Page], scratch: Path
+                ) -> tuple[Runs, list[dict[str, Any]], list[str]]:
+    """Trace each distinct geometry once; pages of a non-affine geometry at their own length."""
+    done: Runs = {}
+    geometries: list[dict[str, Any]] = []
+    notes: list[str] = []
+    groups = by_geometry(pages)
+    with _progress(opts.progress, len(groups), "geometries (shape-only)") as tick:
+        for g, (key, group) in enumerate(groups.items()):
+            _geometry(opts, planner, pages, key, group, scratch / f"geometry-{g}", done, geometries, notes)
+            tick()
+    return done, geometries, notes
+
+
+def _geometry(opts: Any, planner: PagePlanner, pages: list[Page], key: Any, group: list[int], scratch: Path,
+              done: Runs, geometries: list[dict[str, Any]], notes: list[str]) -> None:
+    """Trace one geometry (short decode) for the pages of ``group``; record their runs, the geometry, any note."""
+    started = time.perf_counter()
+    smallest = min(group, key=lambda i: pages[i].width * pages[i].height)  # same work, least image decoding
+    try:
+        run = _run(opts, planner, pages[smallest], SHORT_NEW_TOKENS, scratch)
+    except OpmeterError as exc:
+        done |= {i: (_failed(pages[i], exc), None) for i in group}
+        return
+    affine = run.affine()
+    if affine:
+        done |= {i: (pages[i], run) for i in group}
+    else:
+        note = (f"geometry {dict(key)}: the traced decode steps are not affine in the KV length; each of its "
+                f"{len(group)} pages is traced at its own length")
+        log.warning(note)
+        notes.append(note)
+        for i in group:
+            done[i] = _run_or_fail(opts, planner, pages[i], scratch.with_name(f"page-{i}"))
+    geometries.append({**dict(key), "pages": len(group), "traced_new_tokens": SHORT_NEW_TOKENS,
+                       "affine": affine, "seconds": time.perf_counter() - started})
+
+
+def _run_or_fail(opts: Any, planner: PagePlanner, page: Page, scratch: Path) -> tuple[Page, GeometryRun | None]:
+    """The page run at its own length, or the page with its error."""
+    try:
+        return page, _run(opts, planner, page, page.decode_tokens, scratch)
+    except OpmeterError as exc:
+        return _failed(page, exc), None
+
+
+def _calibrated_profile(opts: Any, device: str, scratch: Path) -> Any:
+    """``--profile``, else one quick calibration of the device for every page (saved into ``scratch``)."""
+    if opts.profile is not None:
+        return opts
+    from opmeter.timemodel.calibrate import calibrate
+
+    log.info("no --profile: calibrating %s once for every page (quick budget)", device)
+    profile = calibrate(device, opts.dtype or "float32", opts.threads, quick=True)
+    path = profile.save(scratch / "calibrated-on-the-spot-quick-profile.json")  # the name says it in the report
+    return attrs.evolve(opts, profile=path)
+
+
+def _executed(opts: Any, planner: PagePlanner, pages: list[Page], device: str, scratch: Path
+              ) -> tuple[Runs, list[dict[str, Any]], list[str]]:
+    """Run and time every page at its own length."""
+    calibrated = opts.profile is None
+    opts = _calibrated_profile(opts, device, scratch)
+    todo = [i for i, page in enumerate(pages) if page.error is None]
+    done: Runs = {}
+    with _progress(opts.progress, len(todo), f"pages ({device}, timed)") as tick:
+        for i in todo:
+            done[i] = _run_or_fail(opts, planner, pages[i], scratch / f"page-{i}")
+            tick()
+    ran = [p for p, run in done.values() if run is not None]
+    geometries = [{**dict(k), "pages": len(g)} for k, g in by_geometry(ran).items()]
+    note = ("the device profile was calibrated once on the spot (quick budget) for every page; `opmeter calibrate` "
+            "makes a full one (pass it with --profile)") if calibrated else f"device profile: {opts.profile}"
+    return done, geometries, [note]
+
+
+def compute_set(opts: Any, planner: PagePlanner, device: str) -> SetResult:
+    """Run the pages of ``planner`` and gather the set's tables (nothing written)."""
+    with tempfile.TemporaryDirectory(prefix="opmeter-pageset-") as tmp:
+        scratch = Path(tmp)
+        pages = planner.pages(scratch / "pages", opts.decode_tokens, opts.max_image_pixels)
+        if device == "meta":
+            done, geometries, notes = _shape_only(opts, planner, pages, scratch)
+        else:
+            done, geometries, notes = _executed(opts, planner, pages, device, scratch)
+    rows, parts = [], []
+    for i, page in enumerate(pages):
+        page, run = done.get(i, (page, None))
+        if run is None:
+            rows.append(error_row(page))
+            continue
+        rows.append(page_row(page, run))
+        parts.append(page_components(page, run))
+    geometry = tuple(dict.fromkeys(c for p in pages for c in p.geometry))
+    frame = pages_frame(rows, geometry)
+    runs = [run for _, run in done.values() if run is not None]
+    hardware, profile = (runs[0].hardware, runs[0].profile) if runs else ("", "")
+    return SetResult(frame, distributions(frame, [*geometry, *DISTRIBUTED]), set_components(parts),
+                     pd.DataFrame(geometries), geometry, device, tuple(notes), hardware, profile)
+
+
+def _check(opts: Any) -> tuple[Path, str]:
+    """The checks a single-page report makes before the long work, and those of a set: nothing is created."""
+    from opmeter.report.run import check_out_dir, resolve_device
+
+    out_dir = check_out_dir(opts.out)
+    if opts.image is not None:
+        raise OpmeterError("--image and a set of pages (--images or a document-set workload) exclude each other")
+    if opts.trace_path is not None:
+        raise OpmeterError("--trace reports one saved run; a set of pages is traced afresh (drop --trace)")
+    if opts.profile is not None:
+        from opmeter.timemodel.profile import load_profile
+
+        load_profile(opts.profile)
+    if opts.hardware:
+        from opmeter.hardware import lookup
+
+        lookup(opts.hardware)
+    return out_dir, resolve_device(opts.device)
+
+
+def run_page_set(opts: Any, planner: PagePlanner) -> Any:
+    """Produce the set report of ``planner``'s pages into ``opts.out`` (see the module docstring).
+
+    Raises
+    ------
+    OpmeterError
+        When no page succeeded (every page's error in the message), or for bad options.
+    """
+    from opmeter.report.run import ReportResult
+
+    started = time.perf_counter()
+    out_dir, device = _check(opts)
+    result = compute_set(opts, planner, device)
+    ok = result.pages[result.pages["error"].isna()]
+    if ok.empty:
+        errors = "; ".join(f"{r['file']}: {r['error']}" for r in result.pages.head(5).to_dict("records"))
+        raise OpmeterError(f"no page of {planner.set_id} could be reported ({len(result.pages)} pages: {errors})")
+    files = write_set(out_dir, opts, planner, result, started)
+    dist = result.distributions.set_index("figure")
+    headline = [f"{len(ok)} of {len(result.pages)} pages reported ({len(result.pages) - len(ok)} skipped), "
+                f"{len(result.geometries)} distinct geometries"]
+    for col in (planner.x_column, "predicted_ttft_s", "measured_ttft_s"):
+        if col in dist.index:
+            d = dist.loc[col]
+            show = (lambda v: f"{v:.4g} s") if col.endswith("_s") else (lambda v: f"{v:.0f}")
+            headline.append(f"{col}: mean {show(d['mean'])}, std {show(d['std'])}, p50 {show(d['p50'])}, "
+                            f"p90 {show(d['p90'])}, max {show(d['max'])}")
+    return ReportResult(out_dir=out_dir, files=tuple(files), headline=tuple(headline),
+                        seconds={"pages": time.perf_counter() - started}, joined=None)
+
+
+def write_set(out_dir: Path, opts: Any, planner: PagePlanner, result: SetResult, started: float) -> list[str]:
+    """Write the set report into ``out_dir`` as one unit (:func:`opmeter.report.outdir.staged_report`)."""
+    from opmeter.io import atomic_write_text
+    from opmeter.report import exporters, pageset_markdown, plots
+    from opmeter.report.outdir import staged_report
+
+    files = ["report.md", "pages.csv", "distributions.csv", "components.csv", "ttft_vs_image_tokens.svg"]
+    if not result.geometries.empty:
+        files.append("geometries.csv")
+    decode = (f"{opts.decode_tokens} new tokens per page (--decode-tokens)" if opts.decode_tokens else
+              "each page's own length (a built-in page's expected output, a user's decode_tokens.json entry, else "
+              "the workload's default)")
+    header = {"set": planner.description, "decode": decode, "model": f"{opts.model}, preset {opts.preset}",
+              "device": result.device + (" (shape-only: meta tensors, nothing executed)"
+                                         if result.device == "meta" else f" ({opts.repeats} timed repeats)"),
+              "predicted times": f"time model with {result.profile}" if result.profile else "no device profile",
+              "roofline columns": f"{result.hardware} peaks" if result.hardware else "no hardware entry"}
+    context = {"title": f"{planner.set_id} on {opts.preset}", "command": f"`{opts.command}`", "header": header}
+    with staged_report(out_dir) as staging:
+        exporters.write_csv(result.pages, staging / "pages.csv")
+        exporters.write_csv(result.distributions, staging / "distributions.csv")
+        exporters.write_csv(result.components, staging / "components.csv")
+        if not result.geometries.empty:
+            exporters.write_csv(result.geometries, staging / "geometries.csv")
+        plots.ttft_against(result.pages, planner.x_column, staging / "ttft_vs_image_tokens.svg",
+                           title=f"TTFT per page ({planner.set_id})")
+        text = pageset_markdown.render(result, context, sorted(files))
+        text += f"\n*Generated by `{opts.command}` in {time.perf_counter() - started:.1f} s.*\n"
+        atomic_write_text(staging / "report.md", text)
+    return sorted(files)
