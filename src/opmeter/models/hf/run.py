@@ -1,0 +1,113 @@
+"""Inputs and the inference call of one run: ``generate()`` on a real device, a fixed-budget loop on meta.
+
+On cpu/cuda ``infer()`` is the family's real ``generate(min_new_tokens=M, max_new_tokens=M)``, greedy. On the meta
+device ``generate()`` cannot run (its stopping criteria read every token on the host), so :func:`fixed_budget_loop`
+makes the same model calls: the prefill with ``logits_to_keep=1`` (as ``generate()`` asks), then M - 1 one-token
+steps with the KV cache; it passes no attention mask (an all-ones mask is what ``generate()`` gives, and the model
+drops it after checking on the host that it is all ones), and every new token is :data:`PROMPT_TOKEN`. Encoder-decoder
+families run their encoder once first, outside the decoder calls, as ``generate()`` does.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from opmeter.models.hf.workloads import PROMPT_TOKEN, PromptWorkload
+
+
+def _param(model: torch.nn.Module) -> torch.Tensor:
+    return next(model.parameters())
+
+
+def _token(config: Any) -> int:
+    vocab = int(getattr(config.get_text_config(), "vocab_size", 0) or 0)
+    return PROMPT_TOKEN % vocab if vocab else PROMPT_TOKEN
+
+
+def _decoder_start(config: Any) -> int:
+    for name in ("decoder_start_token_id", "pad_token_id", "bos_token_id"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def model_inputs(model: torch.nn.Module, kind: str, workload: PromptWorkload) -> dict[str, torch.Tensor]:
+    """The tensors of the prompt (see :mod:`opmeter.models.hf.workloads`) on the model's device."""
+    config = model.config
+    p = _param(model)
+    b, n = workload.batch, workload.prompt_tokens
+    if kind == "speech":
+        frames = 2 * int(config.max_source_positions)
+        return {"input_features": torch.zeros(b, int(config.num_mel_bins), frames, device=p.device, dtype=p.dtype)}
+    if kind == "forward" and getattr(config, "image_size", None) and not getattr(config, "vocab_size", None):
+        size = int(config.image_size)
+        return {"pixel_values": torch.zeros(b, int(getattr(config, "num_channels", 3)), size, size, device=p.device,
+                                            dtype=p.dtype)}
+    return {"input_ids": torch.full((b, n), _token(config), dtype=torch.long, device=p.device)}
+
+
+def _accepts(model: torch.nn.Module, name: str) -> bool:
+    return name in inspect.signature(model.forward).parameters
+
+
+def fixed_budget_loop(model: torch.nn.Module, kind: str, inputs: dict[str, torch.Tensor], budget: int) -> torch.Tensor:
+    """``budget`` model calls with the KV cache, each emitting :data:`PROMPT_TOKEN` (module docstring)."""
+    device = _param(model).device
+    extra: dict[str, Any] = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    if kind in ("seq2seq", "speech"):
+        encoder_outputs = model.get_encoder()(**inputs, return_dict=True)
+        sequence = torch.full((int(next(iter(inputs.values())).shape[0]), 1), _decoder_start(model.config),
+                              dtype=torch.long, device=device)
+        key, fixed = "decoder_input_ids", {"encoder_outputs": encoder_outputs}
+    else:
+        sequence, key, fixed = inputs["input_ids"], "input_ids", {}
+    past = None
+    token = torch.full((int(sequence.shape[0]), 1), _token(model.config), dtype=torch.long, device=device)
+    for _ in range(budget):
+        step = sequence if past is None else sequence[:, -1:]
+        out = model(**{key: step}, **fixed, past_key_values=past, use_cache=True, return_dict=True, **extra)
+        past = out.past_key_values
+        sequence = torch.cat([sequence, token], dim=-1)
+    return sequence
+
+
+def generate(model: torch.nn.Module, kind: str, inputs: dict[str, torch.Tensor], budget: int) -> Any:
+    """The family's ``generate()`` with exactly ``budget`` new tokens, greedy.
+
+    Whisper-like speech models override ``generate()`` with language detection and timestamp logic that may add
+    model calls; the generic :class:`transformers.GenerationMixin` loop is called instead.
+    """
+    from transformers import GenerationMixin
+
+    config = model.config
+    pad = getattr(config, "pad_token_id", None)
+    eos = getattr(config, "eos_token_id", None)
+    kwargs: dict[str, Any] = {"max_new_tokens": budget, "min_new_tokens": budget, "do_sample": False,
+                              "pad_token_id": pad if isinstance(pad, int) else (eos if isinstance(eos, int) else 0)}
+    if "input_ids" in inputs:
+        kwargs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    if kind == "speech":
+        kwargs["decoder_start_token_id"] = _decoder_start(config)
+        return GenerationMixin.generate(model, **inputs, **kwargs)  # type: ignore[arg-type]
+    return model.generate(**inputs, **kwargs)  # type: ignore[operator]
+
+
+def make_infer(model: torch.nn.Module, kind: str, workload: PromptWorkload) -> Callable[[], Any]:
+    """``infer()`` of one run: forward only for a bare model, else a generation of ``workload.new_tokens``."""
+    inputs = model_inputs(model, kind, workload)
+    meta = _param(model).device.type == "meta"
+
+    def infer() -> Any:
+        with torch.inference_mode():
+            if kind == "forward":
+                return model(**inputs)
+            if meta:
+                return fixed_budget_loop(model, kind, inputs, workload.new_tokens)
+            return generate(model, kind, inputs, workload.new_tokens)
+
+    return infer
