@@ -188,7 +188,7 @@ def _load_builtin() -> None:
         importlib.import_module(module)
 
 
-BUILTIN_PACKAGES: tuple[str, ...] = ("opmeter.models.deepseek_ocr.adapter",)
+BUILTIN_PACKAGES: tuple[str, ...] = ("opmeter.models.deepseek_ocr.adapter", "opmeter.models.hf.adapter")
 """Modules whose import registers an adapter."""
 
 
