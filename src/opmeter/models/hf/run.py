@@ -91,8 +91,9 @@ def generate(model: torch.nn.Module, kind: str, inputs: dict[str, torch.Tensor],
                               "pad_token_id": pad if isinstance(pad, int) else (eos if isinstance(eos, int) else 0)}
     if "input_ids" in inputs:
         kwargs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-    if kind == "speech":
+    if kind in ("seq2seq", "speech"):
         kwargs["decoder_start_token_id"] = _decoder_start(config)
+    if kind == "speech":
         return GenerationMixin.generate(model, **inputs, **kwargs)  # type: ignore[arg-type]
     return model.generate(**inputs, **kwargs)  # type: ignore[operator]
 
