@@ -66,12 +66,12 @@ def fixed_budget_loop(model: torch.nn.Module, kind: str, inputs: dict[str, torch
         key, fixed = "decoder_input_ids", {"encoder_outputs": encoder_outputs}
     else:
         sequence, key, fixed = inputs["input_ids"], "input_ids", {}
-    past = None
+    past, cache_name = None, "cache" if _accepts(model, "cache") else "past_key_values"
     token = torch.full((int(sequence.shape[0]), 1), _token(model.config), dtype=torch.long, device=device)
     for _ in range(budget):
         step = sequence if past is None else sequence[:, -1:]
-        out = model(**{key: step}, **fixed, past_key_values=past, use_cache=True, return_dict=True, **extra)
-        past = out.past_key_values
+        out = model(**{key: step, cache_name: past}, **fixed, use_cache=True, return_dict=True, **extra)
+        past = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
         sequence = torch.cat([sequence, token], dim=-1)
     return sequence
 
