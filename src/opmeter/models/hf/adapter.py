@@ -21,7 +21,7 @@ from opmeter.models.hf.build import build_model, experts_implementation, family_
 from opmeter.models.hf.components import infer_components, stage_spec
 from opmeter.models.hf.config import PRESETS, load_config, preset_config
 from opmeter.models.hf.predict import predict_run
-from opmeter.models.hf.run import make_infer
+from opmeter.models.hf.run import make_infer, shape_only
 from opmeter.models.hf.workloads import DEFAULT_WORKLOAD, WORKLOADS, PromptWorkload, parse_workload
 
 log = logging.getLogger(__name__)
@@ -31,11 +31,16 @@ FUSED_OPS = ("_scaled_dot_product_flash", "_scaled_dot_product_efficient", "_sca
 """Operator names of a fused SDPA kernel (otherwise the trace ran the math decomposition)."""
 
 
-def fused_experts_layout() -> bool:
-    """Whether the installed transformers writes MoE experts as one fused module (>= 5)."""
+def transformers_major() -> int:
+    """Major version of the installed transformers (its module code, hence the op stream, depends on it)."""
     import transformers
 
-    return int(transformers.__version__.split(".")[0]) >= 5
+    return int(transformers.__version__.split(".")[0])
+
+
+def fused_experts_layout() -> bool:
+    """Whether the installed transformers writes MoE experts as one fused module (>= 5)."""
+    return transformers_major() >= 5
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -118,7 +123,7 @@ class HFAdapter:
             return None
         meta = dict(getattr(trace, "metadata", {}) or {})
         element = dtype_bytes(str(meta.get("dtype") or _dtype_name(self._dtype)))
-        spec = decoder_spec(preset_config(self.config, preset), element, fused_experts_layout())
+        spec = decoder_spec(preset_config(self.config, preset), element, transformers_major())
         if spec is None:
             return None
         import attrs
@@ -135,11 +140,7 @@ def sdpa_variant(trace: Any) -> str:
 
 
 def _context(meta: bool) -> Any:
-    if not meta:
-        return contextlib.nullcontext
-    from opmeter.fast_meta import fast_meta_kernels
-
-    return fast_meta_kernels
+    return shape_only if meta else contextlib.nullcontext
 
 
 register("hf", HFAdapter, "transformers")

@@ -12,6 +12,8 @@ built from the shared blocks of :mod:`opmeter.analytic.blocks`:
   sparse, with the shared experts the family has;
 * RMSNorms, the token embedding, the final norm, and the LM head over the last position (``logits_to_keep=1``).
 
+What differs between transformers releases (rotary as a ``bmm``, per-expert MoE modules before 5) is a field of :class:`DecoderSpec` set from the installed major version.
+
 The MoE layout modelled is transformers >= 5's (one fused ``experts`` module per block); :func:`decoder_spec`
 returns ``None`` for an MoE model of an older layout (per-expert modules), which is then measured only.
 """
@@ -77,6 +79,8 @@ class DecoderSpec:
     sparse_layers: tuple[int, ...] = ()
     latent: LatentSpec | None = None
     sdpa: str = "fused"
+    rotary_matmul: bool = False
+    """The rotary angles' outer product is a ``bmm`` (transformers < 5), not a broadcast multiply."""
 
     @property
     def rotary_dim(self) -> int:
@@ -113,12 +117,13 @@ def _latent(config: Any) -> LatentSpec:
                       int(config.qk_rope_head_dim), int(config.v_head_dim))
 
 
-def decoder_spec(config: Any, dtype: int, fused_experts: bool = True) -> DecoderSpec | None:
+def decoder_spec(config: Any, dtype: int, transformers_major: int = 5) -> DecoderSpec | None:
     """The spec of a known family's config (element size ``dtype``), ``None`` for any other family.
 
-    ``fused_experts``: the installed transformers writes MoE experts as one fused module (>= 5); without it the MoE
-    families are not modelled (``None``).
+    ``transformers_major``: the installed release's major version. Before 5 MoE experts are per-expert modules (the
+    MoE families are then not modelled: ``None``)) and the rotary angles are a ``bmm``.
     """
+    fused_experts = transformers_major >= 5
     kind = config.model_type
     if kind not in FAMILIES or (kind in MOE and not fused_experts):
         return None
@@ -132,7 +137,7 @@ def decoder_spec(config: Any, dtype: int, fused_experts: bool = True) -> Decoder
         qkv_bias=kind in ("qwen2", "qwen2_moe") or bool(getattr(config, "attention_bias", False)),
         tied=bool(getattr(config, "tie_word_embeddings", False)), moe=moe,
         sparse_layers=_sparse_layers(config) if moe is not None else (),
-        latent=_latent(config) if kind.startswith("deepseek") else None,
+        latent=_latent(config) if kind.startswith("deepseek") else None, rotary_matmul=transformers_major < 5,
     )
 
 
@@ -216,7 +221,8 @@ class _Backbone(Layer):
         s, b, q = self.spec, self.batch, self.q_len
         kids: list[tuple[str, Layer]] = [
             ("embed_tokens", Embedding(s.vocab, s.hidden, b * q, s.dtype)),
-            ("rotary_emb", RotaryAngles(batch=b, seq=q, head_dim=s.rotary_dim, dtype=s.dtype)),
+            ("rotary_emb", RotaryAngles(batch=b, seq=q, head_dim=s.rotary_dim, dtype=s.dtype,
+                                        matmul=s.rotary_matmul)),
         ]
         kids += [(f"layers.{i}", DecoderLayer(spec=s, index=i, batch=b, q_len=q, past=self.past))
                  for i in range(s.layers)]

@@ -2,7 +2,8 @@
 
 On cpu/cuda ``infer()`` is the family's real ``generate(min_new_tokens=M, max_new_tokens=M)``, greedy. On the meta
 device ``generate()`` cannot run (its stopping criteria read every token on the host), so :func:`fixed_budget_loop`
-makes the same model calls: the prefill with ``logits_to_keep=1`` (as ``generate()`` asks), then M - 1 one-token
+makes the same model calls: the prefill with ``logits_to_keep=1`` (``num_logits_to_keep`` before transformers 5;
+as ``generate()`` asks), then M - 1 one-token
 steps with the KV cache; it passes no attention mask (an all-ones mask is what ``generate()`` gives, and the model
 drops it after checking on the host that it is all ones), and every new token is :data:`PROMPT_TOKEN`. Encoder-decoder
 families run their encoder once first, outside the decoder calls, as ``generate()`` does.
@@ -10,8 +11,9 @@ families run their encoder once first, outside the decoder calls, as ``generate(
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -58,7 +60,8 @@ def _accepts(model: torch.nn.Module, name: str) -> bool:
 def fixed_budget_loop(model: torch.nn.Module, kind: str, inputs: dict[str, torch.Tensor], budget: int) -> torch.Tensor:
     """``budget`` model calls with the KV cache, each emitting :data:`PROMPT_TOKEN` (module docstring)."""
     device = _param(model).device
-    extra: dict[str, Any] = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    keep = next((k for k in ("logits_to_keep", "num_logits_to_keep") if _accepts(model, k)), None)
+    extra: dict[str, Any] = {keep: 1} if keep else {}
     if kind in ("seq2seq", "speech"):
         encoder_outputs = model.get_encoder()(**inputs, return_dict=True)
         sequence = torch.full((int(next(iter(inputs.values())).shape[0]), 1), _decoder_start(model.config),
@@ -112,3 +115,25 @@ def make_infer(model: torch.nn.Module, kind: str, workload: PromptWorkload) -> C
             return generate(model, kind, inputs, workload.new_tokens)
 
     return infer
+
+
+class _AutocastMetaAsCpu(torch.autocast):
+    """``torch.autocast`` that takes ``device_type="meta"`` as the CPU's (older releases have no meta autocast and
+    transformers' rotary embedding enters one with the input's device type)."""
+
+    def __init__(self, device_type: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__("cpu" if device_type == "meta" else device_type, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def shape_only() -> Iterator[None]:
+    """The context of a meta-device run: the fast meta kernels and meta autocast taken as the CPU's."""
+    from opmeter.fast_meta import fast_meta_kernels
+
+    original = torch.autocast
+    torch.autocast = _AutocastMetaAsCpu  # type: ignore[misc]
+    try:
+        with fast_meta_kernels():
+            yield
+    finally:
+        torch.autocast = original  # type: ignore[misc]
