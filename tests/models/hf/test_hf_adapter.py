@@ -121,3 +121,10 @@ def test_components_follow_the_module_tree() -> None:
     names = {c.name: c.pattern for c in adapter.components()}
     assert names["attention"] == r"^model\.layers\.\d+\.self_attn$"
     assert names["LM head"] == r"^lm_head$" and names["final norm"] == r"^model\.norm$"
+
+
+def test_moe_families_of_an_older_layout_are_measured_only() -> None:
+    from opmeter.models.hf.adapter import fused_experts_layout
+
+    adapter = HFAdapter("mixtral", "hf:mixtral")
+    assert adapter.words.predicted == fused_experts_layout()

@@ -47,3 +47,23 @@ def test_moe_components_are_split() -> None:
     joined, _ = _joined("qwen2_moe", "cpu")
     names = set(joined.by_component()["component"])  # type: ignore[attr-defined]
     assert {"MoE router", "routed experts", "shared experts", "MoE dispatch/combine"} <= names
+
+
+def test_stage_rows_and_roofline_times() -> None:
+    from hf_helpers import traced_run
+
+    from opmeter.hardware import lookup
+
+    adapter = predicted_or_skip("llama")
+    run, trace = traced_run(adapter, "meta", prompt=8, new=4)
+    prediction = adapter.predict(trace, run.workload, run.preset, lookup("H100-SXM"))
+    assert prediction is not None
+    stages = prediction.stages.set_index("stage")
+    assert list(stages.index) == ["prefill", "decode[0]", "decode[1]", "decode[2]", "decode", "total"]
+    steps = [stages.at[f"decode[{i}]", "flops_tensor"] for i in range(3)]
+    assert steps[0] < steps[1] < steps[2]  # the KV length grows
+    for col in ("flops_tensor", "predicted_time_s"):
+        assert math.isclose(stages.at["total", col], stages.at["prefill", col] + stages.at["decode", col])
+    assert stages.at["total", "predicted_time_s"] > 0
+    assert prediction.headline["predicted_tpot_s"] > 0
+    assert set(prediction.modules["module"]) >= {"<root>", "model.layers.0.self_attn.q_proj", "lm_head"}

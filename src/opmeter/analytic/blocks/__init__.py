@@ -1,7 +1,8 @@
 """Reusable analytic blocks: attention (MHA / GQA with rotary; eager, SDPA and flash cores; MLA), gated MLP and
 mixture-of-experts layers (per-expert modules, or fused experts as transformers >= 5 writes them); rotary angles
-and the LM head. Norms and token embeddings are the primitives of :mod:`opmeter.analytic.primitives`. Parameterised by shapes only (keyword fields, no model defaults); a model's analytic
-module subclasses them to give its class names and defaults."""
+and the LM head. Norms and token embeddings are the primitives of :mod:`opmeter.analytic.primitives`.
+Parameterised by shapes only (keyword fields, no model defaults); a model's analytic module subclasses them to give
+its class names and defaults."""
 
 from opmeter.analytic.blocks.attention import (
     MultiLatentAttention,

@@ -15,7 +15,7 @@ import torch
 from opmeter.analytic.base import dtype_bytes
 from opmeter.errors import OpmeterError
 from opmeter.join import Component
-from opmeter.models.base import ModelWords, PreparedRun, Prediction, RunRequest, StageSpec, register
+from opmeter.models.base import ModelWords, Prediction, PreparedRun, RunRequest, StageSpec, register
 from opmeter.models.hf.analytic import FAMILIES, decoder_spec
 from opmeter.models.hf.build import build_model, experts_implementation, family_kind
 from opmeter.models.hf.components import infer_components, stage_spec
@@ -65,6 +65,7 @@ class HFAdapter:
                                      f"{self.model_type})", request_parts=self.kind, predicted=predicted)
         self._model: torch.nn.Module | None = None
         self._dtype: torch.dtype = torch.float32
+        self.stage_spec: StageSpec = stage_spec(self._tree())
 
     # ---- what the model is ---------------------------------------------------------------------------------------
     def _tree(self) -> torch.nn.Module:
@@ -72,10 +73,6 @@ class HFAdapter:
         if self._model is None:
             self._model = build_model(preset_config(self.config, "tiny"), "meta")
         return self._model
-
-    @property
-    def stage_spec(self) -> StageSpec:
-        return stage_spec(self._tree())
 
     def presets(self) -> Mapping[str, str]:
         return dict(PRESETS)
@@ -96,6 +93,7 @@ class HFAdapter:
         weights = request.weights_dir if request.weights else None
         model = build_model(config, request.device, dtype, weights)
         self._model, self._dtype = model, dtype
+        self.stage_spec = stage_spec(model)
         metadata = {
             "adapter": self.name, "model_spec": self.spec, "model_type": self.model_type, "hf_kind": self.kind,
             "preset": preset, "dtype": _dtype_name(dtype), "workload": workload.summary(),

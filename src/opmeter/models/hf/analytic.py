@@ -12,7 +12,8 @@ built from the shared blocks of :mod:`opmeter.analytic.blocks`:
   sparse, with the shared experts the family has;
 * RMSNorms, the token embedding, the final norm, and the LM head over the last position (``logits_to_keep=1``).
 
-What differs between transformers releases (rotary as a ``bmm``, per-expert MoE modules before 5) is a field of :class:`DecoderSpec` set from the installed major version.
+What differs between transformers releases (rotary as a ``bmm``, per-expert MoE modules before 5) is a field of
+:class:`DecoderSpec` set from the installed major version.
 
 The MoE layout modelled is transformers >= 5's (one fused ``experts`` module per block); :func:`decoder_spec`
 returns ``None`` for an MoE model of an older layout (per-expert modules), which is then measured only.

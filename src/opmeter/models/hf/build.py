@@ -108,7 +108,7 @@ def build_model(config: Any, device: str, dtype: torch.dtype | None = None, weig
                 model = auto.from_config(config, **_implementations(config, device, dtype))
     except OpmeterError:
         raise
-    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds; the user gets one line
+    except Exception as exc:
         raise OpmeterError(f"cannot build {config.model_type} ({_AUTO[kind]}): {type(exc).__name__}: {exc}") from None
     if device != "meta":
         model = model.to(device)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -69,8 +70,9 @@ def _path_of(model: torch.nn.Module, target: torch.nn.Module | None) -> str | No
 def request_paths(model: torch.nn.Module) -> tuple[str, tuple[str, ...]]:
     """``(stage name, module paths)`` of the request stage: the encoder, or the vision tower and projector."""
     encoder = None
-    if getattr(model.config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
-        encoder = _path_of(model, model.get_encoder())
+    get_encoder: Any = getattr(model, "get_encoder", None)
+    if getattr(model.config, "is_encoder_decoder", False) and get_encoder is not None:
+        encoder = _path_of(model, get_encoder())
     if encoder:
         return "encoder", (encoder,)
     found = [p for p, _ in model.named_modules() if _leaf(p) in (*VISION_NAMES, *PROJECTOR_NAMES)]
@@ -90,9 +92,10 @@ def _walk(model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Module, torch.
 def infer_components(model: torch.nn.Module) -> tuple[Component, ...]:
     """Disjoint components of ``model`` (see the module docstring), in first-appearance order."""
     stage, request = request_paths(model)
-    head = _path_of(model, model.get_output_embeddings()) if hasattr(model, "get_output_embeddings") else None
+    get_head: Any = getattr(model, "get_output_embeddings", None)
+    head = _path_of(model, get_head()) if get_head is not None else None
     closed: list[str] = []
-    out: dict[tuple[str, str], Component] = {}
+    out: dict[tuple[str, str, str], Component] = {}
 
     def add(name: str, path: str, cls: str) -> None:
         pattern = generalise(path)

@@ -79,7 +79,7 @@ def load_config(arg: str | None) -> Any:
     OpmeterError
         No argument, an unknown model type, or an unreadable / invalid config.json (one line).
     """
-    from transformers import AutoConfig, CONFIG_MAPPING
+    from transformers import CONFIG_MAPPING, AutoConfig
 
     if not arg:
         raise OpmeterError("--model hf needs a model type or a config path: hf:llama, hf:path/to/config.json")
@@ -97,8 +97,8 @@ def load_config(arg: str | None) -> Any:
     if model_type not in CONFIG_MAPPING:
         raise OpmeterError(f"hf:{arg}: {target} has no known model_type ({model_type!r})")
     try:
-        return AutoConfig.for_model(model_type, **raw)
-    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds; the user gets one line
+        return AutoConfig.for_model(str(model_type), **raw)
+    except Exception as exc:
         raise OpmeterError(f"hf:{arg}: invalid config: {type(exc).__name__}: {exc}") from None
 
 
@@ -116,7 +116,8 @@ def _shrink_one(config: Any) -> None:
         if isinstance(value, int) and not isinstance(value, bool) and value > small:
             setattr(config, name, small)
     if isinstance(kv, int) and isinstance(heads, int):
-        config.num_key_value_heads = TINY_SIZES["num_attention_heads"] // 2 if kv < heads else config.num_attention_heads
+        small_heads = config.num_attention_heads
+        config.num_key_value_heads = small_heads // 2 if kv < heads else small_heads
     if getattr(config, "kv_lora_rank", None) and getattr(config, "qk_rope_head_dim", None):
         config.head_dim = config.qk_rope_head_dim  # multi-head latent attention: head_dim is the rotary part
     for name in ("num_experts_per_tok", "moe_topk"):

@@ -29,6 +29,10 @@ def stage_calls(spec: DecoderSpec, workload: PromptWorkload) -> list[tuple[str, 
     return calls
 
 
+ADDITIVE = ("flops_tensor", "flops_cuda", "bytes_read", "bytes_written", "bytes", "predicted_time_s")
+"""Stage columns that add up over calls."""
+
+
 def _row(cost: StageCost, layer_bytes: tuple[float, float], hardware: Any) -> dict[str, Any]:
     from opmeter.hardware import roofline
 
@@ -42,24 +46,21 @@ def _row(cost: StageCost, layer_bytes: tuple[float, float], hardware: Any) -> di
             "predicted_time_s": time_s, "predicted_bound": bound}
 
 
+def _sum_row(name: str, part: pd.DataFrame) -> dict[str, Any]:
+    """Calls in sequence: additive columns add (NaN times stay NaN), the activation peak is the max, the KV cache
+    the last call's."""
+    row: dict[str, Any] = {c: float(part[c].sum(min_count=1)) for c in ADDITIVE}
+    return row | {"stage": name, "activation_bytes": float(part["activation_bytes"].max()),
+                  "kv_cache_bytes": float(part["kv_cache_bytes"].iloc[-1]), "predicted_bound": None}
+
+
 def stage_frame(calls: list[tuple[str, Layer]], hardware: Any) -> pd.DataFrame:
-    """One row per call, then ``decode`` (the steps) and ``total`` (prefill + decode)."""
-    costs = [StageCost.from_layer(name, layer) for name, layer in calls]
-    rows = [_row(c, (layer.bytes_read(), layer.bytes_written()), hardware)
-            for c, (_, layer) in zip(costs, calls, strict=True)]
+    """One row per call, then ``decode`` (the steps, when any) and ``total`` (prefill + decode)."""
+    rows = [_row(StageCost.from_layer(name, layer), (layer.bytes_read(), layer.bytes_written()), hardware)
+            for name, layer in calls]
     frame = pd.DataFrame(rows)
     steps = frame[frame["stage"].str.startswith("decode[")]
-    groups = [("decode", steps), ("total", frame[frame["stage"] == "prefill"])]
-    extra = []
-    for name, part in groups:
-        part = pd.concat([part, steps]) if name == "total" else part
-        if part.empty:
-            continue
-        agg = {c: float(part[c].sum()) for c in ("flops_tensor", "flops_cuda", "bytes_read", "bytes_written", "bytes",
-                                                   "predicted_time_s")}
-        agg |= {"stage": name, "activation_bytes": float(part["activation_bytes"].max()),
-                "kv_cache_bytes": float(part["kv_cache_bytes"].iloc[-1]), "predicted_bound": None}
-        extra.append(agg)
+    extra = ([_sum_row("decode", steps)] if len(steps) else []) + [_sum_row("total", frame)]
     return pd.concat([frame, pd.DataFrame(extra)], ignore_index=True)
 
 

@@ -40,7 +40,7 @@ def _decoder_start(config: Any) -> int:
 
 def model_inputs(model: torch.nn.Module, kind: str, workload: PromptWorkload) -> dict[str, torch.Tensor]:
     """The tensors of the prompt (see :mod:`opmeter.models.hf.workloads`) on the model's device."""
-    config = model.config
+    config: Any = model.config
     p = _param(model)
     b, n = workload.batch, workload.prompt_tokens
     if kind == "speech":
@@ -63,7 +63,8 @@ def fixed_budget_loop(model: torch.nn.Module, kind: str, inputs: dict[str, torch
     keep = next((k for k in ("logits_to_keep", "num_logits_to_keep") if _accepts(model, k)), None)
     extra: dict[str, Any] = {keep: 1} if keep else {}
     if kind in ("seq2seq", "speech"):
-        encoder_outputs = model.get_encoder()(**inputs, return_dict=True)
+        get_encoder: Any = getattr(model, "get_encoder")  # noqa: B009 (typed as a tensor by nn.Module)
+        encoder_outputs = get_encoder()(**inputs, return_dict=True)
         sequence = torch.full((int(next(iter(inputs.values())).shape[0]), 1), _decoder_start(model.config),
                               dtype=torch.long, device=device)
         key, fixed = "decoder_input_ids", {"encoder_outputs": encoder_outputs}
@@ -87,7 +88,7 @@ def generate(model: torch.nn.Module, kind: str, inputs: dict[str, torch.Tensor],
     """
     from transformers import GenerationMixin
 
-    config = model.config
+    config: Any = model.config
     pad = getattr(config, "pad_token_id", None)
     eos = getattr(config, "eos_token_id", None)
     kwargs: dict[str, Any] = {"max_new_tokens": budget, "min_new_tokens": budget, "do_sample": False,
