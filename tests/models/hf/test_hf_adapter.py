@@ -128,3 +128,25 @@ def test_moe_families_of_an_older_layout_are_measured_only() -> None:
 
     adapter = HFAdapter("mixtral", "hf:mixtral")
     assert adapter.words.predicted == fused_experts_layout()
+
+
+@pytest.mark.parametrize("model_type", ["llava", "paligemma"])
+def test_vision_language_image_runs_as_the_vision_stage(model_type: str) -> None:
+    adapter = adapter_or_skip(model_type)
+    assert adapter.stage_spec.request_stage == "vision"
+    by_device = {}
+    for device in ("cpu", "meta"):
+        _, trace = traced_run(adapter, device)
+        stages = trace.stages().set_index("stage")["flops_tensor"]
+        assert stages.get("setup", 0) == 0 and stages.get("vision", 0) > 0
+        by_device[device] = stages.sort_index()
+    assert by_device["cpu"].to_dict() == by_device["meta"].to_dict()  # the shape-only run does the same work
+
+
+def test_shape_only_run_refuses_an_unanswerable_host_read() -> None:
+    from opmeter.models.hf.run import shape_only
+
+    with shape_only(), pytest.raises(OpmeterError, match="cannot answer"):
+        torch.ones(2, device="meta").sum().item()
+    with shape_only():
+        assert torch.ones(2, device="meta").bool().all().item() is True

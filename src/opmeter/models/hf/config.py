@@ -35,7 +35,7 @@ PRESETS: dict[str, str] = {
 
 TINY_SIZES: dict[str, int] = {
     # widths
-    "hidden_size": 64, "d_model": 64, "n_embd": 64, "embed_dim": 64, "dim": 64,
+    "hidden_size": 64, "d_model": 64, "n_embd": 64, "embed_dim": 64, "dim": 64, "projection_dim": 64,
     # depth
     "num_hidden_layers": 2, "num_layers": 2, "num_decoder_layers": 2, "n_layer": 2, "encoder_layers": 2,
     "decoder_layers": 2, "depth": 2,
@@ -129,18 +129,16 @@ def _shrink_one(config: Any) -> None:
         config.n_group, config.topk_group = TINY_GROUPS, 1
     if isinstance(getattr(config, "first_k_dense_replace", None), int):
         config.first_k_dense_replace = min(config.first_k_dense_replace, 1)
-    _clamp_token_ids(config)
     if isinstance(getattr(config, "mlp_only_layers", None), list):
         config.mlp_only_layers = [i for i in config.mlp_only_layers if i < 2]
 
 
-def _clamp_token_ids(config: Any) -> None:
+def _clamp_token_ids(config: Any, vocab: Any) -> None:
     """Special token ids of a shrunk vocabulary stay inside it (the last id); token lists keep the ids inside."""
-    vocab = getattr(config, "vocab_size", None)
     if not isinstance(vocab, int):
         return
     for name, value in list(vars(config).items()):
-        if name.endswith("_token_id") and isinstance(value, int) and value >= vocab:
+        if name.endswith(("_token_id", "_token_index")) and isinstance(value, int) and value >= vocab:
             setattr(config, name, vocab - 1)
         elif name.endswith(("_token_id", "_tokens")) and isinstance(value, list):
             setattr(config, name, [v for v in value if not isinstance(v, int) or v < vocab])
@@ -167,11 +165,14 @@ def check_runnable(config: Any) -> None:
 def shrink(config: Any) -> Any:
     """A copy of ``config`` shrunk as the ``tiny`` preset says (module docstring), sub-configs included."""
     out = copy.deepcopy(config)
-    todo = [out]
+    todo, done = [out], []
     while todo:
         cfg = todo.pop()
         _shrink_one(cfg)
+        done.append(cfg)
         todo += _sub_configs(cfg)
+    for cfg in done:  # a multimodal config's image token id lives beside the text config's vocabulary
+        _clamp_token_ids(cfg, getattr(cfg, "vocab_size", None) or getattr(out.get_text_config(), "vocab_size", None))
     return out
 
 

@@ -13,12 +13,18 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from opmeter.errors import OpmeterError
 from opmeter.models.hf.workloads import PROMPT_TOKEN, PromptWorkload
+
+log = logging.getLogger(__name__)
+_SCALAR = id(torch.ops.aten._local_scalar_dense.default)
 
 
 def _param(model: torch.nn.Module) -> torch.Tensor:
@@ -50,7 +56,29 @@ def model_inputs(model: torch.nn.Module, kind: str, workload: PromptWorkload) ->
         size = int(config.image_size)
         return {"pixel_values": torch.zeros(b, int(getattr(config, "num_channels", 3)), size, size, device=p.device,
                                             dtype=p.dtype)}
-    return {"input_ids": torch.full((b, n), _token(config), dtype=torch.long, device=p.device)}
+    ids = torch.full((b, n), _token(config), dtype=torch.long, device=p.device)
+    if kind == "vlm":
+        return _image_prompt(config, ids, p)
+    return {"input_ids": ids}
+
+
+def _image_prompt(config: Any, text: torch.Tensor, p: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One square image of the vision tower's size before the text, as single-grid VLMs (LLaVA, PaliGemma) take it:
+    ``image_seq_length`` (else one per patch) image tokens, and zero ``pixel_values``. Other layouts (tiled or
+    dynamic-resolution images) get the text prompt only, logged."""
+    vision = getattr(config, "vision_config", None)
+    size, patch = getattr(vision, "image_size", None), getattr(vision, "patch_size", None)
+    image_token = getattr(config, "image_token_id", None)
+    if not (isinstance(size, int) and isinstance(patch, int) and isinstance(image_token, int)) or any(
+            hasattr(config, k) for k in ("image_grid_pinpoints", "mm_tokens_per_image")):
+        log.warning("%s: no single-grid image input known; the prompt is text only (the vision tower will not run)",
+                    config.model_type)
+        return {"input_ids": text}
+    tokens = int(getattr(config, "image_seq_length", None) or (size // patch) ** 2)
+    b = int(text.shape[0])
+    image = torch.full((b, tokens), image_token, dtype=torch.long, device=text.device)
+    pixels = torch.zeros(b, int(getattr(vision, "num_channels", 3)), size, size, device=p.device, dtype=p.dtype)
+    return {"input_ids": torch.cat([image, text], dim=1), "pixel_values": pixels}
 
 
 def _accepts(model: torch.nn.Module, name: str) -> bool:
@@ -69,7 +97,8 @@ def fixed_budget_loop(model: torch.nn.Module, kind: str, inputs: dict[str, torch
                               dtype=torch.long, device=device)
         key, fixed = "decoder_input_ids", {"encoder_outputs": encoder_outputs}
     else:
-        sequence, key, fixed = inputs["input_ids"], "input_ids", {}
+        sequence, key = inputs["input_ids"], "input_ids"
+        fixed = {k: v for k, v in inputs.items() if k != "input_ids"}  # image inputs: prefill only
     past, cache_name = None, "cache" if _accepts(model, "cache") else "past_key_values"
     token = torch.full((int(sequence.shape[0]), 1), _token(model.config), dtype=torch.long, device=device)
     for _ in range(budget):
@@ -77,6 +106,8 @@ def fixed_budget_loop(model: torch.nn.Module, kind: str, inputs: dict[str, torch
         out = model(**{key: step, cache_name: past}, **fixed, use_cache=True, return_dict=True, **extra)
         past = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
         sequence = torch.cat([sequence, token], dim=-1)
+        if key == "input_ids":
+            fixed = {}
     return sequence
 
 
@@ -126,15 +157,42 @@ class _AutocastMetaAsCpu(torch.autocast):
         super().__init__("cpu" if device_type == "meta" else device_type, *args, **kwargs)
 
 
+class ChecksPass(TorchDispatchMode):
+    """On the meta device, answers the host reads of boolean consistency checks (``torch._check`` of "image tokens
+    match image features" and the like: ``.item()`` of a meta ``bool``) with True: a shape-only run takes every such
+    check as passing. Any other host read of a meta tensor raises a one-line :class:`OpmeterError`."""
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answered = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if id(func) != _SCALAR or not args or args[0].device.type != "meta":
+            return func(*args, **(kwargs or {}))
+        if args[0].dtype == torch.bool:
+            self.answered += 1
+            return True
+        raise OpmeterError(f"shape-only run: the model reads a {str(args[0].dtype).removeprefix('torch.')} value "
+                           "on the host, which the meta device cannot answer; run it on --device cpu instead")
+
+
 @contextlib.contextmanager
 def shape_only() -> Iterator[None]:
-    """The context of a meta-device run: the fast meta kernels and meta autocast taken as the CPU's."""
+    """The context of a meta-device run: the fast meta kernels, meta autocast taken as the CPU's, and consistency
+    checks taken as passing (:class:`ChecksPass`)."""
     from opmeter.fast_meta import fast_meta_kernels
 
     original = torch.autocast
     torch.autocast = _AutocastMetaAsCpu  # type: ignore[misc]
+    checks = ChecksPass()
     try:
-        with fast_meta_kernels():
+        with fast_meta_kernels(), checks:
             yield
     finally:
         torch.autocast = original  # type: ignore[misc]
+        if checks.answered:
+            log.info("shape-only run: %d boolean checks on the host taken as passing", checks.answered)
