@@ -128,12 +128,19 @@ def test_moe_families_of_an_older_layout_are_measured_only() -> None:
 
     adapter = HFAdapter("mixtral", "hf:mixtral")
     assert adapter.words.predicted == fused_experts_layout()
+    if not fused_experts_layout():
+        with pytest.raises(OpmeterError, match="one module per expert"):
+            adapter.prepare(RunRequest(preset="tiny", workload="prompt-4", device="meta"))
 
 
 @pytest.mark.parametrize("model_type", ["llava", "paligemma"])
 def test_vision_language_image_runs_as_the_vision_stage(model_type: str) -> None:
+    from opmeter.models.hf.adapter import transformers_major
+
     adapter = adapter_or_skip(model_type)
     assert adapter.stage_spec.request_stage == "vision"
+    if transformers_major() < 5:
+        pytest.skip("image prompts are built for transformers >= 5 only (4.x merges image features another way)")
     by_device = {}
     for device in ("cpu", "meta"):
         _, trace = traced_run(adapter, device)
@@ -148,5 +155,9 @@ def test_shape_only_run_refuses_an_unanswerable_host_read() -> None:
 
     with shape_only(), pytest.raises(OpmeterError, match="cannot answer"):
         torch.ones(2, device="meta").sum().item()
+    with shape_only(), pytest.raises(OpmeterError, match="a branch on data"):
+        bool(torch.ones(2, device="meta").sum() < 3)
     with shape_only():
-        assert torch.ones(2, device="meta").bool().all().item() is True
+        assert bool(torch.ones(2, device="meta").bool().all())
+    with shape_only():
+        torch._check_tensor_all(torch.ones(2, device="meta").bool())  # a consistency check: taken as passing

@@ -17,7 +17,7 @@ from opmeter.errors import OpmeterError
 from opmeter.join import Component
 from opmeter.models.base import ModelWords, Prediction, PreparedRun, RunRequest, StageSpec, register
 from opmeter.models.hf.analytic import FAMILIES, decoder_spec
-from opmeter.models.hf.build import build_model, experts_implementation, family_kind
+from opmeter.models.hf.build import build_model, experts_implementation, family_kind, refuse_data_dependent_meta
 from opmeter.models.hf.components import infer_components, stage_spec
 from opmeter.models.hf.config import PRESETS, load_config, preset_config
 from opmeter.models.hf.predict import predict_run
@@ -92,6 +92,8 @@ class HFAdapter:
         workload = parse_workload(request.workload, request.decode_tokens)
         weights = request.weights_dir if request.weights else None
         model = build_model(config, request.device, dtype, weights)
+        if meta:
+            refuse_data_dependent_meta(model)
         self._model, self._dtype = model, dtype
         self.stage_spec = stage_spec(model)
         metadata = {

@@ -115,3 +115,19 @@ def build_model(config: Any, device: str, dtype: torch.dtype | None = None, weig
     if dtype is not None:
         model = model.to(dtype)
     return model.eval()
+
+
+def refuse_data_dependent_meta(model: torch.nn.Module) -> None:
+    """Refuse a shape-only run of an MoE written as one module per expert (transformers < 5): its dispatch picks
+    the tokens of each expert by value (``nonzero``), which the meta device cannot do.
+
+    Raises
+    ------
+    OpmeterError
+        Naming the first such module.
+    """
+    for path, module in model.named_modules():
+        if path.rsplit(".", 1)[-1] == "experts" and isinstance(module, torch.nn.ModuleList):
+            raise OpmeterError(f"shape-only run of {model.config.model_type}: {path} is one module per expert, "
+                               "dispatched by value (transformers < 5); run it on --device cpu, or with "
+                               "transformers >= 5 (fused experts)")

@@ -19,12 +19,15 @@ from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.weak import WeakIdKeyDictionary
 
 from opmeter.errors import OpmeterError
 from opmeter.models.hf.workloads import PROMPT_TOKEN, PromptWorkload
 
 log = logging.getLogger(__name__)
 _SCALAR = id(torch.ops.aten._local_scalar_dense.default)
+_ALL = frozenset(id(op) for op in (torch.ops.aten._is_all_true.default, torch.ops.aten.all.default,
+                                    torch.ops.aten.all.dim))
 
 
 def _param(model: torch.nn.Module) -> torch.Tensor:
@@ -65,11 +68,14 @@ def model_inputs(model: torch.nn.Module, kind: str, workload: PromptWorkload) ->
 def _image_prompt(config: Any, text: torch.Tensor, p: torch.Tensor) -> dict[str, torch.Tensor]:
     """One square image of the vision tower's size before the text, as single-grid VLMs (LLaVA, PaliGemma) take it:
     ``image_seq_length`` (else one per patch) image tokens, and zero ``pixel_values``. Other layouts (tiled or
-    dynamic-resolution images) get the text prompt only, logged."""
+    dynamic-resolution images), and transformers < 5, get the text prompt only, logged."""
     vision = getattr(config, "vision_config", None)
     size, patch = getattr(vision, "image_size", None), getattr(vision, "patch_size", None)
     image_token = getattr(config, "image_token_id", None)
-    if not (isinstance(size, int) and isinstance(patch, int) and isinstance(image_token, int)) or any(
+    import transformers
+
+    old = int(transformers.__version__.split(".")[0]) < 5  # 4.x merges image features by another, legacy path
+    if old or not (isinstance(size, int) and isinstance(patch, int) and isinstance(image_token, int)) or any(
             hasattr(config, k) for k in ("image_grid_pinpoints", "mm_tokens_per_image")):
         log.warning("%s: no single-grid image input known; the prompt is text only (the vision tower will not run)",
                     config.model_type)
@@ -158,9 +164,11 @@ class _AutocastMetaAsCpu(torch.autocast):
 
 
 class ChecksPass(TorchDispatchMode):
-    """On the meta device, answers the host reads of boolean consistency checks (``torch._check`` of "image tokens
-    match image features" and the like: ``.item()`` of a meta ``bool``) with True: a shape-only run takes every such
-    check as passing. Any other host read of a meta tensor raises a one-line :class:`OpmeterError`."""
+    """On the meta device, answers the host reads of "all" checks with True: ``.item()`` of an ``aten.all`` or
+    ``aten._is_all_true`` result (``torch._check_tensor_all`` of "image tokens match image features", "the sequence
+    is not packed", "the mask is all ones"). On the synthetic inputs (one unpadded sequence, every image token in
+    place) every such check holds on a real device too. Any other host read of a meta tensor (a branch on data)
+    raises a one-line :class:`OpmeterError`."""
 
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
@@ -169,15 +177,22 @@ class ChecksPass(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.answered = 0
+        self._checks = WeakIdKeyDictionary()  # by identity: a tensor's == is elementwise
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        if id(func) != _SCALAR or not args or args[0].device.type != "meta":
+        key = id(func)
+        if (key != _SCALAR and key not in _ALL) or not args or args[0].device.type != "meta":
             return func(*args, **(kwargs or {}))
-        if args[0].dtype == torch.bool:
+        if key in _ALL:
+            out = func(*args, **(kwargs or {}))
+            self._checks[out] = True
+            return out
+        if args[0] in self._checks:
             self.answered += 1
             return True
         raise OpmeterError(f"shape-only run: the model reads a {str(args[0].dtype).removeprefix('torch.')} value "
-                           "on the host, which the meta device cannot answer; run it on --device cpu instead")
+                           "on the host (a branch on data), which the meta device cannot answer; run it on "
+                           "--device cpu instead")
 
 
 @contextlib.contextmanager
