@@ -126,8 +126,9 @@ def refuse_data_dependent_meta(model: torch.nn.Module) -> None:
     OpmeterError
         Naming the first such module.
     """
+    config: Any = model.config
     for path, module in model.named_modules():
         if path.rsplit(".", 1)[-1] == "experts" and isinstance(module, torch.nn.ModuleList):
-            raise OpmeterError(f"shape-only run of {model.config.model_type}: {path} is one module per expert, "
+            raise OpmeterError(f"shape-only run of {config.model_type}: {path} is one module per expert, "
                                "dispatched by value (transformers < 5); run it on --device cpu, or with "
                                "transformers >= 5 (fused experts)")
