@@ -161,3 +161,12 @@ def test_shape_only_run_refuses_an_unanswerable_host_read() -> None:
         assert bool(torch.ones(2, device="meta").bool().all())
     with shape_only():
         torch._check_tensor_all(torch.ones(2, device="meta").bool())  # a consistency check: taken as passing
+
+
+def test_workload_comes_back_from_the_trace_metadata() -> None:
+    adapter = HFAdapter("llama", "hf:llama")
+    run, trace = traced_run(adapter, "meta", prompt=6, new=2)
+    workload, preset = adapter.workload_from_trace(trace.metadata)
+    assert (workload, preset) == (run.workload, "tiny")
+    with pytest.raises(OpmeterError, match="no hf workload"):
+        adapter.workload_from_trace({"model": "something else"})

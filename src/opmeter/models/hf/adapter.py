@@ -16,7 +16,7 @@ from opmeter.analytic.base import dtype_bytes
 from opmeter.errors import OpmeterError
 from opmeter.join import Component
 from opmeter.models.base import ModelWords, Prediction, PreparedRun, RunRequest, StageSpec, register
-from opmeter.models.hf.analytic import FAMILIES, decoder_spec
+from opmeter.models.hf.analytic import FAMILIES, MOE, decoder_spec
 from opmeter.models.hf.build import build_model, experts_implementation, family_kind, refuse_data_dependent_meta
 from opmeter.models.hf.components import infer_components, stage_spec
 from opmeter.models.hf.config import PRESETS, load_config, preset_config
@@ -60,12 +60,13 @@ class HFAdapter:
         self.kind = family_kind(self.config)
         self.model_type = str(self.config.model_type)
         predicted = self.kind == "causal" and self.model_type in FAMILIES and (
-            self.model_type not in ("mixtral", "qwen2_moe", "deepseek_v2", "deepseek_v3") or fused_experts_layout())
-        self.words = ModelWords(name=f"{type(self.config).__name__.removesuffix('Config')} (transformers "
-                                     f"{self.model_type})", request_parts=self.kind, predicted=predicted)
+            self.model_type not in MOE or fused_experts_layout())
         self._model: torch.nn.Module | None = None
         self._dtype: torch.dtype = torch.float32
         self.stage_spec: StageSpec = stage_spec(self._tree())
+        family = type(self.config).__name__.removesuffix("Config")
+        self.words = ModelWords(name=f"{family} (transformers {self.model_type})", predicted=predicted,
+                                request_parts=" + ".join(self.stage_spec.request_components))
 
     # ---- what the model is ---------------------------------------------------------------------------------------
     def _tree(self) -> torch.nn.Module:
@@ -98,7 +99,7 @@ class HFAdapter:
         self.stage_spec = stage_spec(model)
         metadata = {
             "adapter": self.name, "model_spec": self.spec, "model_type": self.model_type, "hf_kind": self.kind,
-            "preset": preset, "dtype": _dtype_name(dtype), "workload": workload.summary(),
+            "preset": preset, "dtype": _dtype_name(dtype), "hf_workload": workload.summary(),
             "execution": "shape-only" if meta else "executed",
             "weights": str(weights) if weights is not None and not meta else "random",
             "experts_implementation": experts_implementation(config, request.device, dtype) or "default",
@@ -109,7 +110,7 @@ class HFAdapter:
                            preset=preset, metadata=metadata, context=_context(meta))
 
     def workload_from_trace(self, metadata: Mapping[str, Any]) -> tuple[PromptWorkload, str]:
-        summary = metadata.get("workload")
+        summary = metadata.get("hf_workload")
         if not isinstance(summary, Mapping) or "prompt_tokens" not in summary:
             raise OpmeterError("the trace has no hf workload in its metadata (not recorded by the hf adapter)")
         workload = PromptWorkload(int(summary["prompt_tokens"]), int(summary["new_tokens"]),
