@@ -17,7 +17,13 @@ from opmeter.errors import OpmeterError
 from opmeter.join import Component
 from opmeter.models.base import ModelWords, Prediction, PreparedRun, RunRequest, StageSpec, register
 from opmeter.models.hf.analytic import FAMILIES, MOE, decoder_spec
-from opmeter.models.hf.build import build_model, experts_implementation, family_kind, refuse_data_dependent_meta
+from opmeter.models.hf.build import (
+    build_model,
+    experts_implementation,
+    family_kind,
+    refuse_data_dependent_meta,
+    transformers_major,
+)
 from opmeter.models.hf.components import infer_components, stage_spec
 from opmeter.models.hf.config import PRESETS, load_config, preset_config
 from opmeter.models.hf.predict import predict_run
@@ -29,13 +35,6 @@ log = logging.getLogger(__name__)
 FUSED_OPS = ("_scaled_dot_product_flash", "_scaled_dot_product_efficient", "_scaled_dot_product_cudnn",
              "_flash_attention", "_efficient_attention")
 """Operator names of a fused SDPA kernel (otherwise the trace ran the math decomposition)."""
-
-
-def transformers_major() -> int:
-    """Major version of the installed transformers (its module code, hence the op stream, depends on it)."""
-    import transformers
-
-    return int(transformers.__version__.split(".")[0])
 
 
 def fused_experts_layout() -> bool:

@@ -36,6 +36,13 @@ _AUTO = {
 GENERATIVE = frozenset({"speech", "seq2seq", "vlm", "causal"})
 
 
+def transformers_major() -> int:
+    """Major version of the installed transformers (its module code, hence the op stream, depends on it)."""
+    import transformers
+
+    return int(transformers.__version__.split(".")[0])
+
+
 def family_kind(config: Any) -> str:
     """The kind of the config's family (see :data:`KINDS`).
 

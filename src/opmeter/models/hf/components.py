@@ -58,7 +58,7 @@ def classify(path: str, module: torch.nn.Module, parent: torch.nn.Module | None)
 
 def generalise(path: str) -> str:
     """The regex of a module path with every layer index generalised."""
-    return "^" + re.sub(r"\\\.\d+(?=\\\.|$)", r"\\.\\d+", re.escape(path).replace(r"\.", "\\.")) + "$"
+    return "^" + re.sub(r"\\\.\d+(?=\\\.|$)", r"\\.\\d+", re.escape(path)) + "$"
 
 
 def _path_of(model: torch.nn.Module, target: torch.nn.Module | None) -> str | None:

@@ -22,6 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
 from opmeter.errors import OpmeterError
+from opmeter.models.hf.build import transformers_major
 from opmeter.models.hf.workloads import PROMPT_TOKEN, PromptWorkload
 
 log = logging.getLogger(__name__)
@@ -72,9 +73,7 @@ def _image_prompt(config: Any, text: torch.Tensor, p: torch.Tensor) -> dict[str,
     vision = getattr(config, "vision_config", None)
     size, patch = getattr(vision, "image_size", None), getattr(vision, "patch_size", None)
     image_token = getattr(config, "image_token_id", None)
-    import transformers
-
-    old = int(transformers.__version__.split(".")[0]) < 5  # 4.x merges image features by another, legacy path
+    old = transformers_major() < 5  # 4.x merges image features by another, legacy path
     if old or not (isinstance(size, int) and isinstance(patch, int) and isinstance(image_token, int)) or any(
             hasattr(config, k) for k in ("image_grid_pinpoints", "mm_tokens_per_image")):
         log.warning("%s: no single-grid image input known; the prompt is text only (the vision tower will not run)",
@@ -110,7 +109,9 @@ def fixed_budget_loop(model: torch.nn.Module, kind: str, inputs: dict[str, torch
     for _ in range(budget):
         step = sequence if past is None else sequence[:, -1:]
         out = model(**{key: step, cache_name: past}, **fixed, use_cache=True, return_dict=True, **extra)
-        past = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+        past = getattr(out, "past_key_values", None)
+        if past is None:
+            past = getattr(out, "cache", None)
         sequence = torch.cat([sequence, token], dim=-1)
         if key == "input_ids":
             fixed = {}
