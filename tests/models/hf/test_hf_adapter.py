@@ -170,3 +170,9 @@ def test_workload_comes_back_from_the_trace_metadata() -> None:
     assert (workload, preset) == (run.workload, "tiny")
     with pytest.raises(OpmeterError, match="no hf workload"):
         adapter.workload_from_trace({"model": "something else"})
+
+
+def test_components_tell_classes_apart_at_one_generalised_path() -> None:
+    adapter = adapter_or_skip("t5")
+    by_class = {c.class_name: c.name for c in adapter.components() if c.pattern == r"^decoder\.block\.\d+\.layer\.\d+$"}
+    assert by_class == {"T5LayerSelfAttention": "attention", "T5LayerCrossAttention": "attention", "T5LayerFF": "MLP"}
