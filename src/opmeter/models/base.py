@@ -172,7 +172,9 @@ def _load_builtin() -> None:
         importlib.import_module(module)
 
 
-BUILTIN_PACKAGES: tuple[str, ...] = ("opmeter.models.deepseek_ocr.adapter", "opmeter.models.deepseek_ocr2.adapter")
+BUILTIN_PACKAGES: tuple[str, ...] = (
+    "opmeter.models.deepseek_ocr.adapter", "opmeter.models.deepseek_ocr2.adapter", "opmeter.models.hf.adapter",
+)
 """Modules whose import registers an adapter."""
 
 
