@@ -17,7 +17,8 @@ Everything is measured on synthetic tensors, never by timing the workload a prof
 Each benchmark's FLOPs and bytes are counted by the tracer itself (one traced call), so they follow exactly the
 conventions the trace of a workload uses. Its host cost is subtracted before the rate is computed.
 
-Timing: CPU calls are timed with ``perf_counter`` over batches (median batch); on CUDA each batch is bracketed by
+Timing: CPU calls are timed over batches (median batch) with :func:`pick_clock` (the thread's CPU time with one
+torch thread, else ``perf_counter``); on CUDA each batch is bracketed by
 CUDA events after a warm-up and a synchronisation, the host cost is the launch-bound rate of a tiny kernel, and the
 launch latency the host time of one launch. The CUDA path degrades to the CPU path when no GPU is present.
 """
@@ -63,10 +64,24 @@ FULL = Budget("full", 0.15, 5, 4e9, 64 * 2**20)
 QUICK = Budget("quick", 0.01, 2, 2e8, 4 * 2**20)
 
 
+def pick_clock(device: str) -> Callable[[], float]:
+    """The clock of the calibration: on a CPU with one torch thread, the CPU time of the calling thread.
+
+    A machine shared with other jobs takes the core away for milliseconds at a time; wall time then measures the
+    neighbours' load at the moment of the calibration, CPU time measures the kernel. The profile then predicts a
+    run on a quiet machine (where wall time and CPU time agree). Several threads (intra-op workers) and CUDA use
+    ``perf_counter``: the calling thread's CPU time would miss the workers' work or the device's.
+    """
+    if device == "cpu" and torch.get_num_threads() == 1:
+        return time.thread_time
+    return time.perf_counter
+
+
 @attrs.define
 class _Timer:
     device: str
     budget: Budget
+    clock: Callable[[], float] = attrs.field(default=time.perf_counter)
 
     def seconds_per_call(self, fn: Bench) -> float:
         """Median over batches of the mean time per call (after a warm-up call).
@@ -76,10 +91,10 @@ class _Timer:
         runs will; the median drops a batch that met an unusual burst."""
         fn()
         self._sync()
-        start = time.perf_counter()
+        start = self.clock()
         fn()
         self._sync()
-        once = max(time.perf_counter() - start, 1e-7)
+        once = max(self.clock() - start, 1e-7)
         per_batch = max(1, min(1000, int(self.budget.seconds_per_bench / 5 / once)))
         samples = [self._batch(fn, per_batch) for _ in range(max(self.budget.min_calls, 5))]
         return statistics.median(samples)
@@ -94,10 +109,10 @@ class _Timer:
             end.record()
             torch.cuda.synchronize()
             return float(begin.elapsed_time(end)) / 1e3 / n
-        start = time.perf_counter()
+        start = self.clock()
         for _ in range(n):
             fn()
-        return (time.perf_counter() - start) / n
+        return (self.clock() - start) / n
 
     def host_seconds_per_call(self, fn: Bench, n: int = 200) -> float:
         """Host time per call without synchronising inside the loop (the launch-bound rate on a GPU)."""
@@ -105,10 +120,10 @@ class _Timer:
         self._sync()
         best = math.inf
         for _ in range(max(3, self.budget.min_calls)):
-            start = time.perf_counter()
+            start = self.clock()
             for _ in range(n):
                 fn()
-            best = min(best, (time.perf_counter() - start) / n)
+            best = min(best, (self.clock() - start) / n)
             self._sync()
         return best
 
@@ -441,7 +456,7 @@ def calibrate(device: str = "cpu", dtype: str = "float32", threads: int | None =
 
 
 def _run(dev: str, dt: torch.dtype, budget: Budget, progress: Callable[[str], None]) -> DeviceProfile:
-    timer = _Timer(dev, budget)
+    timer = _Timer(dev, budget, pick_clock(dev))
     torch.manual_seed(0)
     progress("host cost per op kind")
     host, module_call = measure_host(timer, dev, dt)

@@ -80,19 +80,42 @@ def _memory_seconds(profile: DeviceProfile, kind: str, read: float, written: flo
     return seconds + (written / profile.bytes_rate("write", written) if written > 0 else 0.0)
 
 
-def _cell_row(profile: DeviceProfile, op: str, category: str, vals: Sequence[Any], peaks: Peaks) -> dict[str, Any]:
+def _parts(vals: Sequence[Any], large: Sequence[Sequence[Any]]) -> list[tuple[float, ...]]:
+    """The calls of one cell as groups of similar size: each half-octave of large calls (the trace's size
+    histogram) and the rest at their mean; the whole cell at its mean when the histogram does not fit in it."""
+    whole = tuple(float(v) for v in vals[:5])
+    if not large:
+        return [whole]
+    buckets = [tuple(float(v) for v in b[:5]) for b in large]
+    rest = tuple(w - sum(b[i] for b in buckets) for i, w in enumerate(whole))
+    if any(v < -1e-6 * max(abs(w), 1.0) for v, w in zip(rest, whole, strict=True)):
+        return [whole]  # e.g. parts of a decomposed op noted under another key: keep the mean
+    return [*buckets, *([tuple(max(v, 0.0) for v in rest)] if rest[0] >= 1 else [])]
+
+
+def _part_times(profile: DeviceProfile, kind: Any, part: tuple[float, ...]) -> tuple[float, float]:
+    """(compute, memory) seconds of ``calls`` calls of the same per-call size."""
+    calls, flops, nread, nwritten = part[0], part[1] + part[2], part[3], part[4]
+    n = max(calls, 1.0)
+    compute = flops / profile.flops_rate(kind.compute, flops / n, (nread + nwritten) / n) if flops > 0 else 0.0
+    return compute, _memory_seconds(profile, kind.memory, nread / n, nwritten / n) * calls
+
+
+def _cell_row(profile: DeviceProfile, op: str, category: str, vals: Sequence[Any], peaks: Peaks,
+              large: Sequence[Sequence[Any]] = ()) -> dict[str, Any]:
     calls, ft, fc, nread, nwritten = vals[0], float(vals[1]), float(vals[2]), float(vals[3]), float(vals[4])
-    flops, nbytes, n = ft + fc, nread + nwritten, max(calls, 1)
+    flops, nbytes = ft + fc, nread + nwritten
     kind = classify(op, category, flops, nbytes)
-    compute = flops / profile.flops_rate(kind.compute, flops / n, nbytes / n) if flops > 0 else 0.0
-    memory = _memory_seconds(profile, kind.memory, nread / n, nwritten / n) * calls
+    times = [_part_times(profile, kind, part) for part in _parts(vals, large)]
+    compute, memory = sum(c for c, _ in times), sum(m for _, m in times)
+    device = sum(max(c, m) for c, m in times)
     host = calls * profile.host_cost(kind.host)
     bound = max(ft / peaks.tensor_flops_per_s + fc / peaks.cuda_flops_per_s, nbytes / peaks.bytes_per_s)
-    device = max(compute, memory)
     return {"op": op, "category": category, "host_kind": kind.host, "compute_kind": kind.compute,
             "memory_kind": kind.memory, "calls": calls, "flops": flops, "bytes": nbytes, "host_s": host,
-            "compute_s": compute, "memory_s": memory, "limit": "compute" if compute >= memory else "memory",
-            "eager_s": host + device, "graph_s": device, "bound_s": bound}
+            "compute_s": compute, "memory_s": memory, "device_s": device,
+            "limit": "compute" if compute >= memory else "memory", "eager_s": host + device, "graph_s": device,
+            "bound_s": bound}
 
 
 def predict_cells(trace: Any, profile: DeviceProfile, peaks: Peaks | None = None) -> pd.DataFrame:
@@ -104,11 +127,14 @@ def predict_cells(trace: Any, profile: DeviceProfile, peaks: Peaks | None = None
     """
     peaks = peaks or Peaks.of_profile(profile)
     rows = []
+    large_calls = getattr(trace, "large_calls", {})
     for (gid, ctx), ops in trace.cells.items():
         group, module = trace.groups[gid], trace.modules[trace.contexts[ctx][1]].path
+        large = large_calls.get((gid, ctx), {})
         for op, vals in ops.items():
             category = trace.op_info.get(op, ("unclassified", False))[0]
-            rows.append({"group": group, "module": module, **_cell_row(profile, op, category, vals, peaks)})
+            rows.append({"group": group, "module": module,
+                         **_cell_row(profile, op, category, vals, peaks, large.get(op, ()))})
     for (gid, ctx), (calls, _time) in trace.ctx_stats.items():
         if not calls:
             continue
@@ -116,10 +142,11 @@ def predict_cells(trace: Any, profile: DeviceProfile, peaks: Peaks | None = None
         rows.append({"group": trace.groups[gid], "module": trace.modules[trace.contexts[ctx][1]].path,
                      "op": MODULE_CALL, "category": "module_call", "host_kind": "module_call", "compute_kind": "",
                      "memory_kind": "", "calls": calls, "flops": 0.0, "bytes": 0.0, "host_s": host,
-                     "compute_s": 0.0, "memory_s": 0.0, "limit": "compute", "eager_s": host, "graph_s": 0.0,
+                     "compute_s": 0.0, "memory_s": 0.0, "device_s": 0.0, "limit": "compute", "eager_s": host,
+                     "graph_s": 0.0,
                      "bound_s": 0.0})
     cols = ["group", "module", "op", "category", "host_kind", "compute_kind", "memory_kind", "calls", "flops", "bytes",
-            "host_s", "compute_s", "memory_s", "limit", "eager_s", "graph_s", "bound_s"]
+            "host_s", "compute_s", "memory_s", "device_s", "limit", "eager_s", "graph_s", "bound_s"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -142,7 +169,7 @@ def stage_of(cells: pd.DataFrame, vision_roots: Sequence[str] = ()) -> pd.Series
 
 def _split(df: pd.DataFrame) -> dict[str, float]:
     """Where the eager time goes: compute-limited and memory-limited device time, host/launch overhead."""
-    device = df[["compute_s", "memory_s"]].max(axis=1)
+    device = df["device_s"]
     return {"compute_s": float(device[df["limit"] == "compute"].sum()),
             "memory_s": float(device[df["limit"] == "memory"].sum()), "host_s": float(df["host_s"].sum()),
             "eager_s": float(df["eager_s"].sum()), "graph_s": float(df["graph_s"].sum()),
