@@ -10,7 +10,7 @@ Everything is measured on synthetic tensors, never by timing the workload a prof
   (patch embedding, 1x1, 3x3, strided); of CUDA-core ``vector`` work (GELU, SiLU);
 * achieved read bandwidth (``sum`` of a whole tensor), write bandwidth (``full``: a freshly allocated output, as
   every op writes one, page faults included) and index-reduction bandwidth (``argmax`` over one long row) from 4 KiB
-  to 64 MiB per call;
+  to 64 MiB per call; on a CPU, the time to release a large written buffer (``release``);
 * the host cost of ops inside module code relative to a tight loop of one op (a stack of tiny transformer blocks,
   :func:`measure_module_host_factor`).
 
@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from opmeter.errors import OpmeterError
-from opmeter.timemodel.kinds import MEMORY_KINDS
+from opmeter.timemodel.kinds import MEMORY_KINDS, RELEASE
 from opmeter.timemodel.profile import MEASURED, BandwidthPoint, ComputePoint, DeviceProfile
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,8 @@ class _Timer:
 
         A batch lasts a fifth of the benchmark's budget (many scheduler ticks with the full budget), so on a machine
         shared with other jobs the rates include the share of the cores this process gets, as the workload's
-        runs will; the median drops a batch that met an unusual burst."""
+        runs will; the median drops a batch that met an unusual burst. With the thread clock (:func:`pick_clock`)
+        the time the core was taken away is not counted at all."""
         fn()
         self._sync()
         start = self.clock()
@@ -348,6 +349,28 @@ def _memory_benches(kind: str, budget: Budget, dev: str, dt: torch.dtype) -> Ite
             yield f"argmax n={n}", partial(torch.argmax, a.reshape(1, -1), -1)
 
 
+def _release_points(timer: _Timer, budget: Budget, dev: str, dt: torch.dtype) -> tuple[BandwidthPoint, ...]:
+    """Seconds to release a written tensor of 1 MiB and more (CPU): large buffers go back to the operating system.
+
+    The ``write`` curve frees every output right away, so it includes this cost; the time model moves it to the
+    step where a generation loop releases the output of the first forward it held (:mod:`opmeter.timemodel.model`).
+    """
+    points = []
+    for n in _sizes(budget):
+        nbytes = n * dt.itemsize
+        if nbytes < 2**20:
+            continue
+        samples = []
+        for _ in range(max(budget.min_calls, 5)):
+            x = torch.full((n,), 1.0, device=dev, dtype=dt)
+            start = timer.clock()
+            del x
+            samples.append(timer.clock() - start)
+        seconds = max(statistics.median(samples), 1e-7)
+        points.append(BandwidthPoint(bytes=float(nbytes), bytes_per_s=nbytes / seconds, label=f"release n={n}"))
+    return tuple(points)
+
+
 def _vector_benches(budget: Budget, dev: str, dt: torch.dtype) -> Iterable[tuple[str, Bench]]:
     for n in _sizes(budget)[::2]:
         a = torch.randn(n, device=dev, dtype=dt)
@@ -478,6 +501,9 @@ def _run(dev: str, dt: torch.dtype, budget: Budget, progress: Callable[[str], No
         progress(f"{kind} bandwidth")
         bandwidth[kind] = _bandwidth_points(timer, _memory_benches(kind, budget, dev, dt),
                                             host[_MEMORY_HOST.get(kind, kind)])
+    if dev == "cpu":
+        progress("release of large buffers")
+        bandwidth[RELEASE] = _release_points(timer, budget, dev, dt)
     notes = ("CPU: kernels run synchronously, host cost and kernel time add up",) if dev == "cpu" else (
         "CUDA: batches timed with CUDA events; host cost = launch-bound host time per tiny op",)
     profile = DeviceProfile(

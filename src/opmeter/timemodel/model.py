@@ -33,11 +33,13 @@ from typing import Any, Final
 import attrs
 import pandas as pd
 
-from opmeter.timemodel.kinds import RW, classify
+from opmeter.timemodel.kinds import RELEASE, RW, classify
 from opmeter.timemodel.profile import DeviceProfile
 
 MODULE_CALL: Final = "<module call>"
 """Pseudo-op of the rows holding the ``nn.Module`` call cost."""
+HELD_RELEASE: Final = "<release of the first forward's output>"
+"""Pseudo-op of the decode row holding the release of the output the generation loop held (see :func:`predict`)."""
 
 SCENARIOS: Final[dict[str, str]] = {
     "eager": "one kernel per traced op, each paying its host/launch cost; host and device work in series",
@@ -243,6 +245,48 @@ class TimePrediction:
         return out.sort_values("eager_s", ascending=False, ignore_index=True)
 
 
+def held_output(trace: Any) -> tuple[str, str, float] | None:
+    """(module, op, bytes per call) of the first forward's output that a generation loop holds until the next forward
+    returns: the largest output one call writes in the prefill under the last module the root calls first (the LM
+    head of a causal LM: its logits). ``None`` without a prefill or a child of the root."""
+    if "prefill" not in trace.groups:
+        return None
+    prefill = trace.groups.index("prefill")
+    children = [(trace.first_call[i], m.path) for i, m in enumerate(trace.modules)
+                if m.depth == 1 and i < len(trace.first_call) and trace.first_call[i] >= 0]
+    if not children:
+        return None
+    last, best = max(children)[1], None
+    large_calls = getattr(trace, "large_calls", {})
+    for (gid, ctx), ops in trace.cells.items():
+        path = trace.modules[trace.contexts[ctx][1]].path
+        if gid != prefill or not _under(path, (last,)):
+            continue
+        for op, vals in ops.items():
+            sizes = [b[4] / b[0] for b in large_calls.get((gid, ctx), {}).get(op, ()) if b[0]]
+            size = max(sizes or [vals[4] / max(vals[0], 1)])
+            if best is None or size > best[2]:
+                best = (path, op, float(size))
+    return best
+
+
+def _move_release(cells: pd.DataFrame, profile: DeviceProfile, held: tuple[str, str, float]) -> pd.DataFrame:
+    """Move the release of the held output from the prefill cell that wrote it (the ``write`` curve frees at once)
+    to a decode row."""
+    module, op, nbytes = held
+    seconds = nbytes / profile.bytes_rate(RELEASE, nbytes) if nbytes > 0 else 0.0
+    at = cells.index[(cells["group"] == "prefill") & (cells["module"] == module) & (cells["op"] == op)]
+    if not len(at) or not seconds > 0:
+        return cells
+    moved = min(seconds, float(cells.at[at[0], "device_s"]))
+    for col in ("memory_s", "device_s", "eager_s", "graph_s"):
+        cells.at[at[0], col] = max(float(cells.at[at[0], col]) - moved, 0.0)
+    row = {**{c: 0.0 for c in cells.columns}, "group": "decode", "module": module, "op": HELD_RELEASE,
+           "category": "release", "host_kind": "release", "compute_kind": "", "memory_kind": RELEASE,
+           "limit": "memory", "memory_s": moved, "device_s": moved, "eager_s": moved, "graph_s": moved}
+    return pd.concat([cells, pd.DataFrame([row], columns=cells.columns)], ignore_index=True)
+
+
 def predict(trace: Any, profile: DeviceProfile, decode_steps: int, vision_roots: Sequence[str] = (),
             hardware: Any = None) -> TimePrediction:
     """The :class:`TimePrediction` of ``trace`` on ``profile``.
@@ -263,9 +307,12 @@ def predict(trace: Any, profile: DeviceProfile, decode_steps: int, vision_roots:
     """
     peaks = Peaks.of_hardware(hardware) or Peaks.of_profile(profile)
     cells = predict_cells(trace, profile, peaks)
+    held = held_output(trace) if decode_steps > 0 and profile.bandwidth.get(RELEASE) else None
+    if held is not None:
+        cells = _move_release(cells, profile, held)
     cells["stage"] = stage_of(cells, vision_roots)
     return TimePrediction(cells=cells, decode_steps=decode_steps, profile=profile, peaks=peaks)
 
 
-__all__ = ["DECODE_GROUPS", "MODULE_CALL", "SCENARIOS", "STAGES", "Peaks", "TimePrediction", "predict",
-           "predict_cells", "stage_of"]
+__all__ = ["DECODE_GROUPS", "HELD_RELEASE", "MODULE_CALL", "SCENARIOS", "STAGES", "Peaks", "TimePrediction", "predict",
+           "held_output", "predict_cells", "stage_of"]
