@@ -58,9 +58,12 @@ class Budget:
     max_flops: float
     """GEMM / attention / convolution shapes above this many FLOPs per call are skipped."""
     max_bytes: float
+    max_buffer_bytes: float = 0.0
+    """Largest buffer of the write and release benchmarks (fresh outputs the size of a prefill's logits or of a
+    global-attention bias: far beyond the allocator's reuse, every page faulted); at least ``max_bytes``."""
 
 
-FULL = Budget("full", 0.15, 5, 4e9, 64 * 2**20)
+FULL = Budget("full", 0.15, 5, 4e9, 64 * 2**20, 256 * 2**20)
 QUICK = Budget("quick", 0.01, 2, 2e8, 4 * 2**20)
 
 
@@ -332,14 +335,15 @@ def measure_module_host_factor(timer: _Timer, provisional: DeviceProfile, dev: s
     return max((measured - device) / host, 1.0) if host > 0 else 1.0
 
 
-def _sizes(budget: Budget) -> list[int]:
-    """Elements per call for the bandwidth benchmarks: 4 KiB to the budget's largest size in fp32."""
-    sizes = [2**10, 2**12, 2**14, 2**16, 2**18, 2**20, 2**22, 2**24]
-    return [n for n in sizes if 4 * n <= budget.max_bytes]
+def _sizes(budget: Budget, limit: float = 0.0) -> list[int]:
+    """Elements per call for the bandwidth benchmarks: 4 KiB to ``limit`` bytes (the budget's ``max_bytes`` by
+    default) in fp32."""
+    sizes = [2**10, 2**12, 2**14, 2**16, 2**18, 2**20, 2**22, 2**24, 2**26]
+    return [n for n in sizes if 4 * n <= max(limit, budget.max_bytes)]
 
 
 def _memory_benches(kind: str, budget: Budget, dev: str, dt: torch.dtype) -> Iterable[tuple[str, Bench]]:
-    for n in _sizes(budget):
+    for n in _sizes(budget, budget.max_buffer_bytes if kind == "write" else 0.0):
         a = torch.randn(n, device=dev, dtype=dt)
         if kind == "read":  # read once, nothing written but one scalar
             yield f"sum(all) n={n}", partial(torch.sum, a)
@@ -356,7 +360,7 @@ def _release_points(timer: _Timer, budget: Budget, dev: str, dt: torch.dtype) ->
     step where a generation loop releases the output of the first forward it held (:mod:`opmeter.timemodel.model`).
     """
     points = []
-    for n in _sizes(budget):
+    for n in _sizes(budget, budget.max_buffer_bytes):
         nbytes = n * dt.itemsize
         if nbytes < 2**20:
             continue

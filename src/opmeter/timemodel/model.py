@@ -278,9 +278,9 @@ def _move_release(cells: pd.DataFrame, profile: DeviceProfile, held: tuple[str, 
     at = cells.index[(cells["group"] == "prefill") & (cells["module"] == module) & (cells["op"] == op)]
     if not len(at) or not seconds > 0:
         return cells
-    moved = min(seconds, float(cells.at[at[0], "device_s"]))
-    for col in ("memory_s", "device_s", "eager_s", "graph_s"):
-        cells.at[at[0], col] = max(float(cells.at[at[0], col]) - moved, 0.0)
+    cols = ["memory_s", "device_s", "eager_s", "graph_s"]
+    moved = min(seconds, float(cells.loc[at[0], "device_s"]))
+    cells.loc[at[0], cols] = (cells.loc[at[0], cols] - moved).clip(lower=0.0)
     row = {**{c: 0.0 for c in cells.columns}, "group": "decode", "module": module, "op": HELD_RELEASE,
            "category": "release", "host_kind": "release", "compute_kind": "", "memory_kind": RELEASE,
            "limit": "memory", "memory_s": moved, "device_s": moved, "eager_s": moved, "graph_s": moved}
@@ -314,5 +314,5 @@ def predict(trace: Any, profile: DeviceProfile, decode_steps: int, vision_roots:
     return TimePrediction(cells=cells, decode_steps=decode_steps, profile=profile, peaks=peaks)
 
 
-__all__ = ["DECODE_GROUPS", "HELD_RELEASE", "MODULE_CALL", "SCENARIOS", "STAGES", "Peaks", "TimePrediction", "predict",
-           "held_output", "predict_cells", "stage_of"]
+__all__ = ["DECODE_GROUPS", "HELD_RELEASE", "MODULE_CALL", "SCENARIOS", "STAGES", "Peaks", "TimePrediction",
+           "held_output", "predict", "predict_cells", "stage_of"]
