@@ -20,6 +20,10 @@ machine are noisy either way; compare runs made on a quiet one.
 Usage::
 
     .venv/bin/python manual/bench_prediction.py [--threads 1] [--repeats 3] [--quick] [--large] [--keep DIR]
+        [--only I,J] [--profile FILE]
+
+(``--only`` and ``--profile`` make spot checks, not the benchmark: its line needs the whole matrix and a profile
+calibrated in the same process.)
 """
 
 from __future__ import annotations
@@ -99,15 +103,25 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="quick calibration budget (smoke test)")
     parser.add_argument("--large", action="store_true", help="add the full-size prefill with 2 new tokens")
     parser.add_argument("--keep", metavar="DIR", help="keep the profile and every report directory here")
+    parser.add_argument("--only", metavar="I,J", help="run only these entries of the matrix (0-based; a spot check, "
+                        "not the benchmark)")
+    parser.add_argument("--profile", metavar="FILE", help="use this profile instead of calibrating (a spot check)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="opmeter-bench-") as tmp:
         root = Path(args.keep or tmp)
         root.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        profile = calibrate("cpu", "float32", args.threads, quick=args.quick).save(root / "profile.json")
-        print(f"calibrated {profile} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        if args.profile:
+            profile = Path(args.profile)
+        else:
+            profile = calibrate("cpu", "float32", args.threads, quick=args.quick).save(root / "profile.json")
+            print(f"calibrated {profile} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
         errors: list[dict[str, Any]] = []
-        for i, run in enumerate((*RUNS, LARGE) if args.large else RUNS):
+        matrix = list(enumerate((*RUNS, LARGE) if args.large else RUNS))
+        if args.only:
+            wanted = {int(i) for i in args.only.split(",")}
+            matrix = [(i, run) for i, run in matrix if i in wanted]
+        for i, run in matrix:
             data = _one(run, profile, root / f"run{i:02d}", args, root)
             print(_line(run, data), flush=True)
             errors.append(data["relative_error"])

@@ -238,100 +238,27 @@ def _conv_benches(budget: Budget, dev: str, dt: torch.dtype) -> Iterable[tuple[s
                partial(F.conv2d, x, w, stride=stride, padding=pad))
 
 
-class _TinyBlock(torch.nn.Module):
-    """A pre-norm transformer block in the usual eager style, for the host cost of ops inside module code."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.norm1, self.norm2 = torch.nn.LayerNorm(width), torch.nn.LayerNorm(width)
-        self.qkv, self.out = torch.nn.Linear(width, 3 * width), torch.nn.Linear(width, width)
-        self.up, self.down = torch.nn.Linear(width, 2 * width), torch.nn.Linear(2 * width, width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, 2, d // 2).permute(2, 0, 3, 1, 4).unbind(0)
-        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d)
-        x = x + self.out(a)
-        return x + self.down(F.silu(self.up(self.norm2(x))))
-
-
-class _RMSNorm(torch.nn.Module):
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.ones(width))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.to(torch.float32)
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
-        return self.weight * x.to(dtype)
-
-
-class _Expert(torch.nn.Module):
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.gate, self.up = torch.nn.Linear(width, width, bias=False), torch.nn.Linear(width, width, bias=False)
-        self.down = torch.nn.Linear(width, width, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
-
-
-def _rotate(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-class _DecoderBlock(torch.nn.Module):
-    """A decoder layer in the style of common eager LLM code: RMSNorm in Python, rotary embedding, matmul attention,
-    a top-2 of 4 mixture of experts dispatched by a Python loop over experts, a shared expert."""
-
-    def __init__(self, width: int, heads: int = 2, experts: int = 4) -> None:
-        super().__init__()
-        self.heads, self.norm1, self.norm2 = heads, _RMSNorm(width), _RMSNorm(width)
-        self.q, self.k, self.v, self.o = (torch.nn.Linear(width, width, bias=False) for _ in range(4))
-        self.gate = torch.nn.Linear(width, experts, bias=False)
-        self.experts = torch.nn.ModuleList(_Expert(width) for _ in range(experts))
-        self.shared = _Expert(width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        h = self.norm1(x)
-        q, k, v = (p(h).view(b, t, self.heads, -1).transpose(1, 2) for p in (self.q, self.k, self.v))
-        cos, sin = torch.cos(q), torch.sin(q)
-        q, k = q * cos + _rotate(q) * sin, k * cos + _rotate(k) * sin
-        scores = torch.softmax(torch.matmul(q, k.transpose(2, 3)).float() / math.sqrt(q.shape[-1]), dim=-1)
-        x = x + self.o(torch.matmul(scores.to(q.dtype), v).transpose(1, 2).reshape(b, t, d))
-        h = self.norm2(x).view(-1, d)
-        weights, chosen = torch.topk(self.gate(h).softmax(-1), 2, dim=-1)
-        y = torch.zeros_like(h)
-        for e, expert in enumerate(self.experts):
-            rows = (chosen == e).any(-1).nonzero().squeeze(-1)
-            if rows.numel():
-                y.index_add_(0, rows, expert(h[rows]) * (weights * (chosen == e))[rows].sum(-1, keepdim=True))
-        return x + (y + self.shared(h)).view(b, t, d)
-
-
 def measure_module_host_factor(timer: _Timer, provisional: DeviceProfile, dev: str, dt: torch.dtype) -> float:
     """How much more the host part of an op costs inside module code than in a tight loop of one op.
 
-    Times a stack of tiny blocks (tiny tensors: the kernels cost next to nothing) in two common styles, an encoder
-    block (:class:`_TinyBlock`) and an LLM decoder layer with a mixture of experts (:class:`_DecoderBlock`), one
-    token at a time; predicts it with the tight-loop ``provisional`` profile, and returns (measured - predicted
-    device time) / predicted host time, at least 1: the cost of the Python lines between ops and of dispatch paths
+    Times the stacks of tiny synthetic blocks of :func:`opmeter.timemodel.synthetic.stacks` (tiny tensors: the
+    kernels cost next to nothing) in the common eager styles: encoder blocks and LLM decoder layers with a mixture of
+    experts one token at a time, windowed-attention image blocks with a relative-position bias and a convolutional
+    neck; predicts them with the tight-loop ``provisional`` profile, and returns (measured - predicted device time) /
+    predicted host time over all stacks, at least 1: the cost of the Python lines between ops and of dispatch paths
     that a loop over one op keeps hot. Synthetic blocks, not the workload a profile will predict.
     """
     from opmeter.timemodel.model import predict_cells
+    from opmeter.timemodel.synthetic import stacks
     from opmeter.trace import OpTracer
 
-    blocks = [_TinyBlock(16), _TinyBlock(16), _DecoderBlock(16), _DecoderBlock(16)]
-    model = torch.nn.Sequential(*blocks).to(device=dev, dtype=dt).eval()
-    x = torch.randn(1, 1, 16, device=dev, dtype=dt)
-    with OpTracer(model, nvtx=False) as trace:
-        model(x)
-    cells = predict_cells(trace, provisional)
-    host, device = float(cells["host_s"].sum()), float(cells["graph_s"].sum())
-    measured = timer.seconds_per_call(partial(model, x))
+    host = device = measured = 0.0
+    for model, x in stacks(dev, dt):
+        with OpTracer(model, nvtx=False) as trace:
+            model(x)
+        cells = predict_cells(trace, provisional)
+        host, device = host + float(cells["host_s"].sum()), device + float(cells["graph_s"].sum())
+        measured += timer.seconds_per_call(partial(model, x))
     return max((measured - device) / host, 1.0) if host > 0 else 1.0
 
 
