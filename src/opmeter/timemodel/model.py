@@ -8,8 +8,12 @@ For each traced cell (stage group, module call path, op) with ``calls`` calls, F
               (profile.bandwidth; argmax / top-k / sort: all bytes at their own measured bandwidth)
     time    = host + max(compute, memory)
 
-plus one host cost per ``nn.Module`` call (``profile.module_call_s``, scaled alike), booked to the module. Three
-scenarios, each with its assumptions (:data:`SCENARIOS`):
+plus one host cost per ``nn.Module`` call (``profile.module_call_s``, scaled alike), booked to the module. Per-call
+sizes: the calls of a cell that moved 1 MiB or more are costed per half-octave of size from the trace's histogram
+(``Trace.large_calls``), the others at their mean. A generation loop holds the first forward's output (the logits)
+until the next forward returns, so the release of that buffer (``profile.bandwidth["release"]``, CPU) is moved
+from the prefill cell that wrote it to a decode row (:func:`held_output`, :data:`HELD_RELEASE`). Three scenarios,
+each with its assumptions (:data:`SCENARIOS`):
 
 * ``eager``: the formula above; one kernel per traced op, host and device work in series (exact on a CPU, where
   kernels run synchronously; on a GPU it assumes the host never runs ahead of the device);
