@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from opmeter.cli import main
-from opmeter.timemodel.kinds import HOST_KINDS, MEMORY_KINDS
+from opmeter.timemodel.kinds import HOST_KINDS, MEMORY_KINDS, RELEASE
 from opmeter.timemodel.profile import load_profile
 
 
@@ -29,8 +29,9 @@ def test_calibrate_quick_writes_a_complete_profile(tmp_path: Path, capsys: pytes
         assert prof.compute[kind], kind
         assert all(p.flops > 0 and p.bytes > 0 and math.isfinite(p.flops_per_s) and p.flops_per_s > 0
                    for p in prof.compute[kind])
-    for kind in MEMORY_KINDS:
+    for kind in (*MEMORY_KINDS, RELEASE):  # release of large buffers: measured on a CPU (1 MiB and more)
         assert prof.bandwidth[kind] and all(p.bytes_per_s > 0 for p in prof.bandwidth[kind])
+    assert all(p.bytes >= 2**20 for p in prof.bandwidth[RELEASE])
     # the interpolated rates are usable by the model
     assert prof.flops_rate("mm", 1e7, 1e5) > 0 and prof.bytes_rate("copy", 1e6) > 0
 

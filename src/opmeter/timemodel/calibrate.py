@@ -10,14 +10,15 @@ Everything is measured on synthetic tensors, never by timing the workload a prof
   (patch embedding, 1x1, 3x3, strided); of CUDA-core ``vector`` work (GELU, SiLU);
 * achieved read bandwidth (``sum`` of a whole tensor), write bandwidth (``full``: a freshly allocated output, as
   every op writes one, page faults included) and index-reduction bandwidth (``argmax`` over one long row) from 4 KiB
-  to 64 MiB per call;
+  to 64 MiB per call; on a CPU, the time to release a large written buffer (``release``);
 * the host cost of ops inside module code relative to a tight loop of one op (a stack of tiny transformer blocks,
   :func:`measure_module_host_factor`).
 
 Each benchmark's FLOPs and bytes are counted by the tracer itself (one traced call), so they follow exactly the
 conventions the trace of a workload uses. Its host cost is subtracted before the rate is computed.
 
-Timing: CPU calls are timed with ``perf_counter`` over batches (median batch); on CUDA each batch is bracketed by
+Timing: CPU calls are timed over batches (median batch) with :func:`pick_clock` (the thread's CPU time with one
+torch thread, else ``perf_counter``); on CUDA each batch is bracketed by
 CUDA events after a warm-up and a synchronisation, the host cost is the launch-bound rate of a tiny kernel, and the
 launch latency the host time of one launch. The CUDA path degrades to the CPU path when no GPU is present.
 """
@@ -39,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from opmeter.errors import OpmeterError
-from opmeter.timemodel.kinds import MEMORY_KINDS
+from opmeter.timemodel.kinds import MEMORY_KINDS, RELEASE
 from opmeter.timemodel.profile import MEASURED, BandwidthPoint, ComputePoint, DeviceProfile
 
 log = logging.getLogger(__name__)
@@ -57,29 +58,47 @@ class Budget:
     max_flops: float
     """GEMM / attention / convolution shapes above this many FLOPs per call are skipped."""
     max_bytes: float
+    max_buffer_bytes: float = 0.0
+    """Largest buffer of the write and release benchmarks (fresh outputs the size of a prefill's logits or of a
+    global-attention bias: far beyond the allocator's reuse, every page faulted); at least ``max_bytes``."""
 
 
-FULL = Budget("full", 0.15, 5, 4e9, 64 * 2**20)
+FULL = Budget("full", 0.15, 5, 4e9, 64 * 2**20, 256 * 2**20)
 QUICK = Budget("quick", 0.01, 2, 2e8, 4 * 2**20)
+
+
+def pick_clock(device: str) -> Callable[[], float]:
+    """The clock of the calibration: on a CPU with one torch thread, the CPU time of the calling thread.
+
+    A machine shared with other jobs takes the core away for milliseconds at a time; wall time then measures the
+    neighbours' load at the moment of the calibration, CPU time measures the kernel. The profile then predicts a
+    run on a quiet machine (where wall time and CPU time agree). Several threads (intra-op workers) and CUDA use
+    ``perf_counter``: the calling thread's CPU time would miss the workers' work or the device's.
+    """
+    if device == "cpu" and torch.get_num_threads() == 1:
+        return time.thread_time
+    return time.perf_counter
 
 
 @attrs.define
 class _Timer:
     device: str
     budget: Budget
+    clock: Callable[[], float] = attrs.field(default=time.perf_counter)
 
     def seconds_per_call(self, fn: Bench) -> float:
         """Median over batches of the mean time per call (after a warm-up call).
 
         A batch lasts a fifth of the benchmark's budget (many scheduler ticks with the full budget), so on a machine
         shared with other jobs the rates include the share of the cores this process gets, as the workload's
-        runs will; the median drops a batch that met an unusual burst."""
+        runs will; the median drops a batch that met an unusual burst. With the thread clock (:func:`pick_clock`)
+        the time the core was taken away is not counted at all."""
         fn()
         self._sync()
-        start = time.perf_counter()
+        start = self.clock()
         fn()
         self._sync()
-        once = max(time.perf_counter() - start, 1e-7)
+        once = max(self.clock() - start, 1e-7)
         per_batch = max(1, min(1000, int(self.budget.seconds_per_bench / 5 / once)))
         samples = [self._batch(fn, per_batch) for _ in range(max(self.budget.min_calls, 5))]
         return statistics.median(samples)
@@ -94,10 +113,10 @@ class _Timer:
             end.record()
             torch.cuda.synchronize()
             return float(begin.elapsed_time(end)) / 1e3 / n
-        start = time.perf_counter()
+        start = self.clock()
         for _ in range(n):
             fn()
-        return (time.perf_counter() - start) / n
+        return (self.clock() - start) / n
 
     def host_seconds_per_call(self, fn: Bench, n: int = 200) -> float:
         """Host time per call without synchronising inside the loop (the launch-bound rate on a GPU)."""
@@ -105,10 +124,10 @@ class _Timer:
         self._sync()
         best = math.inf
         for _ in range(max(3, self.budget.min_calls)):
-            start = time.perf_counter()
+            start = self.clock()
             for _ in range(n):
                 fn()
-            best = min(best, (time.perf_counter() - start) / n)
+            best = min(best, (self.clock() - start) / n)
             self._sync()
         return best
 
@@ -219,111 +238,39 @@ def _conv_benches(budget: Budget, dev: str, dt: torch.dtype) -> Iterable[tuple[s
                partial(F.conv2d, x, w, stride=stride, padding=pad))
 
 
-class _TinyBlock(torch.nn.Module):
-    """A pre-norm transformer block in the usual eager style, for the host cost of ops inside module code."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.norm1, self.norm2 = torch.nn.LayerNorm(width), torch.nn.LayerNorm(width)
-        self.qkv, self.out = torch.nn.Linear(width, 3 * width), torch.nn.Linear(width, width)
-        self.up, self.down = torch.nn.Linear(width, 2 * width), torch.nn.Linear(2 * width, width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, 2, d // 2).permute(2, 0, 3, 1, 4).unbind(0)
-        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d)
-        x = x + self.out(a)
-        return x + self.down(F.silu(self.up(self.norm2(x))))
-
-
-class _RMSNorm(torch.nn.Module):
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.ones(width))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.to(torch.float32)
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
-        return self.weight * x.to(dtype)
-
-
-class _Expert(torch.nn.Module):
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.gate, self.up = torch.nn.Linear(width, width, bias=False), torch.nn.Linear(width, width, bias=False)
-        self.down = torch.nn.Linear(width, width, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
-
-
-def _rotate(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-class _DecoderBlock(torch.nn.Module):
-    """A decoder layer in the style of common eager LLM code: RMSNorm in Python, rotary embedding, matmul attention,
-    a top-2 of 4 mixture of experts dispatched by a Python loop over experts, a shared expert."""
-
-    def __init__(self, width: int, heads: int = 2, experts: int = 4) -> None:
-        super().__init__()
-        self.heads, self.norm1, self.norm2 = heads, _RMSNorm(width), _RMSNorm(width)
-        self.q, self.k, self.v, self.o = (torch.nn.Linear(width, width, bias=False) for _ in range(4))
-        self.gate = torch.nn.Linear(width, experts, bias=False)
-        self.experts = torch.nn.ModuleList(_Expert(width) for _ in range(experts))
-        self.shared = _Expert(width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        h = self.norm1(x)
-        q, k, v = (p(h).view(b, t, self.heads, -1).transpose(1, 2) for p in (self.q, self.k, self.v))
-        cos, sin = torch.cos(q), torch.sin(q)
-        q, k = q * cos + _rotate(q) * sin, k * cos + _rotate(k) * sin
-        scores = torch.softmax(torch.matmul(q, k.transpose(2, 3)).float() / math.sqrt(q.shape[-1]), dim=-1)
-        x = x + self.o(torch.matmul(scores.to(q.dtype), v).transpose(1, 2).reshape(b, t, d))
-        h = self.norm2(x).view(-1, d)
-        weights, chosen = torch.topk(self.gate(h).softmax(-1), 2, dim=-1)
-        y = torch.zeros_like(h)
-        for e, expert in enumerate(self.experts):
-            rows = (chosen == e).any(-1).nonzero().squeeze(-1)
-            if rows.numel():
-                y.index_add_(0, rows, expert(h[rows]) * (weights * (chosen == e))[rows].sum(-1, keepdim=True))
-        return x + (y + self.shared(h)).view(b, t, d)
-
-
 def measure_module_host_factor(timer: _Timer, provisional: DeviceProfile, dev: str, dt: torch.dtype) -> float:
     """How much more the host part of an op costs inside module code than in a tight loop of one op.
 
-    Times a stack of tiny blocks (tiny tensors: the kernels cost next to nothing) in two common styles, an encoder
-    block (:class:`_TinyBlock`) and an LLM decoder layer with a mixture of experts (:class:`_DecoderBlock`), one
-    token at a time; predicts it with the tight-loop ``provisional`` profile, and returns (measured - predicted
-    device time) / predicted host time, at least 1: the cost of the Python lines between ops and of dispatch paths
+    Times the stacks of tiny synthetic blocks of :func:`opmeter.timemodel.synthetic.stacks` (tiny tensors: the
+    kernels cost next to nothing) in the common eager styles: encoder blocks and LLM decoder layers with a mixture of
+    experts one token at a time, windowed-attention image blocks with a relative-position bias and a convolutional
+    neck; predicts them with the tight-loop ``provisional`` profile, and returns (measured - predicted device time) /
+    predicted host time over all stacks, at least 1: the cost of the Python lines between ops and of dispatch paths
     that a loop over one op keeps hot. Synthetic blocks, not the workload a profile will predict.
     """
     from opmeter.timemodel.model import predict_cells
+    from opmeter.timemodel.synthetic import stacks
     from opmeter.trace import OpTracer
 
-    blocks = [_TinyBlock(16), _TinyBlock(16), _DecoderBlock(16), _DecoderBlock(16)]
-    model = torch.nn.Sequential(*blocks).to(device=dev, dtype=dt).eval()
-    x = torch.randn(1, 1, 16, device=dev, dtype=dt)
-    with OpTracer(model, nvtx=False) as trace:
-        model(x)
-    cells = predict_cells(trace, provisional)
-    host, device = float(cells["host_s"].sum()), float(cells["graph_s"].sum())
-    measured = timer.seconds_per_call(partial(model, x))
+    host = device = measured = 0.0
+    for model, x in stacks(dev, dt):
+        with OpTracer(model, nvtx=False) as trace:
+            model(x)
+        cells = predict_cells(trace, provisional)
+        host, device = host + float(cells["host_s"].sum()), device + float(cells["graph_s"].sum())
+        measured += timer.seconds_per_call(partial(model, x))
     return max((measured - device) / host, 1.0) if host > 0 else 1.0
 
 
-def _sizes(budget: Budget) -> list[int]:
-    """Elements per call for the bandwidth benchmarks: 4 KiB to the budget's largest size in fp32."""
-    sizes = [2**10, 2**12, 2**14, 2**16, 2**18, 2**20, 2**22, 2**24]
-    return [n for n in sizes if 4 * n <= budget.max_bytes]
+def _sizes(budget: Budget, limit: float = 0.0) -> list[int]:
+    """Elements per call for the bandwidth benchmarks: 4 KiB to ``limit`` bytes (the budget's ``max_bytes`` by
+    default) in fp32."""
+    sizes = [2**10, 2**12, 2**14, 2**16, 2**18, 2**20, 2**22, 2**24, 2**26]
+    return [n for n in sizes if 4 * n <= max(limit, budget.max_bytes)]
 
 
 def _memory_benches(kind: str, budget: Budget, dev: str, dt: torch.dtype) -> Iterable[tuple[str, Bench]]:
-    for n in _sizes(budget):
+    for n in _sizes(budget, budget.max_buffer_bytes if kind == "write" else 0.0):
         a = torch.randn(n, device=dev, dtype=dt)
         if kind == "read":  # read once, nothing written but one scalar
             yield f"sum(all) n={n}", partial(torch.sum, a)
@@ -331,6 +278,28 @@ def _memory_benches(kind: str, budget: Budget, dev: str, dt: torch.dtype) -> Ite
             yield f"full n={n}", partial(torch.full, (n,), 1.0, device=dev, dtype=dt)
         else:  # index reductions over one long row (greedy sampling over a vocabulary, top-k routing)
             yield f"argmax n={n}", partial(torch.argmax, a.reshape(1, -1), -1)
+
+
+def _release_points(timer: _Timer, budget: Budget, dev: str, dt: torch.dtype) -> tuple[BandwidthPoint, ...]:
+    """Seconds to release a written tensor of 1 MiB and more (CPU): large buffers go back to the operating system.
+
+    The ``write`` curve frees every output right away, so it includes this cost; the time model moves it to the
+    step where a generation loop releases the output of the first forward it held (:mod:`opmeter.timemodel.model`).
+    """
+    points = []
+    for n in _sizes(budget, budget.max_buffer_bytes):
+        nbytes = n * dt.itemsize
+        if nbytes < 2**20:
+            continue
+        samples = []
+        for _ in range(max(budget.min_calls, 5)):
+            x = torch.full((n,), 1.0, device=dev, dtype=dt)
+            start = timer.clock()
+            del x
+            samples.append(timer.clock() - start)
+        seconds = max(statistics.median(samples), 1e-7)
+        points.append(BandwidthPoint(bytes=float(nbytes), bytes_per_s=nbytes / seconds, label=f"release n={n}"))
+    return tuple(points)
 
 
 def _vector_benches(budget: Budget, dev: str, dt: torch.dtype) -> Iterable[tuple[str, Bench]]:
@@ -441,7 +410,7 @@ def calibrate(device: str = "cpu", dtype: str = "float32", threads: int | None =
 
 
 def _run(dev: str, dt: torch.dtype, budget: Budget, progress: Callable[[str], None]) -> DeviceProfile:
-    timer = _Timer(dev, budget)
+    timer = _Timer(dev, budget, pick_clock(dev))
     torch.manual_seed(0)
     progress("host cost per op kind")
     host, module_call = measure_host(timer, dev, dt)
@@ -463,6 +432,9 @@ def _run(dev: str, dt: torch.dtype, budget: Budget, progress: Callable[[str], No
         progress(f"{kind} bandwidth")
         bandwidth[kind] = _bandwidth_points(timer, _memory_benches(kind, budget, dev, dt),
                                             host[_MEMORY_HOST.get(kind, kind)])
+    if dev == "cpu":
+        progress("release of large buffers")
+        bandwidth[RELEASE] = _release_points(timer, budget, dev, dt)
     notes = ("CPU: kernels run synchronously, host cost and kernel time add up",) if dev == "cpu" else (
         "CUDA: batches timed with CUDA events; host cost = launch-bound host time per tiny op",)
     profile = DeviceProfile(

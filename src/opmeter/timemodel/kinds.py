@@ -27,6 +27,8 @@ COMPUTE_KINDS: Final = ("mm", "addmm", "bmm", "linear", "sdpa", "conv", "vector"
 MEMORY_KINDS: Final = ("read", "write", "arg_reduction")
 """Bandwidth curves of a profile; ``read_write`` ops use ``read`` and ``write``."""
 RW: Final = "read_write"
+RELEASE: Final = "release"
+"""Bandwidth curve of releasing a written buffer (CPU profiles only; see :mod:`opmeter.timemodel.model`)."""
 
 _GEMM_KIND: Final = {"mm": "mm", "addmm": "addmm", "bmm": "bmm", "baddbmm": "bmm", "matmul": "mm", "linear": "linear",
                      "mv": "mm", "addmv": "addmm", "dot": "mm", "vdot": "mm", "_addmm_activation": "addmm"}
@@ -84,4 +86,4 @@ _HOST_BY_CATEGORY: Final[dict[str, str]] = {
     cat.RNG_SAMPLING: "elementwise", cat.OTHER: "other",
 }
 
-__all__ = ["COMPUTE_KINDS", "HOST_KINDS", "MEMORY_KINDS", "RW", "OpKind", "classify", "packet"]
+__all__ = ["COMPUTE_KINDS", "HOST_KINDS", "MEMORY_KINDS", "RELEASE", "RW", "OpKind", "classify", "packet"]

@@ -8,8 +8,12 @@ For each traced cell (stage group, module call path, op) with ``calls`` calls, F
               (profile.bandwidth; argmax / top-k / sort: all bytes at their own measured bandwidth)
     time    = host + max(compute, memory)
 
-plus one host cost per ``nn.Module`` call (``profile.module_call_s``, scaled alike), booked to the module. Three
-scenarios, each with its assumptions (:data:`SCENARIOS`):
+plus one host cost per ``nn.Module`` call (``profile.module_call_s``, scaled alike), booked to the module. Per-call
+sizes: the calls of a cell that moved 1 MiB or more are costed per half-octave of size from the trace's histogram
+(``Trace.large_calls``), the others at their mean. A generation loop holds the first forward's output (the logits)
+until the next forward returns, so the release of that buffer (``profile.bandwidth["release"]``, CPU) is moved
+from the prefill cell that wrote it to a decode row (:func:`held_output`, :data:`HELD_RELEASE`). Three scenarios,
+each with its assumptions (:data:`SCENARIOS`):
 
 * ``eager``: the formula above; one kernel per traced op, host and device work in series (exact on a CPU, where
   kernels run synchronously; on a GPU it assumes the host never runs ahead of the device);
@@ -33,11 +37,13 @@ from typing import Any, Final
 import attrs
 import pandas as pd
 
-from opmeter.timemodel.kinds import RW, classify
+from opmeter.timemodel.kinds import RELEASE, RW, classify
 from opmeter.timemodel.profile import DeviceProfile
 
 MODULE_CALL: Final = "<module call>"
 """Pseudo-op of the rows holding the ``nn.Module`` call cost."""
+HELD_RELEASE: Final = "<release of the first forward's output>"
+"""Pseudo-op of the decode row holding the release of the output the generation loop held (see :func:`predict`)."""
 
 SCENARIOS: Final[dict[str, str]] = {
     "eager": "one kernel per traced op, each paying its host/launch cost; host and device work in series",
@@ -80,19 +86,42 @@ def _memory_seconds(profile: DeviceProfile, kind: str, read: float, written: flo
     return seconds + (written / profile.bytes_rate("write", written) if written > 0 else 0.0)
 
 
-def _cell_row(profile: DeviceProfile, op: str, category: str, vals: Sequence[Any], peaks: Peaks) -> dict[str, Any]:
+def _parts(vals: Sequence[Any], large: Sequence[Sequence[Any]]) -> list[tuple[float, ...]]:
+    """The calls of one cell as groups of similar size: each half-octave of large calls (the trace's size
+    histogram) and the rest at their mean; the whole cell at its mean when the histogram does not fit in it."""
+    whole = tuple(float(v) for v in vals[:5])
+    if not large:
+        return [whole]
+    buckets = [tuple(float(v) for v in b[:5]) for b in large]
+    rest = tuple(w - sum(b[i] for b in buckets) for i, w in enumerate(whole))
+    if any(v < -1e-6 * max(abs(w), 1.0) for v, w in zip(rest, whole, strict=True)):
+        return [whole]  # e.g. parts of a decomposed op noted under another key: keep the mean
+    return [*buckets, *([tuple(max(v, 0.0) for v in rest)] if rest[0] >= 1 else [])]
+
+
+def _part_times(profile: DeviceProfile, kind: Any, part: tuple[float, ...]) -> tuple[float, float]:
+    """(compute, memory) seconds of ``calls`` calls of the same per-call size."""
+    calls, flops, nread, nwritten = part[0], part[1] + part[2], part[3], part[4]
+    n = max(calls, 1.0)
+    compute = flops / profile.flops_rate(kind.compute, flops / n, (nread + nwritten) / n) if flops > 0 else 0.0
+    return compute, _memory_seconds(profile, kind.memory, nread / n, nwritten / n) * calls
+
+
+def _cell_row(profile: DeviceProfile, op: str, category: str, vals: Sequence[Any], peaks: Peaks,
+              large: Sequence[Sequence[Any]] = ()) -> dict[str, Any]:
     calls, ft, fc, nread, nwritten = vals[0], float(vals[1]), float(vals[2]), float(vals[3]), float(vals[4])
-    flops, nbytes, n = ft + fc, nread + nwritten, max(calls, 1)
+    flops, nbytes = ft + fc, nread + nwritten
     kind = classify(op, category, flops, nbytes)
-    compute = flops / profile.flops_rate(kind.compute, flops / n, nbytes / n) if flops > 0 else 0.0
-    memory = _memory_seconds(profile, kind.memory, nread / n, nwritten / n) * calls
+    times = [_part_times(profile, kind, part) for part in _parts(vals, large)]
+    compute, memory = sum(c for c, _ in times), sum(m for _, m in times)
+    device = sum(max(c, m) for c, m in times)
     host = calls * profile.host_cost(kind.host)
     bound = max(ft / peaks.tensor_flops_per_s + fc / peaks.cuda_flops_per_s, nbytes / peaks.bytes_per_s)
-    device = max(compute, memory)
     return {"op": op, "category": category, "host_kind": kind.host, "compute_kind": kind.compute,
             "memory_kind": kind.memory, "calls": calls, "flops": flops, "bytes": nbytes, "host_s": host,
-            "compute_s": compute, "memory_s": memory, "limit": "compute" if compute >= memory else "memory",
-            "eager_s": host + device, "graph_s": device, "bound_s": bound}
+            "compute_s": compute, "memory_s": memory, "device_s": device,
+            "limit": "compute" if compute >= memory else "memory", "eager_s": host + device, "graph_s": device,
+            "bound_s": bound}
 
 
 def predict_cells(trace: Any, profile: DeviceProfile, peaks: Peaks | None = None) -> pd.DataFrame:
@@ -104,11 +133,14 @@ def predict_cells(trace: Any, profile: DeviceProfile, peaks: Peaks | None = None
     """
     peaks = peaks or Peaks.of_profile(profile)
     rows = []
+    large_calls = getattr(trace, "large_calls", {})
     for (gid, ctx), ops in trace.cells.items():
         group, module = trace.groups[gid], trace.modules[trace.contexts[ctx][1]].path
+        large = large_calls.get((gid, ctx), {})
         for op, vals in ops.items():
             category = trace.op_info.get(op, ("unclassified", False))[0]
-            rows.append({"group": group, "module": module, **_cell_row(profile, op, category, vals, peaks)})
+            rows.append({"group": group, "module": module,
+                         **_cell_row(profile, op, category, vals, peaks, large.get(op, ()))})
     for (gid, ctx), (calls, _time) in trace.ctx_stats.items():
         if not calls:
             continue
@@ -116,10 +148,11 @@ def predict_cells(trace: Any, profile: DeviceProfile, peaks: Peaks | None = None
         rows.append({"group": trace.groups[gid], "module": trace.modules[trace.contexts[ctx][1]].path,
                      "op": MODULE_CALL, "category": "module_call", "host_kind": "module_call", "compute_kind": "",
                      "memory_kind": "", "calls": calls, "flops": 0.0, "bytes": 0.0, "host_s": host,
-                     "compute_s": 0.0, "memory_s": 0.0, "limit": "compute", "eager_s": host, "graph_s": 0.0,
+                     "compute_s": 0.0, "memory_s": 0.0, "device_s": 0.0, "limit": "compute", "eager_s": host,
+                     "graph_s": 0.0,
                      "bound_s": 0.0})
     cols = ["group", "module", "op", "category", "host_kind", "compute_kind", "memory_kind", "calls", "flops", "bytes",
-            "host_s", "compute_s", "memory_s", "limit", "eager_s", "graph_s", "bound_s"]
+            "host_s", "compute_s", "memory_s", "device_s", "limit", "eager_s", "graph_s", "bound_s"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -142,7 +175,7 @@ def stage_of(cells: pd.DataFrame, vision_roots: Sequence[str] = ()) -> pd.Series
 
 def _split(df: pd.DataFrame) -> dict[str, float]:
     """Where the eager time goes: compute-limited and memory-limited device time, host/launch overhead."""
-    device = df[["compute_s", "memory_s"]].max(axis=1)
+    device = df["device_s"]
     return {"compute_s": float(device[df["limit"] == "compute"].sum()),
             "memory_s": float(device[df["limit"] == "memory"].sum()), "host_s": float(df["host_s"].sum()),
             "eager_s": float(df["eager_s"].sum()), "graph_s": float(df["graph_s"].sum()),
@@ -216,6 +249,48 @@ class TimePrediction:
         return out.sort_values("eager_s", ascending=False, ignore_index=True)
 
 
+def held_output(trace: Any) -> tuple[str, str, float] | None:
+    """(module, op, bytes per call) of the first forward's output that a generation loop holds until the next forward
+    returns: the largest output one call writes in the prefill under the last module the root calls first (the LM
+    head of a causal LM: its logits). ``None`` without a prefill or a child of the root."""
+    if "prefill" not in trace.groups:
+        return None
+    prefill = trace.groups.index("prefill")
+    children = [(trace.first_call[i], m.path) for i, m in enumerate(trace.modules)
+                if m.depth == 1 and i < len(trace.first_call) and trace.first_call[i] >= 0]
+    if not children:
+        return None
+    last, best = max(children)[1], None
+    large_calls = getattr(trace, "large_calls", {})
+    for (gid, ctx), ops in trace.cells.items():
+        path = trace.modules[trace.contexts[ctx][1]].path
+        if gid != prefill or not _under(path, (last,)):
+            continue
+        for op, vals in ops.items():
+            sizes = [b[4] / b[0] for b in large_calls.get((gid, ctx), {}).get(op, ()) if b[0]]
+            size = max(sizes or [vals[4] / max(vals[0], 1)])
+            if best is None or size > best[2]:
+                best = (path, op, float(size))
+    return best
+
+
+def _move_release(cells: pd.DataFrame, profile: DeviceProfile, held: tuple[str, str, float]) -> pd.DataFrame:
+    """Move the release of the held output from the prefill cell that wrote it (the ``write`` curve frees at once)
+    to a decode row."""
+    module, op, nbytes = held
+    seconds = nbytes / profile.bytes_rate(RELEASE, nbytes) if nbytes > 0 else 0.0
+    at = cells.index[(cells["group"] == "prefill") & (cells["module"] == module) & (cells["op"] == op)]
+    if not len(at) or not seconds > 0:
+        return cells
+    cols = ["memory_s", "device_s", "eager_s", "graph_s"]
+    moved = min(seconds, float(cells.loc[at[0], "device_s"]))
+    cells.loc[at[0], cols] = (cells.loc[at[0], cols] - moved).clip(lower=0.0)
+    row = {**{c: 0.0 for c in cells.columns}, "group": "decode", "module": module, "op": HELD_RELEASE,
+           "category": "release", "host_kind": "release", "compute_kind": "", "memory_kind": RELEASE,
+           "limit": "memory", "memory_s": moved, "device_s": moved, "eager_s": moved, "graph_s": moved}
+    return pd.concat([cells, pd.DataFrame([row], columns=cells.columns)], ignore_index=True)
+
+
 def predict(trace: Any, profile: DeviceProfile, decode_steps: int, vision_roots: Sequence[str] = (),
             hardware: Any = None) -> TimePrediction:
     """The :class:`TimePrediction` of ``trace`` on ``profile``.
@@ -236,9 +311,12 @@ def predict(trace: Any, profile: DeviceProfile, decode_steps: int, vision_roots:
     """
     peaks = Peaks.of_hardware(hardware) or Peaks.of_profile(profile)
     cells = predict_cells(trace, profile, peaks)
+    held = held_output(trace) if decode_steps > 0 and profile.bandwidth.get(RELEASE) else None
+    if held is not None:
+        cells = _move_release(cells, profile, held)
     cells["stage"] = stage_of(cells, vision_roots)
     return TimePrediction(cells=cells, decode_steps=decode_steps, profile=profile, peaks=peaks)
 
 
-__all__ = ["DECODE_GROUPS", "MODULE_CALL", "SCENARIOS", "STAGES", "Peaks", "TimePrediction", "predict",
-           "predict_cells", "stage_of"]
+__all__ = ["DECODE_GROUPS", "HELD_RELEASE", "MODULE_CALL", "SCENARIOS", "STAGES", "Peaks", "TimePrediction",
+           "held_output", "predict", "predict_cells", "stage_of"]

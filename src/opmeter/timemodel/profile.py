@@ -9,9 +9,9 @@ A profile holds, for one device, dtype and thread count:
   points ``(flops per call, bytes per call, achieved FLOP/s)``; the achieved rate of another call is interpolated from
   the nearest points in (log size, log arithmetic intensity), the intensity standing for the shape class (a GEMV has
   about 0.5 FLOP per byte in fp32, a square GEMM hundreds);
-* ``bandwidth``: per memory kind (``read``, ``write``, ``arg_reduction``), points ``(bytes per call, achieved
-  bytes/s)``, interpolated in log size (small tensors stay in cache and run faster than DRAM; large fresh outputs
-  pay page faults).
+* ``bandwidth``: per memory kind (``read``, ``write``, ``arg_reduction``; on a CPU also ``release``, the time to
+  free a large written buffer), points ``(bytes per call, achieved bytes/s)``, interpolated in log size (small
+  tensors stay in cache and run faster than DRAM; large fresh outputs pay page faults).
 
 Profiles are JSON files (orjson) with a ``schema_version``; :func:`load_profile` refuses any other schema with one
 clear line. A profile made of documented defaults instead of measurements (:mod:`opmeter.timemodel.defaults`) says

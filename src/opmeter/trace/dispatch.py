@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from opmeter.trace.categories import ATTENTION, COMPUTE
 from opmeter.trace.formulas import OpInfo, compile_op
-from opmeter.trace.recorder import Recorder, UncountedOpWarning
+from opmeter.trace.recorder import LARGE_CALL_BYTES, Recorder, UncountedOpWarning
 from opmeter.trace.refusals import check_subclass_types, refuse_nested_args
 
 _EMPTY: dict[str, Any] = {}
@@ -192,6 +192,8 @@ class CountingMode(TorchDispatchMode):
         s[2] += fc
         s[3] += br
         s[4] += bw
+        if br + bw >= LARGE_CALL_BYTES:
+            rec.note_large(key, ft, fc, br, bw)
         return out
 
 
@@ -261,6 +263,8 @@ class FullMode(CountingMode):
         s[3] += br
         s[4] += bw
         s[5] += dt
+        if br + bw >= LARGE_CALL_BYTES:
+            rec.note_large(key, ft, fc, br, bw)
         if self.record_shapes or self.log is not None:
             sig = _shape_sig(args)
             if self.record_shapes:

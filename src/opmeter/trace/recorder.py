@@ -7,10 +7,11 @@ switch those two references. Everything else is derived when the trace is querie
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import warnings
-from typing import Any
+from typing import Any, Final
 
 import torch
 
@@ -20,6 +21,10 @@ from opmeter.trace.modules import ROOT_INDEX, ModuleRecord
 from opmeter.trace.trace import SPAN_CAP, StageRecord, Trace
 
 _perf = time.perf_counter
+LARGE_CALL_BYTES: Final = 1 << 20
+"""An op call moving at least this many bytes is also added to its cell's size histogram (``Trace.large_calls``):
+a cell mixing a few large calls with many small ones is then not costed at its mean size. Rare, so off the hot
+path's common branch."""
 
 
 def _no_sync() -> None:
@@ -78,6 +83,8 @@ class Recorder:
         self.cell: dict[int, list[Any]] = {}
         self.stage_tot: list[Any] = [0, 0, 0.0, 0, 0, 0.0]
         self.backward = BackwardAttribution(self)
+        self.large: dict[tuple[int, int, int, int], list[Any]] = {}
+        """(stage group, context, op key, half-octave of bytes per call) -> [calls, ft, fc, br, bw]."""
         self._switch(self._new_stage(st.SETUP, st.SETUP, st.GLUE))
         self.glue[st.SETUP] = self.stage_idx
 
@@ -320,6 +327,18 @@ class Recorder:
                 idx = self.glue[gname] = self._new_stage(gname, gname, st.GLUE)
             self._switch(idx)
 
+    def note_large(self, key: int, ft: Any, fc: Any, br: Any, bw: Any) -> None:
+        """Add one call of at least :data:`LARGE_CALL_BYTES` to the size histogram of the current cell."""
+        where = (self.gid, self.stack[-1], key, int(2 * math.log2(br + bw)))
+        acc = self.large.get(where)
+        if acc is None:
+            acc = self.large[where] = [0, 0, 0.0, 0, 0]
+        acc[0] += 1
+        acc[1] += ft
+        acc[2] += fc
+        acc[3] += br
+        acc[4] += bw
+
     # ------------------------------------------------------------------------------------------- finish
 
     def finish(self, names: dict[int, str]) -> None:
@@ -344,6 +363,10 @@ class Recorder:
                 if ops:
                     cells[(gid, ctx)] = {names.get(k, str(k)): vals for k, vals in ops.items()}
         self.trace.cells = cells
+        large: dict[tuple[int, int], dict[str, list[list[Any]]]] = {}
+        for (gid, ctx, key, _bucket), vals in sorted(self.large.items()):
+            large.setdefault((gid, ctx), {}).setdefault(names.get(key, str(key)), []).append(vals)
+        self.trace.large_calls = large
         self.trace.ctx_stats = {(gid, ctx): s for gid, gstats in enumerate(self.stats_by_gid)
                                 for ctx, s in enumerate(gstats) if s is not None}
         self.trace.first_call = self.first_call

@@ -42,6 +42,7 @@ _ROWS: Final[dict[str, tuple[str, ...]]] = {
     "spans": ("int", "int", "num", "num", "int"),
     "stage_spans": ("int", "num", "num"),
     "shapes": ("int", "int", "str", "str", "int"),
+    "large_calls": ("int", "int", "str", "num", "num", "num", "num", "num"),
 }
 _REQUIRED: Final = ("modules", "first_call", "contexts", "groups", "cells", "ctx_stats", "stages", "op_info",
                     "complete")

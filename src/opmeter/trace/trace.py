@@ -96,6 +96,9 @@ class Trace:
     op_dtypes: dict[str, list[str]] = attrs.Factory(dict)
     uncounted_ops: list[str] = attrs.Factory(list)
     """Compute ops (gemm, attention, convolution) with no FLOP formula: FLOPs unknown, not zero (:meth:`uncounted`)."""
+    large_calls: dict[tuple[int, int], dict[str, list[list[Any]]]] = attrs.Factory(dict)
+    """Per cell and op, the calls that moved at least 1 MiB each, by half-octave of bytes per call: ``[calls,
+    flops_tensor, flops_cuda, bytes_read, bytes_written]`` (the time model costs them at their own size)."""
     schema_version: str = SCHEMA_VERSION
     _stage_ctl: Any = attrs.field(default=None, repr=False)
 
@@ -620,6 +623,8 @@ class Trace:
             "formula_errors": self.formula_errors,
             "op_dtypes": self.op_dtypes,
             "uncounted_ops": self.uncounted_ops,
+            "large_calls": [[g, c, op, *v] for (g, c), ops in self.large_calls.items() for op, vs in ops.items()
+                            for v in vs],
         }
         if tables:
             d["tables"] = {
@@ -683,6 +688,8 @@ class Trace:
                 tot[5] = _none_nan(tot[5])
                 t.stage_records.append(StageRecord(name, group, index, kind, tokens, batch, tot,
                                                    _none_nan(time_s), calls))
+            for g, c, op, *v in d.get("large_calls", []):
+                t.large_calls.setdefault((int(g), int(c)), {}).setdefault(op, []).append(list(v))
             for g, c, op, sig, n in d.get("shapes", []):
                 t.shapes_raw.setdefault((int(g), int(c), op), {})[sig] = n
             stored = d.get("uncounted_ops")

@@ -1,0 +1,169 @@
+"""Synthetic eager-style blocks whose host cost calibrates the time model's ``module_host_factor``.
+
+Generic architectures in the styles eager PyTorch model code is written in, with tiny widths so that their kernels
+cost next to nothing and their time is the host's: Python lines between ops, ``nn.Module`` calls, dispatch of many
+different ops one after the other. None of them is the model a profile will predict:
+
+* :class:`TinyBlock`: a pre-norm encoder block (fused attention, SiLU MLP);
+* :class:`DecoderBlock`: an LLM decoder layer (RMSNorm in Python, rotary embedding, matmul attention, a top-2 mixture
+  of experts dispatched by a Python loop over experts, a shared expert), one token at a time;
+* :class:`WindowedBlock`: an image transformer block on ``[B, H, W, C]`` maps (window partition with padding, a
+  decomposed relative-position bias built from coordinate tables and passed to fused attention as a mask, window
+  merge, GELU MLP);
+* :class:`ConvNeck`: 1x1 and 3x3 convolutions with a channel norm written in Python and a resize.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+class TinyBlock(torch.nn.Module):
+    """A pre-norm transformer block in the usual eager style, for the host cost of ops inside module code."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = torch.nn.LayerNorm(width), torch.nn.LayerNorm(width)
+        self.qkv, self.out = torch.nn.Linear(width, 3 * width), torch.nn.Linear(width, width)
+        self.up, self.down = torch.nn.Linear(width, 2 * width), torch.nn.Linear(2 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, 2, d // 2).permute(2, 0, 3, 1, 4).unbind(0)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d)
+        x = x + self.out(a)
+        return x + self.down(F.silu(self.up(self.norm2(x))))
+
+
+class RMSNorm(torch.nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.to(torch.float32)
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return self.weight * x.to(dtype)
+
+
+class Expert(torch.nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.gate, self.up = torch.nn.Linear(width, width, bias=False), torch.nn.Linear(width, width, bias=False)
+        self.down = torch.nn.Linear(width, width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+def _rotate(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class DecoderBlock(torch.nn.Module):
+    """A decoder layer in the style of common eager LLM code: RMSNorm in Python, rotary embedding, matmul attention,
+    a top-2 of 4 mixture of experts dispatched by a Python loop over experts, a shared expert."""
+
+    def __init__(self, width: int, heads: int = 2, experts: int = 4) -> None:
+        super().__init__()
+        self.heads, self.norm1, self.norm2 = heads, RMSNorm(width), RMSNorm(width)
+        self.q, self.k, self.v, self.o = (torch.nn.Linear(width, width, bias=False) for _ in range(4))
+        self.gate = torch.nn.Linear(width, experts, bias=False)
+        self.experts = torch.nn.ModuleList(Expert(width) for _ in range(experts))
+        self.shared = Expert(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        h = self.norm1(x)
+        q, k, v = (p(h).view(b, t, self.heads, -1).transpose(1, 2) for p in (self.q, self.k, self.v))
+        cos, sin = torch.cos(q), torch.sin(q)
+        q, k = q * cos + _rotate(q) * sin, k * cos + _rotate(k) * sin
+        scores = torch.softmax(torch.matmul(q, k.transpose(2, 3)).float() / math.sqrt(q.shape[-1]), dim=-1)
+        x = x + self.o(torch.matmul(scores.to(q.dtype), v).transpose(1, 2).reshape(b, t, d))
+        h = self.norm2(x).view(-1, d)
+        weights, chosen = torch.topk(self.gate(h).softmax(-1), 2, dim=-1)
+        y = torch.zeros_like(h)
+        for e, expert in enumerate(self.experts):
+            rows = (chosen == e).any(-1).nonzero().squeeze(-1)
+            if rows.numel():
+                y.index_add_(0, rows, expert(h[rows]) * (weights * (chosen == e))[rows].sum(-1, keepdim=True))
+        return x + (y + self.shared(h)).view(b, t, d)
+
+
+class WindowedBlock(torch.nn.Module):
+    """Windowed self-attention over an image map with a decomposed relative-position bias, then a GELU MLP."""
+
+    def __init__(self, width: int, window: int, heads: int = 2) -> None:
+        super().__init__()
+        self.window, self.heads = window, heads
+        self.norm1, self.norm2 = torch.nn.LayerNorm(width), torch.nn.LayerNorm(width)
+        self.qkv, self.proj = torch.nn.Linear(width, 3 * width), torch.nn.Linear(width, width)
+        self.fc1, self.fc2 = torch.nn.Linear(width, 2 * width), torch.nn.Linear(2 * width, width)
+        self.act = torch.nn.GELU()
+        self.rel = torch.nn.Parameter(torch.randn(2 * window - 1, width // heads))
+
+    def _bias(self, q: torch.Tensor, side: int) -> torch.Tensor:
+        coords = torch.arange(side, device=q.device)
+        table = self.rel[(coords[:, None] - coords[None, :] + side - 1).long()]  # [side, side, head_dim]
+        grid = q.reshape(q.shape[0], side, side, -1)
+        rows = torch.einsum("bhwc,hkc->bhwk", grid, table)
+        cols = torch.einsum("bhwc,wkc->bhwk", grid, table)
+        return (rows[:, :, :, :, None] + cols[:, :, :, None, :]).reshape(q.shape[0], side * side, side * side)
+
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        qkv = self.qkv(x).reshape(b, h * w, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.reshape(3, b * self.heads, h * w, -1).unbind(0)
+        bias = self._bias(q, h).view(b, self.heads, h * w, h * w)
+        shape = (b, self.heads, h * w, -1)
+        out = F.scaled_dot_product_attention(q.view(shape), k.view(shape), v.view(shape), attn_mask=bias)
+        return self.proj(out.view(b, self.heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        s = self.window
+        pad = (s - h % s) % s
+        y = F.pad(self.norm1(x), (0, 0, 0, pad, 0, pad))
+        n = (h + pad) // s
+        windows = y.view(b, n, s, n, s, c).permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, s, s, c)
+        y = self._attend(windows).view(b, n, n, s, s, c).permute(0, 1, 3, 2, 4, 5).contiguous()
+        x = x + y.view(b, n * s, n * s, c)[:, :h, :w, :].contiguous()
+        return x + self.fc2(self.act(self.fc1(self.norm2(x))))
+
+
+class ConvNeck(torch.nn.Module):
+    """Channels-last map to a smaller channels-first map: 1x1 conv, channel norm, 3x3 conv, resize."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.reduce = torch.nn.Conv2d(width, width // 2, 1, bias=False)
+        self.conv = torch.nn.Conv2d(width // 2, width // 2, 3, padding=1, bias=False)
+        self.weight, self.bias = torch.nn.Parameter(torch.ones(width // 2)), torch.nn.Parameter(torch.zeros(width // 2))
+
+    def _channel_norm(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        x = (x - mean) / torch.sqrt(var + 1e-6)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._channel_norm(self.reduce(x.permute(0, 3, 1, 2)))
+        y = self._channel_norm(self.conv(y))
+        return F.interpolate(y, scale_factor=0.5, mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+
+
+def stacks(dev: str, dt: torch.dtype, width: int = 16) -> list[tuple[torch.nn.Module, torch.Tensor]]:
+    """(module, input) pairs: a token stack (two encoder blocks, two decoder layers, one token) and an image stack
+    (two windowed blocks on a 6 x 6 map with 4 x 4 windows, a neck), in ``dt`` on ``dev``."""
+    tokens = torch.nn.Sequential(TinyBlock(width), TinyBlock(width), DecoderBlock(width), DecoderBlock(width))
+    image = torch.nn.Sequential(WindowedBlock(width, 4), WindowedBlock(width, 4), ConvNeck(width))
+    return [(tokens.to(device=dev, dtype=dt).eval(), torch.randn(1, 1, width, device=dev, dtype=dt)),
+            (image.to(device=dev, dtype=dt).eval(), torch.randn(1, 6, 6, width, device=dev, dtype=dt))]
+
+
+__all__ = ["ConvNeck", "DecoderBlock", "RMSNorm", "TinyBlock", "WindowedBlock", "stacks"]
