@@ -58,7 +58,7 @@ def hand_trace() -> Trace:
 
 
 def test_cell_arithmetic_stages_and_split() -> None:
-    pred = predict(hand_trace(), flat_profile(), decode_steps=3, vision_roots=("vis",))
+    pred = predict(hand_trace(), flat_profile(), decode_steps=3, request_roots=("vis",))
     st = pred.by_stage().set_index("stage")
     # vision: 2 mm calls: host 2 x 10 us + max(2 GFLOP at 1 GFLOP/s, 2 MB at 1 GB/s) = 2 s
     assert st.loc["vision", "eager_s"] == pytest.approx(2 + 2e-5)
@@ -188,3 +188,14 @@ def test_defaults_for_a_gpu_entry_are_labelled() -> None:
     big = choice.profile.flops_rate("mm", 1e13, 1e11)
     small = choice.profile.flops_rate("mm", 1e6, 1e4)
     assert big == pytest.approx(0.7 * 989.4e12, rel=0.01) and small < 0.1 * big
+
+
+def test_the_request_stage_is_its_explicit_group_or_its_modules_in_the_prefill() -> None:
+    import pandas as pd
+
+    from opmeter.timemodel.model import stage_of
+
+    cells = pd.DataFrame({"group": ["encoder", "prefill", "prefill", "setup", "decode"],
+                          "module": ["enc.layer", "enc.layer", "lm_head", "<outside>", "lm_head"]})
+    assert list(stage_of(cells, ("enc",), "encoder")) == ["vision", "vision", "prefill", "setup", "decode"]
+    assert list(stage_of(cells, (), "vision")) == ["other", "prefill", "prefill", "setup", "decode"]

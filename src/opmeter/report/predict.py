@@ -11,6 +11,7 @@ import torch
 from opmeter.hardware import HARDWARE, HardwareSpec, detect_hardware, lookup
 from opmeter.join import Joined
 from opmeter.models.base import ModelAdapter, Prediction, Workload
+from opmeter.structure import StageSpec
 from opmeter.trace import Trace
 
 DEFAULT_HARDWARE = "H100-SXM"
@@ -58,7 +59,7 @@ def predict(adapter: ModelAdapter, trace: Trace, workload: Workload, preset: str
     return adapter.predict(trace, workload, preset, hardware.predict)
 
 
-def time_model(trace: Trace, joined: Joined, decode_steps: int, request_modules: tuple[str, ...], device: str,
+def time_model(trace: Trace, joined: Joined, decode_steps: int, request: StageSpec, device: str,
                executed: bool, profile: Any, hardware: HardwareChoice) -> dict[str, Any]:
     """The time model's assessment (:mod:`opmeter.timemodel.assess`) as a dict for ``joined.metadata``."""
     from opmeter.timemodel.assess import assess, choose_profile
@@ -69,6 +70,6 @@ def time_model(trace: Trace, joined: Joined, decode_steps: int, request_modules:
     component_of: Mapping[str, str] = (dict(zip(mods["module"], mods["component"], strict=True))
                                        if "component" in mods else {})
     bound_hw = hardware.predict if (not executed or hardware.comparable) else None  # else the profile's own peaks
-    result = assess(trace, choice, joined.runtime if executed else None, decode_steps, request_modules, bound_hw,
-                    joined.by_component(), component_of)
+    result = assess(trace, choice, joined.runtime if executed else None, decode_steps, request.request_modules,
+                    bound_hw, joined.by_component(), component_of, request.request_stage)
     return result.to_dict()

@@ -283,7 +283,7 @@ class _Pipeline:
             joined = self._join(adapter, trace, prediction, execution, model, hardware)
         with timed(self.seconds, "time_model"):
             joined.metadata["time_model"] = time_model(
-                trace, joined, workload.decode_steps, adapter.stage_spec.request_modules, device,
+                trace, joined, workload.decode_steps, adapter.stage_spec, device,
                 execution is not None and device in ("cpu", "cuda"), o.profile, hardware)
         verification = self._verification(adapter, preset)  # before anything is written, like everything else
         head = prediction.headline if prediction is not None else {}

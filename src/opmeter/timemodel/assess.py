@@ -234,8 +234,8 @@ def component_rows(prediction: TimePrediction | None, components: Any, component
 
 
 def assess(trace: Any, choice: ProfileChoice, runtime: Mapping[str, Any] | None, decode_steps: int,
-           vision_roots: Sequence[str], hardware: Any = None, components: Any = None,
-           component_of: Mapping[str, str] | None = None) -> TimeAssessment:
+           request_roots: Sequence[str], hardware: Any = None, components: Any = None,
+           component_of: Mapping[str, str] | None = None, request_group: str = "vision") -> TimeAssessment:
     """Predict ``trace`` with the chosen profile and compare with the measured ``runtime`` (a runtime dict).
 
     ``components`` (the join's per-component table, with measured ``time_s`` when timed) and ``component_of``
@@ -245,7 +245,7 @@ def assess(trace: Any, choice: ProfileChoice, runtime: Mapping[str, Any] | None,
 
     prediction = None
     if choice.profile is not None:
-        prediction = predict(trace, choice.profile, decode_steps, vision_roots, hardware)
+        prediction = predict(trace, choice.profile, decode_steps, request_roots, hardware, request_group)
     result = TimeAssessment(choice, prediction, measured_times(runtime))
     rows = component_rows(prediction, components, component_of or {}, result.comparable)
     return attrs.evolve(result, components=rows)

@@ -22,10 +22,11 @@ each with its assumptions (:data:`SCENARIOS`):
 * ``bound``: the datasheet roofline ``max(tensor FLOPs / tensor peak + CUDA-core FLOPs / CUDA-core peak,
   bytes / bandwidth)`` of the hardware entry when its peaks are known, else of the profile's best measured rates.
 
-Stages: ``vision`` = cells of the first forward under the vision modules, ``prefill`` = the rest of the first
-forward, TTFT = vision + prefill; ``decode`` = every decode step plus the glue between forwards (what a measured
-TPOT includes); TPOT = decode / steps; ``total`` = TTFT + decode (the generation, as measured from the first forward
-to the last step); ``setup`` (preprocessing ops before the first forward) is predicted apart.
+Stages: ``vision`` = the model's request stage (vision tower or encoder: its explicit stage, or the cells of the first
+forward under its modules), ``prefill`` = the rest of the first forward, TTFT = vision + prefill; ``decode`` = every
+decode step plus the glue between forwards (what a measured TPOT includes); TPOT = decode / steps; ``total`` = TTFT +
+decode (the generation, as measured from the first forward to the last step); ``setup`` (preprocessing ops before the
+first forward) is predicted apart.
 """
 
 from __future__ import annotations
@@ -160,11 +161,18 @@ def _under(module: str, roots: Sequence[str]) -> bool:
     return any(module == r or module.startswith(r + ".") for r in roots)
 
 
-def stage_of(cells: pd.DataFrame, vision_roots: Sequence[str] = ()) -> pd.Series:
-    """Report stage of every cell: ``vision``, ``prefill``, ``decode``, ``setup`` or ``other``."""
+def stage_of(cells: pd.DataFrame, request_roots: Sequence[str] = (), request_group: str = "vision") -> pd.Series:
+    """Report stage of every cell: ``vision`` (the model's request stage, whatever its name), ``prefill``,
+    ``decode``, ``setup`` or ``other``.
+
+    Request work is the explicit stage group ``request_group`` (marked while tracing, wherever it ran) or, in traces
+    without the marks, the first forward's cells under ``request_roots``.
+    """
     def one(group: str, module: str) -> str:
+        if group == request_group:
+            return "vision"
         if group == "prefill":
-            return "vision" if _under(module, vision_roots) else "prefill"
+            return "vision" if _under(module, request_roots) else "prefill"
         if group in DECODE_GROUPS:
             return "decode"
         return "setup" if group == "setup" else "other"
@@ -291,8 +299,8 @@ def _move_release(cells: pd.DataFrame, profile: DeviceProfile, held: tuple[str, 
     return pd.concat([cells, pd.DataFrame([row], columns=cells.columns)], ignore_index=True)
 
 
-def predict(trace: Any, profile: DeviceProfile, decode_steps: int, vision_roots: Sequence[str] = (),
-            hardware: Any = None) -> TimePrediction:
+def predict(trace: Any, profile: DeviceProfile, decode_steps: int, request_roots: Sequence[str] = (),
+            hardware: Any = None, request_group: str = "vision") -> TimePrediction:
     """The :class:`TimePrediction` of ``trace`` on ``profile``.
 
     Parameters
@@ -303,18 +311,20 @@ def predict(trace: Any, profile: DeviceProfile, decode_steps: int, vision_roots:
         Device profile (measured or defaults).
     decode_steps
         Decode steps of the run.
-    vision_roots
-        Module paths whose first-forward work is the ``vision`` stage.
+    request_roots
+        Module paths whose first-forward work is the request stage (reported as ``vision``).
     hardware
         A :class:`~opmeter.hardware.HardwareSpec` whose datasheet peaks make the ``bound`` scenario (the profile's
         best measured rates when ``None`` or unknown).
+    request_group
+        The request stage's name in the trace (an explicit stage, e.g. ``vision`` or ``encoder``).
     """
     peaks = Peaks.of_hardware(hardware) or Peaks.of_profile(profile)
     cells = predict_cells(trace, profile, peaks)
     held = held_output(trace) if decode_steps > 0 and profile.bandwidth.get(RELEASE) else None
     if held is not None:
         cells = _move_release(cells, profile, held)
-    cells["stage"] = stage_of(cells, vision_roots)
+    cells["stage"] = stage_of(cells, request_roots, request_group)
     return TimePrediction(cells=cells, decode_steps=decode_steps, profile=profile, peaks=peaks)
 
 
