@@ -89,3 +89,21 @@ def test_cuda_timing_path_with_fake_events(monkeypatch: pytest.MonkeyPatch) -> N
     assert timer._batch(work, 10) == pytest.approx(0.002)
     assert calls[:2] == ["sync", "record"] and calls[-2:] == ["record", "sync"]
     assert timer.seconds_per_call(work) == pytest.approx(0.002)
+
+
+def test_a_stalled_bandwidth_point_is_measured_again(caplog: pytest.LogCaptureFixture) -> None:
+    from opmeter.timemodel import calibrate
+    from opmeter.timemodel.profile import BandwidthPoint
+
+    class Timer:
+        def seconds_per_call(self, fn: object) -> float:
+            return 1e-5  # the second measurement: 1 MB in 10 us
+
+    rates = [50e9, 1e6, 60e9]  # the middle point met a burst of other work
+    measured = [(lambda: None, BandwidthPoint(bytes=1e6, bytes_per_s=r, label=f"p{i}")) for i, r in enumerate(rates)]
+    with caplog.at_level("WARNING"):
+        points = calibrate._without_dips(Timer(), measured, host=0.0)  # type: ignore[arg-type]
+    assert [p.bytes_per_s for p in points] == pytest.approx([50e9, 1e11, 60e9])
+    assert "measured again" in caplog.text
+    steady = [(lambda: None, BandwidthPoint(bytes=1e6, bytes_per_s=r)) for r in (50e9, 20e9, 60e9)]
+    assert [p.bytes_per_s for p in calibrate._without_dips(Timer(), steady, 0.0)] == [50e9, 20e9, 60e9]

@@ -329,15 +329,36 @@ def _compute_points(timer: _Timer, benches: Iterable[tuple[str, Bench]], host: f
     return tuple(points)
 
 
+OUTLIER_DIP = 0.25
+"""A bandwidth point slower than this share of both its neighbours is a stall, not the curve: measured again."""
+
+
 def _bandwidth_points(timer: _Timer, benches: Iterable[tuple[str, Bench]], host: float) -> tuple[BandwidthPoint, ...]:
-    points = []
+    measured: list[tuple[Bench, BandwidthPoint]] = []
     for label, fn in benches:
         _, nbytes = count(fn)
         if nbytes <= 0:
             log.warning("calibration benchmark %s moved no bytes; skipped", label)
             continue
         seconds = _net_seconds(timer.seconds_per_call(fn), host)
-        points.append(BandwidthPoint(bytes=nbytes, bytes_per_s=nbytes / seconds, label=label))
+        measured.append((fn, BandwidthPoint(bytes=nbytes, bytes_per_s=nbytes / seconds, label=label)))
+    return _without_dips(timer, measured, host)
+
+
+def _without_dips(timer: _Timer, measured: list[tuple[Bench, BandwidthPoint]], host: float
+                  ) -> tuple[BandwidthPoint, ...]:
+    """Measure again a point far below both neighbours (a burst of other work on a shared machine); the faster of
+    the two measurements stays, and the log says so."""
+    points = [p for _, p in measured]
+    for i in range(1, len(points) - 1):
+        rate = points[i].bytes_per_s
+        if rate >= OUTLIER_DIP * min(points[i - 1].bytes_per_s, points[i + 1].bytes_per_s):
+            continue
+        fn, point = measured[i]
+        again = point.bytes / _net_seconds(timer.seconds_per_call(fn), host)
+        log.warning("calibration %s: %.3g GB/s is far below its neighbours; measured again: %.3g GB/s", point.label,
+                    rate / 1e9, again / 1e9)
+        points[i] = attrs.evolve(point, bytes_per_s=max(rate, again))
     return tuple(points)
 
 
