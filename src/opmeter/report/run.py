@@ -192,7 +192,8 @@ class _Pipeline:
             request = self._request(device, Path(tmp), image, o.decode_tokens)
             with timed(self.seconds, "build_model"):
                 run = adapter.prepare(request)
-            meta = {"adapter": adapter.name, "model_spec": adapter.spec, "device": device, **run.metadata}
+            meta = {"adapter": adapter.name, "model_spec": adapter.spec, "device": device,
+                    "workload_id": run.workload.id, **run.metadata}
             with run.context():
                 trace = trace_run(run, adapter.stage_spec, meta, progress, self.seconds, out_dir, device)
                 workload = traced_decode_length(trace, run.workload)
