@@ -36,22 +36,33 @@ from opmeter.analytic.primitives import (
 
 @attrs.frozen(repr=False, kw_only=True)
 class RotaryEmbedding(Layer):
-    """Default RoPE angles: positions to fp32, ``inv_freq [B, D/2, 1] @ positions [B, 1, S]`` as a ``bmm``
-    (``2 * B * D/2 * S`` tensor-core FLOPs), ``cat``, ``cos``, ``sin``, two scalings, two casts to the model dtype."""
+    """RoPE angles, computed once per forward: positions to fp32, the outer product ``inv_freq x positions``, ``cat``,
+    ``cos``, ``sin``, two scalings, two casts to the model dtype.
+
+    The product is a ``bmm`` ``inv_freq [B, D/2, 1] @ positions [B, 1, S]`` (``2 * B * D/2 * S`` tensor-core FLOPs)
+    with ``matmul``, else a broadcast multiply; ``cast_inv_freq`` adds the explicit ``inv_freq.float()`` some
+    implementations write; ``buffers`` is the number of fp32 ``inv_freq`` buffers the module holds.
+    """
 
     batch: int
     seq: int
     head_dim: int
     dtype: int
+    matmul: bool = True
+    cast_inv_freq: bool = False
+    buffers: int = 1
     class_name: str = "RotaryEmbedding"
 
     def ops(self) -> Sequence[Op]:
         b, s, hd, d = self.batch, self.seq, self.head_dim, self.dtype
         half = hd // 2
         n = b * s * hd
+        product = (gemm("bmm", half, s, 1, batch=b, a=FP32, b=FP32, out=FP32) if self.matmul
+                   else elementwise("mul", b * s * half, [b * s * FP32, half * FP32], FP32))
         return [
             *cast(b * s, INT64, FP32),
-            gemm("bmm", half, s, 1, batch=b, a=FP32, b=FP32, out=FP32),
+            *(cast(half, FP32, FP32) if self.cast_inv_freq else ()),
+            product,
             copy("cat", n, FP32, FP32),
             elementwise("cos", n, [n * FP32], FP32),
             elementwise("sin", n, [n * FP32], FP32),
@@ -62,7 +73,7 @@ class RotaryEmbedding(Layer):
         ]
 
     def own_weight_bytes(self) -> int:
-        return self.head_dim // 2 * FP32
+        return self.head_dim // 2 * FP32 * self.buffers
 
 
 def rotary_apply_ops(numel: int, cos_numel: int, dtype: int) -> list[Op]:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import attrs
 
 from opmeter.analytic.base import Layer, Op
+from opmeter.analytic.blocks.attention import RotaryEmbedding
 from opmeter.analytic.primitives import (
     FP32,
     INT64,
@@ -215,31 +216,12 @@ class ViTBlock(Layer):
 
 
 @attrs.frozen(repr=False, kw_only=True)
-class BroadcastRotaryEmbedding(Layer):
-    """RoPE angles as transformers 5 computes them: ``positions[..., None].float() * inv_freq`` (a broadcast
-    product, no GEMM), ``cat``, ``cos``, ``sin``, two scalings, two casts to the model dtype."""
+class BroadcastRotaryEmbedding(RotaryEmbedding):
+    """RoPE angles as transformers 5 computes them for a vision encoder: ``positions[..., None].float() * inv_freq``
+    (a broadcast product after an explicit ``inv_freq.float()``), with ``inv_freq`` and ``original_inv_freq``
+    buffers."""
 
-    batch: int
-    seq: int
-    head_dim: int
-    dtype: int
+    matmul: bool = False
+    cast_inv_freq: bool = True
+    buffers: int = 2
     class_name: str = "BroadcastRotaryEmbedding"
-
-    def ops(self) -> Sequence[Op]:
-        b, s, hd, d = self.batch, self.seq, self.head_dim, self.dtype
-        half, n = hd // 2, self.batch * self.seq * self.head_dim
-        return [
-            *cast(b * s, INT64, FP32),
-            *cast(half, FP32, FP32),
-            elementwise("mul", b * s * half, [b * s * FP32, half * FP32], FP32),
-            copy("cat", n, FP32, FP32),
-            elementwise("cos", n, [n * FP32], FP32),
-            elementwise("sin", n, [n * FP32], FP32),
-            elementwise("mul", n, [n * FP32], FP32),
-            elementwise("mul", n, [n * FP32], FP32),
-            *cast(n, FP32, d),
-            *cast(n, FP32, d),
-        ]
-
-    def own_weight_bytes(self) -> int:
-        return self.head_dim // 2 * FP32 * 2  # inv_freq and original_inv_freq buffers
