@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hf_helpers import PREDICTED, predicted_or_skip, traced_run
+from hf_helpers import PREDICTED, adapter_or_skip, predicted_or_skip, traced_run
 
 from opmeter.join import GLUE, join
 
@@ -67,3 +67,25 @@ def test_stage_rows_and_roofline_times() -> None:
     assert stages.at["total", "predicted_time_s"] > 0
     assert prediction.headline["predicted_tpot_s"] > 0
     assert set(prediction.modules["module"]) >= {"<root>", "model.layers.0.self_attn.q_proj", "lm_head"}
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "gpt2"])
+def test_measured_totals_equal_torchs_flop_counter(model_type: str) -> None:
+    """The adapter's traced run counts what torch's own FLOP counter counts (CPU fused attention aside, which the
+    counter does not see)."""
+    import warnings
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from opmeter.models.base import RunRequest
+
+    adapter = adapter_or_skip(model_type)
+    run = adapter.prepare(RunRequest(preset="tiny", workload="prompt-8", device="cpu", decode_tokens=3))
+    with run.context(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with FlopCounterMode(display=False) as counter:
+            run.infer()
+    _, trace = traced_run(adapter, "cpu", prompt=8, new=3)
+    ops = trace.by_operator()
+    fused = ops[ops["op"].str.contains("_scaled_dot_product_flash_attention_for_cpu")]["flops_tensor"].sum()
+    assert trace.totals()["flops_tensor"] - fused == counter.get_total_flops() > 0
