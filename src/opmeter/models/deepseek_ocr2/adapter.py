@@ -160,6 +160,12 @@ class DeepseekOcr2Adapter:
                                "--grid or --attn)")
         return deepseek_ocr2_cases(preset)[0]
 
+    def sweep(self, args: Any) -> list[str]:
+        """``opmeter sweep --model deepseek-ocr-2``: the crop-grid sweeps (:mod:`.sweeps`)."""
+        from opmeter.models.deepseek_ocr2.sweeps import run_sweeps
+
+        return run_sweeps(args)
+
     def verify_context(self) -> contextlib.AbstractContextManager[Any]:
         """transformers' value checks off and the fast meta kernels on, around the verification cases."""
         return _shape_only()
