@@ -1,6 +1,6 @@
 """Mixture of experts with fused expert weights (one module holding every expert as 3-D tensors), as transformers
->= 5 writes Mixtral, Qwen2-MoE and DeepSeek-V2/V3: a router module, one ``experts`` module that runs every routed
-token-expert pair as grouped GEMMs, and optional shared experts.
+>= 5 writes its MoE decoders: a router module, one ``experts`` module that runs every routed token-expert pair as
+grouped GEMMs, and optional shared experts.
 
 The grouped GEMMs cover the ``tokens * top_k`` pairs whatever the routing (each pair is multiplied once by its
 expert's weights), so the tensor-core FLOPs do not depend on it; the weights read do: every expert that received a

@@ -1,4 +1,4 @@
-"""Multi-head latent attention that caches the compressed latent (transformers >= 5's DeepSeek-V2/V3).
+"""Multi-head latent attention that caches the compressed latent (as transformers >= 5 writes it).
 
 The cache holds, per position, the normalised KV latent (``kv_lora_rank``) and the shared rotary key
 (``qk_rope_head_dim``); every call expands the whole cached sequence again through ``kv_b_proj``, so that projection
