@@ -34,12 +34,12 @@ from opmeter.errors import OpmeterError
 from opmeter.hardware import HARDWARE
 from opmeter.io import atomic_write_text
 from opmeter.join import join
+from opmeter.models.deepseek_ocr.adapter import DeepseekOCRAdapter
 from opmeter.models.deepseek_ocr.config import get_config
 from opmeter.models.deepseek_ocr.workloads import load_workload
 from opmeter.report import format as fmt
 from opmeter.report.exporters import read_maybe_gzip
 from opmeter.report.plots import _save
-from opmeter.models.deepseek_ocr.adapter import DeepseekOCRAdapter
 from opmeter.trace import Trace
 
 
