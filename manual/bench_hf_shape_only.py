@@ -63,7 +63,8 @@ def main() -> None:
     assert prediction is not None
     measured = float(trace.totals()["flops_tensor"])
     predicted = float(prediction.stages.set_index("stage").at["total", "flops_tensor"])
-    comps = join(trace, prediction.modules, prediction.stages, components=adapter.components(run.model)).by_component()
+    comps = join(trace, prediction.modules, prediction.stages, components=adapter.components(run.model),
+                 stage_spec=adapter.stage_spec).by_component()
     worst = float(comps[comps["flops_tensor"] > 0]["rel_flops_tensor"].abs().max())
     print(f"hf_shape_only model={args.model_type or 'llama-3-8b-sized'} prompt={args.prompt} new={args.new_tokens} "
           f"build_s={built - wall:.1f} trace_s={traced - built:.1f} predict_s={done - traced:.1f} "

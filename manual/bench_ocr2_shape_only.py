@@ -34,7 +34,8 @@ def main() -> None:
     t2, c2 = time.perf_counter(), time.process_time()
     pred = adapter.predict(trace, run.workload, run.preset, None)
     t3 = time.perf_counter()
-    joined = join(trace, pred.modules, pred.stages, components=adapter.components(run.model))
+    joined = join(trace, pred.modules, pred.stages, components=adapter.components(run.model),
+                  stage_spec=adapter.stage_spec)
     t4 = time.perf_counter()
     comp = joined.by_component()
     rel = comp["rel_flops_tensor"].abs().max()
