@@ -33,6 +33,7 @@ from typing import Any
 import attrs
 
 from opmeter.errors import OpmeterError
+from opmeter.models.deepseek_ocr.config import DecoderConfig
 
 IMAGE_TOKEN_ID = 128815
 BOS_ID = 0
@@ -74,25 +75,30 @@ class EncoderSize:
     max_position_embeddings: int = 32768
 
 
+V1_DECODER = DecoderConfig()
+"""DeepSeek-OCR v1's decoder: DeepSeek-OCR-2 keeps the same DeepSeek-3B-A500M MoE, so its full-size text sizes are
+read from it (one source for both models)."""
+
+
 @attrs.frozen
 class TextSize:
-    """DeepSeek-V2-style MoE decoder sizes (``DeepseekOcr2TextConfig`` fields)."""
+    """DeepSeek-V2-style MoE decoder sizes (``DeepseekOcr2TextConfig`` fields); defaults: v1's decoder."""
 
-    vocab_size: int = 129280
-    hidden_size: int = 1280
-    intermediate_size: int = 6848
-    moe_intermediate_size: int = 896
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 10
-    num_key_value_heads: int = 10
-    n_routed_experts: int = 64
-    n_shared_experts: int = 2
-    num_experts_per_tok: int = 6
-    first_k_dense_replace: int = 1
-    routed_scaling_factor: float = 1.0
-    rms_norm_eps: float = 1e-6
-    rope_theta: float = 10000.0
-    max_position_embeddings: int = 8192
+    vocab_size: int = V1_DECODER.vocab_size
+    hidden_size: int = V1_DECODER.hidden_size
+    intermediate_size: int = V1_DECODER.intermediate_size
+    moe_intermediate_size: int = V1_DECODER.moe_intermediate_size
+    num_hidden_layers: int = V1_DECODER.num_hidden_layers
+    num_attention_heads: int = V1_DECODER.num_attention_heads
+    num_key_value_heads: int = V1_DECODER.num_key_value_heads
+    n_routed_experts: int = V1_DECODER.n_routed_experts
+    n_shared_experts: int = V1_DECODER.n_shared_experts
+    num_experts_per_tok: int = V1_DECODER.num_experts_per_tok
+    first_k_dense_replace: int = V1_DECODER.first_k_dense_replace
+    routed_scaling_factor: float = V1_DECODER.routed_scaling_factor
+    rms_norm_eps: float = V1_DECODER.rms_norm_eps
+    rope_theta: float = V1_DECODER.rope_theta
+    max_position_embeddings: int = V1_DECODER.max_position_embeddings
 
     @property
     def head_dim(self) -> int:
