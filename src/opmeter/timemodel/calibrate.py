@@ -10,7 +10,9 @@ Everything is measured on synthetic tensors, never by timing the workload a prof
   (patch embedding, 1x1, 3x3, strided); of CUDA-core ``vector`` work (GELU, SiLU);
 * achieved read bandwidth (``sum`` of a whole tensor), write bandwidth (``full``: a freshly allocated output, as
   every op writes one, page faults included) and index-reduction bandwidth (``argmax`` over one long row) from 4 KiB
-  to 64 MiB per call; on a CPU, the time to release a large written buffer (``release``);
+  to 64 MiB per call; on a CPU, the bandwidth of writing into an existing buffer (``fill_``), the extra cost of a
+  fresh output over it (``first_touch`` = write - fill: page faults, which add to the time of a compute-bound kernel
+  that writes the output) and the time to release a large written buffer (``release``);
 * the host cost of ops inside module code relative to a tight loop of one op (a stack of tiny transformer blocks,
   :func:`measure_module_host_factor`).
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 import datetime
 import logging
 import math
+import os
 import platform
 import statistics
 import time
@@ -40,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from opmeter.errors import OpmeterError
-from opmeter.timemodel.kinds import MEMORY_KINDS, RELEASE
+from opmeter.timemodel.kinds import FILL, FIRST_TOUCH, MEMORY_KINDS, RELEASE
 from opmeter.timemodel.profile import MEASURED, BandwidthPoint, ComputePoint, DeviceProfile
 
 log = logging.getLogger(__name__)
@@ -138,12 +141,19 @@ class _Timer:
 
 def count(fn: Bench) -> tuple[float, float]:
     """(FLOPs, bytes) of one call of ``fn`` as the tracer counts them (tensor-core + CUDA-core FLOPs)."""
+    flops, nbytes, _written = count_written(fn)
+    return flops, nbytes
+
+
+def count_written(fn: Bench) -> tuple[float, float, float]:
+    """(FLOPs, bytes, bytes written) of one call of ``fn`` as the tracer counts them."""
     from opmeter.trace import OpTracer
 
     with OpTracer(torch.nn.Module(), nvtx=False) as trace:
         fn()
     tot = trace.totals()
-    return float(tot["flops_tensor"] + tot["flops_cuda"]), float(tot["bytes_read"] + tot["bytes_written"])
+    return (float(tot["flops_tensor"] + tot["flops_cuda"]), float(tot["bytes_read"] + tot["bytes_written"]),
+            float(tot["bytes_written"]))
 
 
 def _host_benches(dev: str, dt: torch.dtype) -> dict[str, Bench]:
@@ -269,8 +279,17 @@ def _sizes(budget: Budget, limit: float = 0.0) -> list[int]:
     return [n for n in sizes if 4 * n <= max(limit, budget.max_bytes)]
 
 
+def _buffer_sizes(budget: Budget) -> list[int]:
+    """Elements per call for the fresh-output curves (write, fill, release): :func:`_sizes` up to the budget's
+    ``max_buffer_bytes`` plus 24, 32, 40 and 48 MiB (fp32), where the C allocator stops reusing freed memory and
+    starts mapping fresh pages for every large buffer (a step in the first-touch cost)."""
+    steps = [6 * 2**20, 2**23, 10 * 2**20, 12 * 2**20]
+    limit = max(budget.max_buffer_bytes, budget.max_bytes)
+    return sorted({*_sizes(budget, limit), *(n for n in steps if 4 * n <= limit)})
+
+
 def _memory_benches(kind: str, budget: Budget, dev: str, dt: torch.dtype) -> Iterable[tuple[str, Bench]]:
-    for n in _sizes(budget, budget.max_buffer_bytes if kind == "write" else 0.0):
+    for n in (_buffer_sizes(budget) if kind == "write" else _sizes(budget)):
         a = torch.randn(n, device=dev, dtype=dt)
         if kind == "read":  # read once, nothing written but one scalar
             yield f"sum(all) n={n}", partial(torch.sum, a)
@@ -287,7 +306,7 @@ def _release_points(timer: _Timer, budget: Budget, dev: str, dt: torch.dtype) ->
     step where a generation loop releases the output of the first forward it held (:mod:`opmeter.timemodel.model`).
     """
     points = []
-    for n in _sizes(budget, budget.max_buffer_bytes):
+    for n in _buffer_sizes(budget):
         nbytes = n * dt.itemsize
         if nbytes < 2**20:
             continue
@@ -299,6 +318,59 @@ def _release_points(timer: _Timer, budget: Budget, dev: str, dt: torch.dtype) ->
             samples.append(timer.clock() - start)
         seconds = max(statistics.median(samples), 1e-7)
         points.append(BandwidthPoint(bytes=float(nbytes), bytes_per_s=nbytes / seconds, label=f"release n={n}"))
+    return tuple(points)
+
+
+def _fill_points(timer: _Timer, budget: Budget, dev: str, dt: torch.dtype, host: float
+                 ) -> tuple[BandwidthPoint, ...]:
+    """Bandwidth of writing into an existing buffer (``fill_``), at the sizes of the write curve; the bytes are the
+    bytes written (as the write curve's), whatever the tracer counts for an in-place op."""
+    measured: list[tuple[Bench, BandwidthPoint]] = []
+    for n in _buffer_sizes(budget):
+        fn = partial(torch.empty(n, device=dev, dtype=dt).fill_, 1.0)
+        nbytes = float(n * dt.itemsize)
+        seconds = _net_seconds(timer.seconds_per_call(fn), host)
+        measured.append((fn, BandwidthPoint(bytes=nbytes, bytes_per_s=nbytes / seconds, label=f"fill_ n={n}")))
+    return _without_dips(timer, measured, host)
+
+
+GLIBC_MMAP_THRESHOLD_MAX = 32 * 2**20
+"""glibc's largest dynamic mmap threshold on 64-bit (``DEFAULT_MMAP_THRESHOLD_MAX``): a larger allocation is always
+mapped fresh from the operating system and unmapped when freed."""
+
+
+def fresh_map_bytes(device: str) -> float:
+    """Size from which every allocation of a CPU tensor is mapped fresh (page faults on each first touch): glibc's
+    ``MALLOC_MMAP_THRESHOLD_`` when set, else its largest dynamic threshold on 64-bit; ``0`` (unknown, no
+    first-touch term) for CUDA (a caching allocator) and other C libraries."""
+    if device != "cpu" or platform.libc_ver()[0] != "glibc":
+        return 0.0
+    try:
+        return float(int(os.environ.get("MALLOC_MMAP_THRESHOLD_", GLIBC_MMAP_THRESHOLD_MAX)))
+    except ValueError:
+        log.warning("MALLOC_MMAP_THRESHOLD_=%r is not an integer; assuming glibc's default",
+                    os.environ["MALLOC_MMAP_THRESHOLD_"])
+        return float(GLIBC_MMAP_THRESHOLD_MAX)
+
+
+def first_touch_points(write: tuple[BandwidthPoint, ...], fill: tuple[BandwidthPoint, ...], threshold: float
+                       ) -> tuple[BandwidthPoint, ...]:
+    """The extra cost of a fresh output over writing existing memory, at the sizes of at least ``threshold`` bytes
+    (always mapped fresh): page faults and the return of the pages to the system, as ``write`` (a fresh output per
+    call) minus ``fill`` (the same bytes into one buffer).
+
+    A size where the two agree within the noise gets a rate a thousand times its write bandwidth (next to free).
+    """
+    fill_at = {p.label.split(" ", 1)[-1]: p for p in fill}
+    points = []
+    for w in write:
+        f = fill_at.get(w.label.split(" ", 1)[-1])
+        if f is None or threshold <= 0 or w.bytes < threshold:
+            continue
+        seconds_write, seconds_fill = w.bytes / w.bytes_per_s, f.bytes / f.bytes_per_s
+        extra = max(seconds_write - seconds_fill, 1e-3 * seconds_write)
+        label = "first_touch " + w.label.split(" ", 1)[-1]
+        points.append(BandwidthPoint(bytes=w.bytes, bytes_per_s=w.bytes / extra, label=label))
     return tuple(points)
 
 
@@ -318,13 +390,24 @@ def _net_seconds(seconds: float, host: float) -> float:
     return max(seconds - host, 0.1 * seconds)
 
 
-def _compute_points(timer: _Timer, benches: Iterable[tuple[str, Bench]], host: float) -> tuple[ComputePoint, ...]:
+Touch = Callable[[float], float]
+"""Seconds of first touch of a fresh output of so many bytes (``0`` when the allocator reuses memory)."""
+
+
+def _no_touch(_written: float) -> float:
+    return 0.0
+
+
+def _compute_points(timer: _Timer, benches: Iterable[tuple[str, Bench]], host: float, touch: Touch = _no_touch
+                    ) -> tuple[ComputePoint, ...]:
+    """Achieved FLOP/s per benchmark, net of its host cost and of the first touch of its output (which the time
+    model adds apart)."""
     points = []
     for label, fn in benches:
-        flops, nbytes = count(fn)
+        flops, nbytes, written = count_written(fn)
         if flops <= 0:
             continue
-        seconds = _net_seconds(timer.seconds_per_call(fn), host)
+        seconds = _net_seconds(timer.seconds_per_call(fn), host + touch(written))
         points.append(ComputePoint(flops=flops, bytes=nbytes, flops_per_s=flops / seconds, label=label))
     return tuple(points)
 
@@ -436,37 +519,58 @@ def _run(dev: str, dt: torch.dtype, budget: Budget, progress: Callable[[str], No
     progress("host cost per op kind")
     host, module_call = measure_host(timer, dev, dt)
     launch = _launch_latency(timer) if dev == "cuda" else 0.0
-    compute: dict[str, tuple[ComputePoint, ...]] = {}
-    shapes = _gemm_shapes(budget)
-    for kind in ("mm", "addmm", "linear", "bmm"):
-        progress(f"GEMM {kind}")
-        compute[kind] = _compute_points(timer, _gemm_benches(kind, shapes, dev, dt),
-                                        host["addmm" if kind == "linear" else kind])
-    progress("attention (SDPA)")
-    compute["sdpa"] = _compute_points(timer, _sdpa_benches(budget, dev, dt), host["sdpa"])
-    progress("convolution")
-    compute["conv"] = _compute_points(timer, _conv_benches(budget, dev, dt), host["conv"])
-    progress("vector (CUDA-core) work")
-    compute["vector"] = _compute_points(timer, _vector_benches(budget, dev, dt), host["activation"])
-    bandwidth = {}
-    for kind in MEMORY_KINDS:
-        progress(f"{kind} bandwidth")
-        bandwidth[kind] = _bandwidth_points(timer, _memory_benches(kind, budget, dev, dt),
-                                            host[_MEMORY_HOST.get(kind, kind)])
-    if dev == "cpu":
-        progress("release of large buffers")
-        bandwidth[RELEASE] = _release_points(timer, budget, dev, dt)
+    bandwidth = _measure_bandwidth(timer, budget, dev, dt, host, progress)
+    threshold = fresh_map_bytes(dev) if bandwidth.get(FIRST_TOUCH) else 0.0
     notes = ("CPU: kernels run synchronously, host cost and kernel time add up",) if dev == "cpu" else (
         "CUDA: batches timed with CUDA events; host cost = launch-bound host time per tiny op",)
     profile = DeviceProfile(
         device=dev, device_name=device_name(dev), dtype=str(dt).removeprefix("torch."),
         threads=torch.get_num_threads(), torch_version=str(torch.__version__),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), source=MEASURED,
-        budget=budget.name, host_s=host, module_call_s=module_call, launch_latency_s=launch, compute=compute,
-        bandwidth=bandwidth, notes=notes,
+        budget=budget.name, host_s=host, module_call_s=module_call, launch_latency_s=launch, compute={},
+        bandwidth=bandwidth, notes=notes, fresh_map_bytes=threshold,
     )
+
+    def touch(written: float) -> float:
+        fresh = 0 < threshold <= written
+        return written / profile.bytes_rate(FIRST_TOUCH, written) if fresh else 0.0
+
+    profile = attrs.evolve(profile, compute=_measure_compute(timer, budget, dev, dt, host, touch, progress))
     progress("host cost inside module code")
     return attrs.evolve(profile, module_host_factor=measure_module_host_factor(timer, profile, dev, dt))
+
+
+def _measure_compute(timer: _Timer, budget: Budget, dev: str, dt: torch.dtype, host: dict[str, float], touch: Touch,
+                     progress: Callable[[str], None]) -> dict[str, tuple[ComputePoint, ...]]:
+    compute: dict[str, tuple[ComputePoint, ...]] = {}
+    shapes = _gemm_shapes(budget)
+    for kind in ("mm", "addmm", "linear", "bmm"):
+        progress(f"GEMM {kind}")
+        compute[kind] = _compute_points(timer, _gemm_benches(kind, shapes, dev, dt),
+                                        host["addmm" if kind == "linear" else kind], touch)
+    progress("attention (SDPA)")
+    compute["sdpa"] = _compute_points(timer, _sdpa_benches(budget, dev, dt), host["sdpa"], touch)
+    progress("convolution")
+    compute["conv"] = _compute_points(timer, _conv_benches(budget, dev, dt), host["conv"], touch)
+    progress("vector (CUDA-core) work")
+    compute["vector"] = _compute_points(timer, _vector_benches(budget, dev, dt), host["activation"], touch)
+    return compute
+
+
+def _measure_bandwidth(timer: _Timer, budget: Budget, dev: str, dt: torch.dtype, host: dict[str, float],
+                       progress: Callable[[str], None]) -> dict[str, tuple[BandwidthPoint, ...]]:
+    bandwidth = {}
+    for kind in MEMORY_KINDS:
+        progress(f"{kind} bandwidth")
+        bandwidth[kind] = _bandwidth_points(timer, _memory_benches(kind, budget, dev, dt),
+                                            host[_MEMORY_HOST.get(kind, kind)])
+    if dev == "cpu":
+        progress("fill bandwidth and first touch")
+        bandwidth[FILL] = _fill_points(timer, budget, dev, dt, host["elementwise"])
+        bandwidth[FIRST_TOUCH] = first_touch_points(bandwidth["write"], bandwidth[FILL], fresh_map_bytes(dev))
+        progress("release of large buffers")
+        bandwidth[RELEASE] = _release_points(timer, budget, dev, dt)
+    return bandwidth
 
 
 def _launch_latency(timer: _Timer) -> float:

@@ -6,9 +6,11 @@ An op (``aten.addmm.default``) with its category (:mod:`opmeter.trace.categories
   launch). Views and other metadata-only ops (no bytes, no FLOPs) are ``view``, the cheapest;
 * ``compute``: the compute kind whose achieved FLOP/s applies (``mm``, ``addmm``, ``bmm``, ``sdpa``, ``conv``; every
   other op with FLOPs is ``vector``: CUDA-core work such as GELU or softmax);
-* ``memory``: ``read_write`` (bytes read at the read bandwidth, bytes written at the write bandwidth: writing a
-  freshly allocated output costs far more than reading, page faults included) or ``arg_reduction`` (argmax, top-k,
-  sort: kernels that walk one row serially, their own measured bandwidth).
+* ``memory``: ``read_write`` (bytes read at the read bandwidth, bytes written into a freshly allocated output: at the
+  fill bandwidth plus the first touch of new memory, page faults, when the profile measured them apart; else at the
+  write bandwidth, which includes both), ``in_place`` (an in-place or ``out=`` op writes into memory that exists:
+  no first touch) or ``arg_reduction`` (argmax, top-k, sort: kernels that walk one row serially, their own measured
+  bandwidth).
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ COMPUTE_KINDS: Final = ("mm", "addmm", "bmm", "linear", "sdpa", "conv", "vector"
 MEMORY_KINDS: Final = ("read", "write", "arg_reduction")
 """Bandwidth curves of a profile; ``read_write`` ops use ``read`` and ``write``."""
 RW: Final = "read_write"
+IN_PLACE: Final = "in_place"
+FILL: Final = "fill"
+"""Bandwidth curve of writing into an existing buffer (CPU profiles)."""
+FIRST_TOUCH: Final = "first_touch"
+"""Curve of the extra cost of writing a freshly allocated output over writing an existing buffer: page faults and
+the return of large buffers to the operating system (CPU profiles; bytes per second of that extra cost)."""
 RELEASE: Final = "release"
 """Bandwidth curve of releasing a written buffer (CPU profiles only; see :mod:`opmeter.timemodel.model`)."""
 
@@ -58,8 +66,20 @@ def packet(op: str) -> str:
     return op.rsplit(".", 1)[0] if op.count(".") else op
 
 
+def writes_in_place(op: str) -> bool:
+    """An in-place (``add_``) or ``out=`` overload: its output is memory that already exists."""
+    parts = op.split(".")
+    overload = parts[2] if op.startswith("aten.") and len(parts) > 2 else ""
+    return packet(op).endswith("_") or overload == "out" or overload.endswith("_out")
+
+
 def classify(op: str, category: str, flops: float = 1.0, nbytes: float = 1.0) -> OpKind:
     """The :class:`OpKind` of ``op`` (traced name) in ``category``; ``flops`` / ``nbytes`` tell views apart."""
+    kind = _classify(op, category, flops, nbytes)
+    return attrs.evolve(kind, memory=IN_PLACE) if kind.memory == RW and writes_in_place(op) else kind
+
+
+def _classify(op: str, category: str, flops: float, nbytes: float) -> OpKind:
     name = packet(op)
     base = name.rstrip("_").lstrip("_") if name.endswith("_") else name
     if category == cat.GEMM:
@@ -86,4 +106,5 @@ _HOST_BY_CATEGORY: Final[dict[str, str]] = {
     cat.RNG_SAMPLING: "elementwise", cat.OTHER: "other",
 }
 
-__all__ = ["COMPUTE_KINDS", "HOST_KINDS", "MEMORY_KINDS", "RELEASE", "RW", "OpKind", "classify", "packet"]
+__all__ = ["COMPUTE_KINDS", "FILL", "FIRST_TOUCH", "HOST_KINDS", "IN_PLACE", "MEMORY_KINDS", "RELEASE", "RW", "OpKind",
+           "classify", "packet", "writes_in_place"]

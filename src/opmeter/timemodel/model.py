@@ -4,11 +4,15 @@ For each traced cell (stage group, module call path, op) with ``calls`` calls, F
 
     host    = calls x host cost of the op's kind       (profile.host_s x profile.module_host_factor)
     compute = calls x (F / calls) / achieved FLOP/s at that per-call size and intensity    (profile.compute)
-    memory  = bytes read / read bandwidth + bytes written / write bandwidth, each at its per-call size
+    memory  = bytes read / read bandwidth + bytes written / fill bandwidth, each at its per-call size
               (profile.bandwidth; argmax / top-k / sort: all bytes at their own measured bandwidth)
-    time    = host + max(compute, memory)
+    touch   = bytes written / first-touch rate, for fresh outputs the allocator maps anew    (page faults)
+    time    = host + max(compute, memory) + touch
 
-plus one host cost per ``nn.Module`` call (``profile.module_call_s``, scaled alike), booked to the module. Per-call
+(the first touch of new memory runs on the same core as the kernel that writes it, so it adds to a compute-bound
+call instead of hiding under it; a profile without the ``fill`` and ``first_touch`` curves costs writes at its
+``write`` curve, which includes both, and has no touch term) plus one host cost per ``nn.Module`` call
+(``profile.module_call_s``, scaled alike), booked to the module. Per-call
 sizes: the calls of a cell that moved 1 MiB or more are costed per half-octave of size from the trace's histogram
 (``Trace.large_calls``), the others at their mean. A generation loop holds the first forward's output (the logits)
 until the next forward returns, so the release of that buffer (``profile.bandwidth["release"]``, CPU) is moved
@@ -38,7 +42,7 @@ from typing import Any, Final
 import attrs
 import pandas as pd
 
-from opmeter.timemodel.kinds import RELEASE, RW, classify
+from opmeter.timemodel.kinds import FILL, FIRST_TOUCH, IN_PLACE, RELEASE, RW, classify
 from opmeter.timemodel.profile import DeviceProfile
 
 MODULE_CALL: Final = "<module call>"
@@ -79,12 +83,23 @@ class Peaks:
                    f"datasheet peaks of {hw.name}")
 
 
-def _memory_seconds(profile: DeviceProfile, kind: str, read: float, written: float) -> float:
-    """Seconds one call spends moving ``read`` + ``written`` bytes."""
-    if kind != RW:
-        return (read + written) / profile.bytes_rate(kind, read + written) if read + written > 0 else 0.0
+def _memory_seconds(profile: DeviceProfile, kind: str, read: float, written: float) -> tuple[float, float]:
+    """(bandwidth seconds, first-touch seconds) of one call moving ``read`` + ``written`` bytes.
+
+    A profile that measured writing into existing memory (``fill``) costs writes at it, and a fresh output
+    (``read_write``, not ``in_place``) of at least ``profile.fresh_map_bytes`` also at ``first_touch`` (page faults
+    and the return of the pages to the system: the allocator maps such buffers fresh every time); a profile without
+    ``fill`` costs every write at ``write``, the fresh-output curve, with no first-touch term.
+    """
+    if kind not in (RW, IN_PLACE):
+        return ((read + written) / profile.bytes_rate(kind, read + written) if read + written > 0 else 0.0), 0.0
+    split = bool(profile.bandwidth.get(FILL))
     seconds = read / profile.bytes_rate("read", read) if read > 0 else 0.0
-    return seconds + (written / profile.bytes_rate("write", written) if written > 0 else 0.0)
+    if written <= 0:
+        return seconds, 0.0
+    seconds += written / profile.bytes_rate(FILL if split else "write", written)
+    fresh = kind == RW and 0 < profile.fresh_map_bytes <= written and bool(profile.bandwidth.get(FIRST_TOUCH))
+    return seconds, (written / profile.bytes_rate(FIRST_TOUCH, written) if fresh else 0.0)
 
 
 def _parts(vals: Sequence[Any], large: Sequence[Sequence[Any]]) -> list[tuple[float, ...]]:
@@ -100,12 +115,13 @@ def _parts(vals: Sequence[Any], large: Sequence[Sequence[Any]]) -> list[tuple[fl
     return [*buckets, *([tuple(max(v, 0.0) for v in rest)] if rest[0] >= 1 else [])]
 
 
-def _part_times(profile: DeviceProfile, kind: Any, part: tuple[float, ...]) -> tuple[float, float]:
-    """(compute, memory) seconds of ``calls`` calls of the same per-call size."""
+def _part_times(profile: DeviceProfile, kind: Any, part: tuple[float, ...]) -> tuple[float, float, float]:
+    """(compute, memory, first-touch) seconds of ``calls`` calls of the same per-call size."""
     calls, flops, nread, nwritten = part[0], part[1] + part[2], part[3], part[4]
     n = max(calls, 1.0)
     compute = flops / profile.flops_rate(kind.compute, flops / n, (nread + nwritten) / n) if flops > 0 else 0.0
-    return compute, _memory_seconds(profile, kind.memory, nread / n, nwritten / n) * calls
+    memory, touch = _memory_seconds(profile, kind.memory, nread / n, nwritten / n)
+    return compute, memory * calls, touch * calls
 
 
 def _cell_row(profile: DeviceProfile, op: str, category: str, vals: Sequence[Any], peaks: Peaks,
@@ -114,13 +130,13 @@ def _cell_row(profile: DeviceProfile, op: str, category: str, vals: Sequence[Any
     flops, nbytes = ft + fc, nread + nwritten
     kind = classify(op, category, flops, nbytes)
     times = [_part_times(profile, kind, part) for part in _parts(vals, large)]
-    compute, memory = sum(c for c, _ in times), sum(m for _, m in times)
-    device = sum(max(c, m) for c, m in times)
+    compute, memory, touch = (sum(t[i] for t in times) for i in range(3))
+    device = sum(max(c, m) + t for c, m, t in times)
     host = calls * profile.host_cost(kind.host)
     bound = max(ft / peaks.tensor_flops_per_s + fc / peaks.cuda_flops_per_s, nbytes / peaks.bytes_per_s)
     return {"op": op, "category": category, "host_kind": kind.host, "compute_kind": kind.compute,
             "memory_kind": kind.memory, "calls": calls, "flops": flops, "bytes": nbytes, "host_s": host,
-            "compute_s": compute, "memory_s": memory, "device_s": device,
+            "compute_s": compute, "memory_s": memory, "touch_s": touch, "device_s": device,
             "limit": "compute" if compute >= memory else "memory", "eager_s": host + device, "graph_s": device,
             "bound_s": bound}
 
@@ -149,11 +165,10 @@ def predict_cells(trace: Any, profile: DeviceProfile, peaks: Peaks | None = None
         rows.append({"group": trace.groups[gid], "module": trace.modules[trace.contexts[ctx][1]].path,
                      "op": MODULE_CALL, "category": "module_call", "host_kind": "module_call", "compute_kind": "",
                      "memory_kind": "", "calls": calls, "flops": 0.0, "bytes": 0.0, "host_s": host,
-                     "compute_s": 0.0, "memory_s": 0.0, "device_s": 0.0, "limit": "compute", "eager_s": host,
-                     "graph_s": 0.0,
-                     "bound_s": 0.0})
+                     "compute_s": 0.0, "memory_s": 0.0, "touch_s": 0.0, "device_s": 0.0, "limit": "compute",
+                     "eager_s": host, "graph_s": 0.0, "bound_s": 0.0})
     cols = ["group", "module", "op", "category", "host_kind", "compute_kind", "memory_kind", "calls", "flops", "bytes",
-            "host_s", "compute_s", "memory_s", "device_s", "limit", "eager_s", "graph_s", "bound_s"]
+            "host_s", "compute_s", "memory_s", "touch_s", "device_s", "limit", "eager_s", "graph_s", "bound_s"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -182,10 +197,12 @@ def stage_of(cells: pd.DataFrame, request_roots: Sequence[str] = (), request_gro
 
 
 def _split(df: pd.DataFrame) -> dict[str, float]:
-    """Where the eager time goes: compute-limited and memory-limited device time, host/launch overhead."""
-    device = df["device_s"]
-    return {"compute_s": float(device[df["limit"] == "compute"].sum()),
-            "memory_s": float(device[df["limit"] == "memory"].sum()), "host_s": float(df["host_s"].sum()),
+    """Where the eager time goes: compute-limited and memory-limited device time (the first touch of fresh outputs
+    counts as memory), host/launch overhead."""
+    overlapped = df["device_s"] - df["touch_s"]
+    return {"compute_s": float(overlapped[df["limit"] == "compute"].sum()),
+            "memory_s": float(overlapped[df["limit"] == "memory"].sum() + df["touch_s"].sum()),
+            "host_s": float(df["host_s"].sum()),
             "eager_s": float(df["eager_s"].sum()), "graph_s": float(df["graph_s"].sum()),
             "bound_s": float(df["bound_s"].sum()), "calls": float(df.loc[df["op"] != MODULE_CALL, "calls"].sum())}
 
@@ -290,12 +307,13 @@ def _move_release(cells: pd.DataFrame, profile: DeviceProfile, held: tuple[str, 
     at = cells.index[(cells["group"] == "prefill") & (cells["module"] == module) & (cells["op"] == op)]
     if not len(at) or not seconds > 0:
         return cells
-    cols = ["memory_s", "device_s", "eager_s", "graph_s"]
-    moved = min(seconds, float(cells.loc[at[0], "device_s"]))
+    part = "touch_s" if profile.bandwidth.get(FILL) else "memory_s"  # where the profile's curves put the release
+    moved = min(seconds, float(cells.loc[at[0], part]))
+    cols = [part, "device_s", "eager_s", "graph_s"]
     cells.loc[at[0], cols] = (cells.loc[at[0], cols] - moved).clip(lower=0.0)
     row = {**{c: 0.0 for c in cells.columns}, "group": "decode", "module": module, "op": HELD_RELEASE,
            "category": "release", "host_kind": "release", "compute_kind": "", "memory_kind": RELEASE,
-           "limit": "memory", "memory_s": moved, "device_s": moved, "eager_s": moved, "graph_s": moved}
+           "limit": "memory", part: moved, "device_s": moved, "eager_s": moved, "graph_s": moved}
     return pd.concat([cells, pd.DataFrame([row], columns=cells.columns)], ignore_index=True)
 
 

@@ -9,8 +9,9 @@ A profile holds, for one device, dtype and thread count:
   points ``(flops per call, bytes per call, achieved FLOP/s)``; the achieved rate of another call is interpolated from
   the nearest points in (log size, log arithmetic intensity), the intensity standing for the shape class (a GEMV has
   about 0.5 FLOP per byte in fp32, a square GEMM hundreds);
-* ``bandwidth``: per memory kind (``read``, ``write``, ``arg_reduction``; on a CPU also ``release``, the time to
-  free a large written buffer), points ``(bytes per call, achieved bytes/s)``, interpolated in log size (small
+* ``bandwidth``: per memory kind (``read``, ``write``, ``arg_reduction``; on a CPU also ``fill``, writing into an
+  existing buffer, ``first_touch``, the extra cost per byte of a fresh output over ``fill``, and ``release``, the
+  time to free a large written buffer), points ``(bytes per call, achieved bytes/s)``, interpolated in log size (small
   tensors stay in cache and run faster than DRAM; large fresh outputs pay page faults).
 
 Profiles are JSON files (orjson) with a ``schema_version``; :func:`load_profile` refuses any other schema with one
@@ -36,6 +37,8 @@ SCHEMA_VERSION: Final = "opmeter.device_profile/1"
 MEASURED: Final = "measured"
 DEFAULTS: Final = "defaults"
 _NEIGHBOURS = 3
+_COST_CURVES: Final = ("release", "first_touch")
+"""Bandwidth curves that express a cost per byte, not a transfer rate."""
 
 
 @attrs.frozen
@@ -146,6 +149,10 @@ class DeviceProfile:
     module_host_factor
         Inside module code an op's host part costs this many times its tight-loop cost (Python lines between ops,
         dispatch paths a loop over one op keeps in cache); the time model scales ``host_s`` by it.
+    fresh_map_bytes
+        Outputs of at least this many bytes are mapped fresh from the operating system by the C allocator on every
+        allocation, so each call pays the ``first_touch`` curve (glibc on 64-bit Linux: 32 MiB, its largest dynamic
+        mmap threshold); smaller outputs reuse freed heap memory. ``0``: no first-touch term.
     """
 
     device: str
@@ -164,6 +171,7 @@ class DeviceProfile:
     notes: tuple[str, ...] = ()
     module_host_factor: float = 1.0
     """Host cost of an op inside module code over its cost in a tight loop of that op (at least 1)."""
+    fresh_map_bytes: float = 0.0
     schema_version: str = SCHEMA_VERSION
 
     @property
@@ -195,8 +203,8 @@ class DeviceProfile:
         return max(rates) if rates else math.nan
 
     def peak_bytes_per_s(self) -> float:
-        """Highest achieved bandwidth of any memory kind."""
-        rates = [p.bytes_per_s for pts in self.bandwidth.values() for p in pts]
+        """Highest achieved bandwidth of reading or writing (not of the release or first-touch cost curves)."""
+        rates = [p.bytes_per_s for kind, pts in self.bandwidth.items() if kind not in _COST_CURVES for p in pts]
         return max(rates) if rates else math.nan
 
     def to_dict(self) -> dict[str, Any]:
@@ -209,6 +217,7 @@ class DeviceProfile:
             "compute": {k: [attrs.asdict(p) for p in pts] for k, pts in self.compute.items()},
             "bandwidth": {k: [attrs.asdict(p) for p in pts] for k, pts in self.bandwidth.items()},
             "notes": list(self.notes), "module_host_factor": self.module_host_factor,
+            "fresh_map_bytes": self.fresh_map_bytes,
         }
 
     @classmethod
@@ -236,6 +245,7 @@ class DeviceProfile:
                 bandwidth={str(k): tuple(BandwidthPoint(**p) for p in pts) for k, pts in d["bandwidth"].items()},
                 notes=tuple(str(n) for n in d.get("notes", ())),
                 module_host_factor=float(d["module_host_factor"]),
+                fresh_map_bytes=float(d.get("fresh_map_bytes", 0.0)),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise OpmeterError(f"malformed device profile ({type(exc).__name__}: {exc})") from exc
