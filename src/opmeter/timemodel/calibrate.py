@@ -248,6 +248,11 @@ def _conv_benches(budget: Budget, dev: str, dt: torch.dtype) -> Iterable[tuple[s
                partial(F.conv2d, x, w, stride=stride, padding=pad))
 
 
+FACTOR_ROUNDS = 5
+"""The stacks of the module host factor are timed in turn this many times; each stack's median counts, so a burst of
+other work during one round does not set the factor."""
+
+
 def measure_module_host_factor(timer: _Timer, provisional: DeviceProfile, dev: str, dt: torch.dtype) -> float:
     """How much more the host part of an op costs inside module code than in a tight loop of one op.
 
@@ -255,20 +260,24 @@ def measure_module_host_factor(timer: _Timer, provisional: DeviceProfile, dev: s
     kernels cost next to nothing) in the common eager styles: encoder blocks and LLM decoder layers with a mixture of
     experts one token at a time, windowed-attention image blocks with a relative-position bias and a convolutional
     neck; predicts them with the tight-loop ``provisional`` profile, and returns (measured - predicted device time) /
-    predicted host time over all stacks, at least 1: the cost of the Python lines between ops and of dispatch paths
-    that a loop over one op keeps hot. Synthetic blocks, not the workload a profile will predict.
+    predicted host time over all stacks (each timed :data:`FACTOR_ROUNDS` times in turn, its median), at least 1: the
+    cost of the Python lines between ops and of dispatch paths that a loop over one op keeps hot. Synthetic blocks,
+    not the workload a profile will predict.
     """
     from opmeter.timemodel.model import predict_cells
     from opmeter.timemodel.synthetic import stacks
     from opmeter.trace import OpTracer
 
-    host = device = measured = 0.0
+    host = device = 0.0
+    calls = []
     for model, x in stacks(dev, dt):
         with OpTracer(model, nvtx=False) as trace:
             model(x)
         cells = predict_cells(trace, provisional)
         host, device = host + float(cells["host_s"].sum()), device + float(cells["graph_s"].sum())
-        measured += timer.seconds_per_call(partial(model, x))
+        calls.append(partial(model, x))
+    rounds = [[timer.seconds_per_call(call) for call in calls] for _ in range(FACTOR_ROUNDS)]
+    measured = sum(statistics.median(times) for times in zip(*rounds, strict=True))
     return max((measured - device) / host, 1.0) if host > 0 else 1.0
 
 

@@ -5,8 +5,9 @@ cost next to nothing and their time is the host's: Python lines between ops, ``n
 different ops one after the other. None of them is the model a profile will predict:
 
 * :class:`TinyBlock`: a pre-norm encoder block (fused attention, SiLU MLP);
-* :class:`DecoderBlock`: an LLM decoder layer (RMSNorm in Python, rotary embedding, matmul attention, a top-2 mixture
-  of experts dispatched by a Python loop over experts, a shared expert), one token at a time;
+* :class:`DecoderBlock`: an LLM decoder layer (RMSNorm in Python, position ids and a mask built per call, rotary
+  angles under ``no_grad`` and ``autocast(enabled=False)``, a key/value cache, matmul attention, a top-2 of 4 mixture
+  of experts dispatched by a Python loop over experts, a shared expert), one token after a short past;
 * :class:`WindowedBlock`: an image transformer block on ``[B, H, W, C]`` maps (window partition with padding, a
   decomposed relative-position bias built from coordinate tables and passed to fused attention as a mask, window
   merge, GELU MLP);
@@ -65,34 +66,83 @@ def _rotate(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+class Rotary(torch.nn.Module):
+    """Rotary angles from inverse frequencies and position ids, with gradients and autocast switched off around them
+    (decorator and context manager: Python work that launches no op)."""
+
+    inv_freq: torch.Tensor
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("inv_freq", 1.0 / (10000.0 ** (torch.arange(0, dim, 2).float() / dim)), persistent=False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freq = self.inv_freq[None, :, None].float().expand(positions.shape[0], -1, 1)
+        with torch.autocast(device_type=x.device.type if x.device.type in ("cpu", "cuda") else "cpu", enabled=False):
+            angles = (freq @ positions[:, None, :].float()).transpose(1, 2)
+            emb = torch.cat((angles, angles), dim=-1)
+            cos, sin = emb.cos(), emb.sin()
+        return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
+
+
+class PastKV:
+    """A fixed past of ``length`` positions; ``update`` returns past + new keys and values (``torch.cat``) without
+    keeping them, so that repeated calls cost the same."""
+
+    def __init__(self, like: torch.Tensor, heads: int, length: int, head_dim: int) -> None:
+        self.keys = torch.zeros(like.shape[0], heads, length, head_dim, device=like.device, dtype=like.dtype)
+        self.values = torch.zeros_like(self.keys)
+
+    def get_seq_length(self) -> int:
+        return int(self.keys.shape[-2])
+
+    def update(self, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat([self.keys, key], dim=-2), torch.cat([self.values, value], dim=-2)
+
+
 class DecoderBlock(torch.nn.Module):
-    """A decoder layer in the style of common eager LLM code: RMSNorm in Python, rotary embedding, matmul attention,
-    a top-2 of 4 mixture of experts dispatched by a Python loop over experts, a shared expert."""
+    """A decoder layer in the style of common eager LLM code, one token after a past of 8: RMSNorm in Python, position
+    ids and an additive mask built per call, rotary embedding (:class:`Rotary`), a key/value cache, matmul attention
+    with fp32 softmax and dropout, a top-2 of 4 mixture of experts dispatched by a Python loop over experts, a shared
+    expert."""
 
     def __init__(self, width: int, heads: int = 2, experts: int = 4) -> None:
         super().__init__()
         self.heads, self.norm1, self.norm2 = heads, RMSNorm(width), RMSNorm(width)
         self.q, self.k, self.v, self.o = (torch.nn.Linear(width, width, bias=False) for _ in range(4))
+        self.rotary = Rotary(width // heads)
         self.gate = torch.nn.Linear(width, experts, bias=False)
         self.experts = torch.nn.ModuleList(Expert(width) for _ in range(experts))
         self.shared = Expert(width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        h = self.norm1(x)
+    def _attend(self, h: torch.Tensor, past: PastKV) -> torch.Tensor:
+        b, t, d = h.shape
+        start = past.get_seq_length()
+        positions = torch.arange(start, start + t, device=h.device).unsqueeze(0)
+        mask = torch.zeros((b, 1, t, start + t), dtype=h.dtype, device=h.device)
         q, k, v = (p(h).view(b, t, self.heads, -1).transpose(1, 2) for p in (self.q, self.k, self.v))
-        cos, sin = torch.cos(q), torch.sin(q)
+        cos, sin = (c.unsqueeze(1) for c in self.rotary(v, positions))
         q, k = q * cos + _rotate(q) * sin, k * cos + _rotate(k) * sin
-        scores = torch.softmax(torch.matmul(q, k.transpose(2, 3)).float() / math.sqrt(q.shape[-1]), dim=-1)
-        x = x + self.o(torch.matmul(scores.to(q.dtype), v).transpose(1, 2).reshape(b, t, d))
-        h = self.norm2(x).view(-1, d)
+        k, v = past.update(k, v)
+        scores = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(q.shape[-1]) + mask
+        probs = F.dropout(torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype), p=0.0, training=False)
+        return self.o(torch.matmul(probs, v).transpose(1, 2).contiguous().reshape(b, t, d))
+
+    def _experts(self, h: torch.Tensor) -> torch.Tensor:
         weights, chosen = torch.topk(self.gate(h).softmax(-1), 2, dim=-1)
         y = torch.zeros_like(h)
         for e, expert in enumerate(self.experts):
             rows = (chosen == e).any(-1).nonzero().squeeze(-1)
             if rows.numel():
                 y.index_add_(0, rows, expert(h[rows]) * (weights * (chosen == e))[rows].sum(-1, keepdim=True))
-        return x + (y + self.shared(h)).view(b, t, d)
+        return y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        x = x + self._attend(self.norm1(x), PastKV(x, self.heads, 8, d // self.heads))
+        h = self.norm2(x).view(-1, d)
+        return x + (self._experts(h) + self.shared(h)).view(b, t, d)
 
 
 class WindowedBlock(torch.nn.Module):
@@ -166,4 +216,4 @@ def stacks(dev: str, dt: torch.dtype, width: int = 16) -> list[tuple[torch.nn.Mo
             (image.to(device=dev, dtype=dt).eval(), torch.randn(1, 6, 6, width, device=dev, dtype=dt))]
 
 
-__all__ = ["ConvNeck", "DecoderBlock", "RMSNorm", "TinyBlock", "WindowedBlock", "stacks"]
+__all__ = ["ConvNeck", "DecoderBlock", "PastKV", "RMSNorm", "Rotary", "TinyBlock", "WindowedBlock", "stacks"]
