@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from opmeter.errors import OpmeterError
 from opmeter.timemodel.kinds import FILL, FIRST_TOUCH, MEMORY_KINDS, RELEASE
-from opmeter.timemodel.profile import MEASURED, BandwidthPoint, ComputePoint, DeviceProfile
+from opmeter.timemodel.profile import MEASURED, BandwidthPoint, ComputePoint, DeviceProfile, mean_profile
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class Budget:
     name: str
     seconds_per_bench: float
     min_calls: int
+    """Timed batches per benchmark (each at least one call), after one warm-up call."""
     max_flops: float
     """GEMM / attention / convolution shapes above this many FLOPs per call are skipped."""
     max_bytes: float
@@ -66,8 +67,14 @@ class Budget:
     global-attention bias: far beyond the allocator's reuse, every page faulted); at least ``max_bytes``."""
 
 
-FULL = Budget("full", 0.15, 5, 4e9, 64 * 2**20, 256 * 2**20)
-QUICK = Budget("quick", 0.01, 2, 2e8, 4 * 2**20)
+FULL = Budget("full", 0.15, 3, 4e9, 64 * 2**20, 256 * 2**20)
+QUICK = Budget("quick", 0.01, 3, 2e8, 4 * 2**20)
+PASSES = {"full": 3, "quick": 1}
+"""Calibration passes per budget, each with its share of the time per benchmark; every time of the profile is the
+mean over the passes (:func:`opmeter.timemodel.profile.mean_profile`). A shared machine's speed drifts in phases of
+seconds (the same loop of Python work takes 12 ms, then 20 ms, in CPU time on this one); a benchmark timed once
+falls in one phase, while a run of the workload spans many: the mean of passes some tens of seconds apart estimates
+the time it meets on average."""
 
 
 def pick_clock(device: str) -> Callable[[], float]:
@@ -90,20 +97,19 @@ class _Timer:
     clock: Callable[[], float] = attrs.field(default=time.perf_counter)
 
     def seconds_per_call(self, fn: Bench) -> float:
-        """Median over batches of the mean time per call (after a warm-up call).
+        """Median over the budget's batches of the mean time per call (after a warm-up call, which sizes them).
 
-        A batch lasts a fifth of the benchmark's budget (many scheduler ticks with the full budget), so on a machine
+        A batch lasts its share of the benchmark's budget (many scheduler ticks with the full budget), so on a machine
         shared with other jobs the rates include the share of the cores this process gets, as the workload's
         runs will; the median drops a batch that met an unusual burst. With the thread clock (:func:`pick_clock`)
         the time the core was taken away is not counted at all."""
-        fn()
-        self._sync()
         start = self.clock()
         fn()
         self._sync()
         once = max(self.clock() - start, 1e-7)
-        per_batch = max(1, min(1000, int(self.budget.seconds_per_bench / 5 / once)))
-        samples = [self._batch(fn, per_batch) for _ in range(max(self.budget.min_calls, 5))]
+        batches = max(self.budget.min_calls, 1)
+        per_batch = max(1, min(1000, int(self.budget.seconds_per_bench / batches / once)))
+        samples = [self._batch(fn, per_batch) for _ in range(batches)]
         return statistics.median(samples)
 
     def _batch(self, fn: Bench, n: int) -> float:
@@ -122,17 +128,18 @@ class _Timer:
         return (self.clock() - start) / n
 
     def host_seconds_per_call(self, fn: Bench, n: int = 200) -> float:
-        """Host time per call without synchronising inside the loop (the launch-bound rate on a GPU)."""
+        """Host time per call without synchronising inside the loop (the launch-bound rate on a GPU): the mean over
+        batches of ``n`` calls, as a run of the workload meets the machine's fast and slow moments alike."""
         fn()
         self._sync()
-        best = math.inf
+        samples = []
         for _ in range(max(3, self.budget.min_calls)):
             start = self.clock()
             for _ in range(n):
                 fn()
-            best = min(best, (self.clock() - start) / n)
+            samples.append((self.clock() - start) / n)
             self._sync()
-        return best
+        return statistics.fmean(samples)
 
     def _sync(self) -> None:
         if self.device == "cuda":
@@ -188,33 +195,35 @@ def measure_host(timer: _Timer, dev: str, dt: torch.dtype) -> tuple[dict[str, fl
 
 def _gemm_shapes(budget: Budget) -> list[tuple[int, int, int]]:
     """(M, K, N): GEMV-like, skinny, tall and square shapes, bounded by the budget's FLOPs per call."""
-    ms = (1, 8, 64, 512, 4096) if budget is FULL else (1, 64, 1024)
-    ks = (64, 256, 1024) if budget is FULL else (64, 512)
-    ns = (64, 512, 4096, 32768) if budget is FULL else (128, 4096)
+    full = budget.name == FULL.name
+    ms = (1, 8, 64, 512, 4096) if full else (1, 64, 1024)
+    ks = (64, 256, 1024) if full else (64, 512)
+    ns = (64, 512, 4096, 32768) if full else (128, 4096)
     grid = [(m, k, n) for m in ms for k in ks for n in ns]
-    wide = [(m, 64, 131072) for m in ((1, 16, 256) if budget is FULL else (1,))]  # vocabulary-wide output layers
+    wide = [(m, 64, 131072) for m in ((1, 16, 256) if full else (1,))]  # vocabulary-wide output layers
     return [(m, k, n) for m, k, n in grid + wide
             if 2 * m * k * n <= budget.max_flops and 4 * (m * k + k * n + m * n) <= 2 * budget.max_bytes]
 
 
-def _gemm_benches(kind: str, shapes: Iterable[tuple[int, int, int]], dev: str, dt: torch.dtype
-                  ) -> Iterable[tuple[str, Bench]]:
+def _gemm_benches(kind: str, shapes: Iterable[tuple[int, int, int]], dev: str, dt: torch.dtype,
+                  max_bytes: float = math.inf) -> Iterable[tuple[str, Bench]]:
     for m, k, n in shapes:
+        if kind == "bmm" and (m < 8 or 8 * k * n * dt.itemsize > 2 * max_bytes):
+            continue  # a batch of 8 right-hand sides: the attention shapes bmm runs, not 8 vocabulary-wide weights
+        a = torch.randn(m, k, device=dev, dtype=dt)
+        if kind == "bmm":  # the same total work split over a batch of 8
+            a3, w3 = a.reshape(8, m // 8, k), torch.randn(8, k, n, device=dev, dtype=dt)
+            yield f"bmm B=8 M={m // 8} K={k} N={n}", partial(torch.bmm, a3, w3)
+            continue
         # the weight as nn.Linear keeps it ([N, K]) and passes it to mm / addmm: a transposed view
-        a, wt = torch.randn(m, k, device=dev, dtype=dt), torch.randn(n, k, device=dev, dtype=dt)
-        w, bias = wt.t(), torch.randn(n, device=dev, dtype=dt)
-        label = f"{kind} M={m} K={k} N={n}"
+        wt, bias = torch.randn(n, k, device=dev, dtype=dt), torch.randn(n, device=dev, dtype=dt)
+        w, label = wt.t(), f"{kind} M={m} K={k} N={n}"
         if kind == "mm":
             yield label, partial(torch.mm, a, w)
         elif kind == "addmm":
             yield label, partial(torch.addmm, bias, a, w)
-        elif kind == "linear":
+        else:
             yield label, partial(F.linear, a, wt, bias)
-        else:  # bmm: the same total work split over a batch of 8
-            if m < 8:
-                continue
-            a3, w3 = a.reshape(8, m // 8, k), torch.randn(8, k, n, device=dev, dtype=dt)
-            yield f"bmm B=8 M={m // 8} K={k} N={n}", partial(torch.bmm, a3, w3)
 
 
 def _sdpa_benches(budget: Budget, dev: str, dt: torch.dtype) -> Iterable[tuple[str, Bench]]:
@@ -226,7 +235,7 @@ def _sdpa_benches(budget: Budget, dev: str, dt: torch.dtype) -> Iterable[tuple[s
               (1, 2, 257, 257, 64, False), (25, 2, 196, 196, 32, True), (1, 2, 1024, 1024, 32, True),
               (1, 2, 4096, 4096, 32, True)]
     for b, h, lq, lk, d, masked in shapes:
-        if 4 * b * h * lq * lk * d > 2 * budget.max_flops or (budget is QUICK and lq * lk > 2**20):
+        if 4 * b * h * lq * lk * d > 2 * budget.max_flops or (budget.name == QUICK.name and lq * lk > 2**20):
             continue
         q = torch.randn(b, h, lq, d, device=dev, dtype=dt)
         k = torch.randn(b, h, lk, d, device=dev, dtype=dt)
@@ -248,9 +257,8 @@ def _conv_benches(budget: Budget, dev: str, dt: torch.dtype) -> Iterable[tuple[s
                partial(F.conv2d, x, w, stride=stride, padding=pad))
 
 
-FACTOR_ROUNDS = 5
-"""The stacks of the module host factor are timed in turn this many times; each stack's median counts, so a burst of
-other work during one round does not set the factor."""
+FACTOR_ROUNDS = 3
+"""The stacks of the module host factor are timed in turn this many times; each stack's mean counts."""
 
 
 def measure_module_host_factor(timer: _Timer, provisional: DeviceProfile, dev: str, dt: torch.dtype) -> float:
@@ -260,7 +268,7 @@ def measure_module_host_factor(timer: _Timer, provisional: DeviceProfile, dev: s
     kernels cost next to nothing) in the common eager styles: encoder blocks and LLM decoder layers with a mixture of
     experts one token at a time, windowed-attention image blocks with a relative-position bias and a convolutional
     neck; predicts them with the tight-loop ``provisional`` profile, and returns (measured - predicted device time) /
-    predicted host time over all stacks (each timed :data:`FACTOR_ROUNDS` times in turn, its median), at least 1: the
+    predicted host time over all stacks (each timed :data:`FACTOR_ROUNDS` times in turn, its mean), at least 1: the
     cost of the Python lines between ops and of dispatch paths that a loop over one op keeps hot. Synthetic blocks,
     not the workload a profile will predict.
     """
@@ -277,7 +285,7 @@ def measure_module_host_factor(timer: _Timer, provisional: DeviceProfile, dev: s
         host, device = host + float(cells["host_s"].sum()), device + float(cells["graph_s"].sum())
         calls.append(partial(model, x))
     rounds = [[timer.seconds_per_call(call) for call in calls] for _ in range(FACTOR_ROUNDS)]
-    measured = sum(statistics.median(times) for times in zip(*rounds, strict=True))
+    measured = sum(statistics.fmean(times) for times in zip(*rounds, strict=True))
     return max((measured - device) / host, 1.0) if host > 0 else 1.0
 
 
@@ -320,7 +328,7 @@ def _release_points(timer: _Timer, budget: Budget, dev: str, dt: torch.dtype) ->
         if nbytes < 2**20:
             continue
         samples = []
-        for _ in range(max(budget.min_calls, 5)):
+        for _ in range(max(budget.min_calls, 3)):
             x = torch.full((n,), 1.0, device=dev, dtype=dt)
             start = timer.clock()
             del x
@@ -503,7 +511,8 @@ def calibrate(device: str = "cpu", dtype: str = "float32", threads: int | None =
     threads
         ``torch.set_num_threads`` during the calibration (restored afterwards); default: the current setting.
     quick
-        A few seconds instead of about a minute: fewer shapes, shorter timing (for tests and CI).
+        A few seconds instead of about a minute: fewer shapes, shorter timing, one pass instead of
+        :data:`PASSES` (for tests and CI).
     progress
         Called with the name of each benchmark group as it starts.
     """
@@ -515,11 +524,20 @@ def calibrate(device: str = "cpu", dtype: str = "float32", threads: int | None =
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    passes = PASSES.get(budget.name, 1)
+    share = attrs.evolve(budget, seconds_per_bench=budget.seconds_per_bench / passes)
+    say = progress or (lambda _s: None)
     try:
         with torch.inference_mode():
-            return _run(dev, dt, budget, progress or (lambda _s: None))
+            profiles = [_run(dev, dt, share, say if passes == 1 else partial(_in_pass, say, i + 1, passes))
+                        for i in range(passes)]
     finally:
         torch.set_num_threads(before)
+    return mean_profile(profiles)
+
+
+def _in_pass(progress: Callable[[str], None], index: int, passes: int, step: str) -> None:
+    progress(f"pass {index}/{passes}: {step}")
 
 
 def _run(dev: str, dt: torch.dtype, budget: Budget, progress: Callable[[str], None]) -> DeviceProfile:
@@ -555,7 +573,7 @@ def _measure_compute(timer: _Timer, budget: Budget, dev: str, dt: torch.dtype, h
     shapes = _gemm_shapes(budget)
     for kind in ("mm", "addmm", "linear", "bmm"):
         progress(f"GEMM {kind}")
-        compute[kind] = _compute_points(timer, _gemm_benches(kind, shapes, dev, dt),
+        compute[kind] = _compute_points(timer, _gemm_benches(kind, shapes, dev, dt, budget.max_bytes),
                                         host["addmm" if kind == "linear" else kind], touch)
     progress("attention (SDPA)")
     compute["sdpa"] = _compute_points(timer, _sdpa_benches(budget, dev, dt), host["sdpa"], touch)

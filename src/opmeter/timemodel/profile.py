@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -255,6 +256,51 @@ class DeviceProfile:
         return atomic_write_bytes(path, orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2))
 
 
+def mean_profile(profiles: Sequence[DeviceProfile]) -> DeviceProfile:
+    """One profile from several calibration passes of the same device: every time is the mean over the passes (host
+    costs, the module factor; rates as the mean of the times per unit of work, points matched by label), the rest is
+    the first pass's.
+
+    Raises
+    ------
+    ValueError
+        For no profiles, or profiles of different devices, dtypes or thread counts.
+    """
+    if not profiles:
+        raise ValueError("mean_profile needs at least one profile")
+    first = profiles[0]
+    if len(profiles) == 1:
+        return first
+    if {(p.device, p.device_name, p.dtype, p.threads) for p in profiles} != {
+            (first.device, first.device_name, first.dtype, first.threads)}:
+        raise ValueError("mean_profile merges passes of one device, dtype and thread count")
+    kinds = dict.fromkeys(k for p in profiles for k in p.host_s)
+    host = {k: statistics.fmean([p.host_s[k] for p in profiles if k in p.host_s]) for k in kinds}
+    return attrs.evolve(
+        first, host_s=host,
+        module_call_s=statistics.fmean(p.module_call_s for p in profiles),
+        launch_latency_s=statistics.fmean(p.launch_latency_s for p in profiles),
+        module_host_factor=statistics.fmean(p.module_host_factor for p in profiles),
+        compute=_mean_rates([p.compute for p in profiles], "flops_per_s"),
+        bandwidth=_mean_rates([p.bandwidth for p in profiles], "bytes_per_s"),
+        notes=(*first.notes, f"every time: the mean of {len(profiles)} calibration passes"),
+    )
+
+
+def _mean_rates(curves: Sequence[Mapping[str, tuple[Any, ...]]], rate: str) -> dict[str, tuple[Any, ...]]:
+    """Per kind, the points of the first pass (and any label only a later pass has), each at the harmonic mean of
+    ``rate`` over the passes that measured its label (the mean time per unit of work)."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for kind in dict.fromkeys(k for c in curves for k in c):
+        by_label: dict[str, list[Any]] = {}
+        for curve in curves:
+            for point in curve.get(kind, ()):
+                by_label.setdefault(point.label, []).append(point)
+        out[kind] = tuple(attrs.evolve(pts[0], **{rate: statistics.harmonic_mean([getattr(p, rate) for p in pts])})
+                          for pts in by_label.values())
+    return out
+
+
 def load_profile(path: str | Path) -> DeviceProfile:
     """Read a profile written by :meth:`DeviceProfile.save`.
 
@@ -268,4 +314,4 @@ def load_profile(path: str | Path) -> DeviceProfile:
 
 
 __all__ = ["DEFAULTS", "MEASURED", "SCHEMA_VERSION", "BandwidthPoint", "ComputePoint", "DeviceProfile",
-           "achieved_bytes_per_s", "achieved_flops_per_s", "load_profile"]
+           "achieved_bytes_per_s", "achieved_flops_per_s", "load_profile", "mean_profile"]

@@ -11,7 +11,9 @@ different ops one after the other. None of them is the model a profile will pred
 * :class:`WindowedBlock`: an image transformer block on ``[B, H, W, C]`` maps (window partition with padding, a
   decomposed relative-position bias built from coordinate tables and passed to fused attention as a mask, window
   merge, GELU MLP);
-* :class:`ConvNeck`: 1x1 and 3x3 convolutions with a channel norm written in Python and a resize.
+* :class:`ConvNeck`: 1x1 and 3x3 convolutions with a channel norm written in Python and a resize;
+* :class:`GreedyLoop`: a greedy generation loop over a tiny causal LM (:class:`TinyCausalLM`): the Python work of a
+  model forward and of the loop around it, where few ops run.
 """
 
 from __future__ import annotations
@@ -207,13 +209,62 @@ class ConvNeck(torch.nn.Module):
         return F.interpolate(y, scale_factor=0.5, mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
 
 
+class TinyCausalLM(torch.nn.Module):
+    """Token embedding, :class:`DecoderBlock` layers, a final norm and an output layer, with a forward in the style of
+    model code called by a generation loop: it checks its input, tracks the past length and returns a record."""
+
+    def __init__(self, width: int, vocab: int = 64, layers: int = 2) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, width)
+        self.layers = torch.nn.ModuleList(DecoderBlock(width) for _ in range(layers))
+        self.norm, self.head = RMSNorm(width), torch.nn.Linear(width, vocab, bias=False)
+
+    def forward(self, ids: torch.Tensor, past_length: int) -> dict[str, torch.Tensor | int]:
+        if ids.dim() != 2:
+            raise ValueError("expected token ids of shape [batch, length]")
+        hidden = self.embed(ids)
+        for layer in self.layers:
+            hidden = layer(hidden)
+        return {"logits": self.head(self.norm(hidden)).float(), "past_length": past_length + int(ids.shape[1])}
+
+
+class GreedyLoop(torch.nn.Module):
+    """A greedy generation loop over :class:`TinyCausalLM`: argmax of the last logits, finished sequences padded with
+    the end token, the new token appended, a host read of whether all sequences finished (the end token is outside
+    the vocabulary, so every step runs)."""
+
+    def __init__(self, width: int, steps: int = 4, vocab: int = 64) -> None:
+        super().__init__()
+        self.lm, self.steps, self.eos = TinyCausalLM(width, vocab), steps, vocab
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        sequences, step_input, past = ids, ids, 0
+        unfinished = torch.ones(ids.shape[0], 1, dtype=torch.long, device=ids.device)
+        for _ in range(self.steps):
+            out = self.lm(step_input, past)
+            past = int(out["past_length"])
+            logits = out["logits"]
+            assert isinstance(logits, torch.Tensor)
+            token = torch.argmax(logits[:, -1, :], dim=-1, keepdim=True)
+            token = token * unfinished + self.eos * (1 - unfinished)
+            sequences, step_input = torch.cat([sequences, token], dim=-1), token
+            unfinished = unfinished * (token != self.eos).long()
+            if int(unfinished.max().item()) == 0:
+                break
+        return sequences
+
+
 def stacks(dev: str, dt: torch.dtype, width: int = 16) -> list[tuple[torch.nn.Module, torch.Tensor]]:
-    """(module, input) pairs: a token stack (two encoder blocks, two decoder layers, one token) and an image stack
-    (two windowed blocks on a 6 x 6 map with 4 x 4 windows, a neck), in ``dt`` on ``dev``."""
+    """(module, input) pairs: a token stack (two encoder blocks, two decoder layers, one token), an image stack (two
+    windowed blocks on a 6 x 6 map with 4 x 4 windows, a neck) and a greedy loop of 4 steps over a two-layer causal
+    LM, in ``dt`` on ``dev``."""
     tokens = torch.nn.Sequential(TinyBlock(width), TinyBlock(width), DecoderBlock(width), DecoderBlock(width))
     image = torch.nn.Sequential(WindowedBlock(width, 4), WindowedBlock(width, 4), ConvNeck(width))
+    loop = GreedyLoop(width)
     return [(tokens.to(device=dev, dtype=dt).eval(), torch.randn(1, 1, width, device=dev, dtype=dt)),
-            (image.to(device=dev, dtype=dt).eval(), torch.randn(1, 6, 6, width, device=dev, dtype=dt))]
+            (image.to(device=dev, dtype=dt).eval(), torch.randn(1, 6, 6, width, device=dev, dtype=dt)),
+            (loop.to(device=dev, dtype=dt).eval(), torch.zeros(1, 1, dtype=torch.long, device=dev))]
 
 
-__all__ = ["ConvNeck", "DecoderBlock", "PastKV", "RMSNorm", "Rotary", "TinyBlock", "WindowedBlock", "stacks"]
+__all__ = ["ConvNeck", "DecoderBlock", "GreedyLoop", "PastKV", "RMSNorm", "Rotary", "TinyBlock", "TinyCausalLM",
+           "WindowedBlock", "stacks"]
