@@ -36,6 +36,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -126,6 +127,22 @@ class _Timer:
         for _ in range(n):
             fn()
         return (self.clock() - start) / n
+
+    def seconds_per_cold_call(self, fn: Bench, flush: Bench | None, calls: int = 8) -> float:
+        """Mean time per call of ``fn`` called ``calls`` times, each after ``flush`` (untimed; ``None``: no flush, the
+        batches of :meth:`seconds_per_call`)."""
+        if flush is None:
+            return self.seconds_per_call(fn)
+        fn()
+        total = 0.0
+        for _ in range(calls):
+            flush()
+            self._sync()
+            start = self.clock()
+            fn()
+            self._sync()
+            total += self.clock() - start
+        return total / calls
 
     def host_seconds_per_call(self, fn: Bench, n: int = 200) -> float:
         """Host time per call without synchronising inside the loop (the launch-bound rate on a GPU): the mean over
@@ -267,7 +284,10 @@ def measure_module_host_factor(timer: _Timer, provisional: DeviceProfile, dev: s
     Times the stacks of tiny synthetic blocks of :func:`opmeter.timemodel.synthetic.stacks` (tiny tensors: the
     kernels cost next to nothing) in the common eager styles: encoder blocks and LLM decoder layers with a mixture of
     experts one token at a time, windowed-attention image blocks with a relative-position bias and a convolutional
-    neck; predicts them with the tight-loop ``provisional`` profile, and returns (measured - predicted device time) /
+    neck, and a greedy generation loop; on a CPU each call follows a pass over a buffer twice the last-level cache
+    (:func:`cache_flush`: a model's weights and activations stream through the caches between two calls of the same
+    code, so its Python, dispatcher and tensor metadata are cold); predicts them with the tight-loop ``provisional``
+    profile, and returns (measured - predicted device time) /
     predicted host time over all stacks (each timed :data:`FACTOR_ROUNDS` times in turn, its mean), at least 1: the
     cost of the Python lines between ops and of dispatch paths that a loop over one op keeps hot. Synthetic blocks,
     not the workload a profile will predict.
@@ -284,9 +304,36 @@ def measure_module_host_factor(timer: _Timer, provisional: DeviceProfile, dev: s
         cells = predict_cells(trace, provisional)
         host, device = host + float(cells["host_s"].sum()), device + float(cells["graph_s"].sum())
         calls.append(partial(model, x))
-    rounds = [[timer.seconds_per_call(call) for call in calls] for _ in range(FACTOR_ROUNDS)]
+    flush = cache_flush(dev)
+    rounds = [[timer.seconds_per_cold_call(call, flush) for call in calls] for _ in range(FACTOR_ROUNDS)]
     measured = sum(statistics.fmean(times) for times in zip(*rounds, strict=True))
     return max((measured - device) / host, 1.0) if host > 0 else 1.0
+
+
+def last_level_cache_bytes() -> float:
+    """Size of the CPU's largest cache (Linux sysfs), 32 MiB when it cannot be read (logged)."""
+    best = 0.0
+    for path in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        try:
+            text = path.read_text(encoding="utf-8").strip().upper()
+            best = max(best, float(text.rstrip("KMG")) * {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1))
+        except (OSError, ValueError):
+            continue
+    if best <= 0:
+        log.info("CPU cache size not readable from sysfs; assuming a 32 MiB last-level cache")
+        return float(32 * 2**20)
+    return best
+
+
+def cache_flush(device: str) -> Bench | None:
+    """On a CPU, a pass over a buffer twice the last-level cache: what a model's weights and activations streaming
+    through the caches between two calls of the same code leave behind (an LLM's decode step reads every weight
+    once; a vocabulary-wide output layer alone is tens of MB). ``None`` on CUDA, whose weights never pass through
+    the host's caches."""
+    if device != "cpu":
+        return None
+    buffer = torch.zeros(int(2 * last_level_cache_bytes() // 4))
+    return partial(buffer.add_, 1.0)
 
 
 def _sizes(budget: Budget, limit: float = 0.0) -> list[int]:

@@ -149,7 +149,8 @@ class DeviceProfile:
         Free-text remarks (what was skipped, which numbers are defaults).
     module_host_factor
         Inside module code an op's host part costs this many times its tight-loop cost (Python lines between ops,
-        dispatch paths a loop over one op keeps in cache); the time model scales ``host_s`` by it.
+        dispatch paths a loop over one op keeps in cache, on a CPU caches that a model's data flushes between two
+        calls of the same code); the time model scales ``host_s`` by it.
     fresh_map_bytes
         Outputs of at least this many bytes are mapped fresh from the operating system by the C allocator on every
         allocation, so each call pays the ``first_touch`` curve (glibc on 64-bit Linux: 32 MiB, its largest dynamic
