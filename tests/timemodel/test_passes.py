@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import attrs
 import pytest
 import torch
 
-from opmeter.timemodel.calibrate import PASSES
+from opmeter.timemodel import calibrate
+from opmeter.timemodel.calibrate import PASSES, QUICK, _Timer, cache_flush, last_level_cache_bytes
 from opmeter.timemodel.profile import BandwidthPoint, ComputePoint, DeviceProfile, mean_profile
 from opmeter.timemodel.synthetic import GreedyLoop, stacks
 
@@ -53,3 +57,25 @@ def test_synthetic_stacks_run_and_the_loop_runs_every_step() -> None:
         ids = loop(torch.zeros(1, 1, dtype=torch.long))
     assert len(outputs) == 3 and all(torch.isfinite(o.float()).all() for o in outputs)
     assert ids.shape == (1, 4)  # the end token is outside the vocabulary: no early stop
+
+
+def test_last_level_cache_from_sysfs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    for index, size in (("index0", "32K"), ("index2", "1024K"), ("index3", "32768K")):
+        (tmp_path / index).mkdir()
+        (tmp_path / index / "size").write_text(size + "\n", encoding="utf-8")
+    assert last_level_cache_bytes(tmp_path) == 32 * 2**20
+    with caplog.at_level(logging.INFO, logger=calibrate.__name__):
+        assert last_level_cache_bytes(tmp_path / "missing") == 32 * 2**20
+    assert "assuming a 32 MiB" in caplog.text
+
+
+def test_cold_calls_follow_a_flush_each() -> None:
+    events: list[str] = []
+    timer = _Timer("cpu", QUICK)
+    seconds = timer.seconds_per_cold_call(lambda: events.append("call"), lambda: events.append("flush"), calls=3)
+    assert events == ["call", "flush", "call", "flush", "call", "flush", "call"]  # a warm-up, then flush + call
+    assert seconds >= 0
+    assert cache_flush("cuda") is None
+    flush = cache_flush("cpu")
+    assert flush is not None
+    flush()

@@ -310,10 +310,10 @@ def measure_module_host_factor(timer: _Timer, provisional: DeviceProfile, dev: s
     return max((measured - device) / host, 1.0) if host > 0 else 1.0
 
 
-def last_level_cache_bytes() -> float:
+def last_level_cache_bytes(sysfs: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> float:
     """Size of the CPU's largest cache (Linux sysfs), 32 MiB when it cannot be read (logged)."""
     best = 0.0
-    for path in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+    for path in sysfs.glob("index*/size"):
         try:
             text = path.read_text(encoding="utf-8").strip().upper()
             best = max(best, float(text.rstrip("KMG")) * {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1))
