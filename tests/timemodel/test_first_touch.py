@@ -139,3 +139,10 @@ def test_peak_bandwidth_ignores_cost_curves() -> None:
     cheap = {**profile.bandwidth, RELEASE: (BandwidthPoint(16 * MB, 2e12, "r"),),
              FIRST_TOUCH: (BandwidthPoint(THRESHOLD, 1e13, "t"),)}
     assert attrs.evolve(profile, bandwidth=cheap).peak_bytes_per_s() == pytest.approx(1e10)
+
+
+def test_a_reused_held_output_moves_nothing() -> None:
+    trace = one_cell_trace("aten.mm.default", "gemm", 1e9, 16 * MB)  # below the threshold: no first touch
+    moved = predict(trace, touch_profile(), 3)
+    assert not moved.cells["op"].eq(HELD_RELEASE).any()
+    assert moved.stage_seconds()["decode"] == 0

@@ -309,6 +309,8 @@ def _move_release(cells: pd.DataFrame, profile: DeviceProfile, held: tuple[str, 
         return cells
     part = "touch_s" if profile.bandwidth.get(FILL) else "memory_s"  # where the profile's curves put the release
     moved = min(seconds, float(cells.loc[at[0], part]))
+    if not moved > 0:  # an output the allocator reuses: its release costs nothing to move
+        return cells
     cols = [part, "device_s", "eager_s", "graph_s"]
     cells.loc[at[0], cols] = (cells.loc[at[0], cols] - moved).clip(lower=0.0)
     row = {**{c: 0.0 for c in cells.columns}, "group": "decode", "module": module, "op": HELD_RELEASE,
