@@ -287,10 +287,10 @@ def measure_module_host_factor(timer: _Timer, provisional: DeviceProfile, dev: s
     neck, and a greedy generation loop; on a CPU each call follows a pass over a buffer twice the last-level cache
     (:func:`cache_flush`: a model's weights and activations stream through the caches between two calls of the same
     code, so its Python, dispatcher and tensor metadata are cold); predicts them with the tight-loop ``provisional``
-    profile, and returns (measured - predicted device time) /
-    predicted host time over all stacks (each timed :data:`FACTOR_ROUNDS` times in turn, its mean), at least 1: the
-    cost of the Python lines between ops and of dispatch paths that a loop over one op keeps hot. Synthetic blocks,
-    not the workload a profile will predict.
+    profile, and returns (measured - predicted device time) / predicted host time over all stacks (each timed
+    :data:`FACTOR_ROUNDS` times in turn, its mean), at least 1: the cost of the Python lines between ops, of dispatch
+    paths that a loop over one op keeps hot and of cold caches. Synthetic blocks, not the workload a profile will
+    predict.
     """
     from opmeter.timemodel.model import predict_cells
     from opmeter.timemodel.synthetic import stacks
