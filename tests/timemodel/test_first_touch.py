@@ -98,6 +98,7 @@ def test_in_place_classification() -> None:
     assert writes_in_place("aten.add_.Tensor") and writes_in_place("aten.copy_.default")
     assert writes_in_place("aten.mm.out") and writes_in_place("aten.index_add_.default")
     assert not writes_in_place("aten.add.Tensor") and not writes_in_place("aten._to_copy.default")
+    assert not writes_in_place("aten.__and__.Tensor")  # a dunder, not an in-place name
     assert classify("aten.add_.Tensor", "elementwise").memory == IN_PLACE
     assert classify("aten.add.Tensor", "elementwise").memory == RW
     assert classify("aten.argmax.default", "reduction").memory == "arg_reduction"

@@ -70,7 +70,9 @@ def writes_in_place(op: str) -> bool:
     """An in-place (``add_``) or ``out=`` overload: its output is memory that already exists."""
     parts = op.split(".")
     overload = parts[2] if op.startswith("aten.") and len(parts) > 2 else ""
-    return packet(op).endswith("_") or overload == "out" or overload.endswith("_out")
+    name = packet(op)
+    in_place_name = name.endswith("_") and not name.endswith("__")  # add_, not __and__
+    return in_place_name or overload == "out" or overload.endswith("_out")
 
 
 def classify(op: str, category: str, flops: float = 1.0, nbytes: float = 1.0) -> OpKind:
