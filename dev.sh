@@ -1,47 +1,78 @@
 #!/usr/bin/env bash
-# One entry point for a fresh machine: creates .venv on first use (and whenever pyproject.toml or the
-# constraints change), installs opmeter with its dev extras, then runs the requested job.
+# One entry point for a fresh machine: creates .venv on first use (and whenever pyproject.toml or the lock
+# changes), installs exactly the pins of locks/dev.txt plus opmeter itself, then runs the requested job.
 #   ./dev.sh report [opmeter report options]   the main job: report on the embedded DeepSeek-OCR default
 #   ./dev.sh test [pytest options]              the whole test suite
-#   ./dev.sh test-compat [pytest options]       the suite again on the users' stack (torch 2.6 + transformers 4.46),
-#                                               in a venv cached under ~/.cache/opmeter-ci (about 3 GB, built once)
+#   ./dev.sh test-compat [pytest options]       the suite on the users' oldest stack (locks/compat.txt: torch 2.6 +
+#                                               transformers 4.46.3 + every floor), cached under ~/.cache/opmeter-ci
+#   ./dev.sh test-latest [pytest options]       the suite on the newest releases pyproject.toml allows (drift check)
+#   ./dev.sh lock [--upgrade]                   regenerate locks/dev.txt and locks/compat.txt from pyproject.toml
+#                                               (keeps dev pins that still fit; --upgrade moves them to the newest)
+#   ./dev.sh lint                               ruff + mypy, as CI runs them
 #   ./dev.sh opmeter ...                        any opmeter subcommand
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
-stamp=.venv/.opmeter-installed
-want=$(cat pyproject.toml constraints-dev.txt | sha256sum | cut -d' ' -f1)
-if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "[dev.sh] setting up .venv (first run or dependencies changed)" >&2
-  [ -x .venv/bin/python ] || "$PY" -m venv .venv
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -c constraints-dev.txt -e '.[dev]'
-  echo "$want" > "$stamp"
-fi
-compat_env() {
-  # A cached venv with the compat pins; opmeter itself is (re)installed from this checkout on every run.
-  local venv=${OPMETER_COMPAT_VENV:-$HOME/.cache/opmeter-ci/compat-venv}
-  local want_c
-  want_c=$(cat pyproject.toml constraints-compat.txt | sha256sum | cut -d' ' -f1)
-  if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.opmeter-deps" 2>/dev/null)" != "$want_c" ]; then
-    echo "[dev.sh] setting up $venv (torch 2.6 + transformers 4.46; first run or pins changed)" >&2
+CACHE=${OPMETER_CACHE:-$HOME/.cache/opmeter-ci}
+PLATFORM=(--python-version 3.11 --python-platform x86_64-manylinux_2_28)
+
+locked_env() {
+  # locked_env VENV LOCK: make VENV hold exactly LOCK's pins (rebuilt when LOCK or pyproject.toml change), then
+  # install this checkout into it without dependencies and without build isolation (setuptools is in LOCK).
+  local venv=$1 lock=$2 want
+  want=$(cat pyproject.toml "$lock" | sha256sum | cut -d' ' -f1)
+  if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.opmeter-lock" 2>/dev/null)" != "$want" ]; then
+    echo "[dev.sh] installing $lock into $venv (first run or the lock changed)" >&2
+    rm -rf "$venv"
     mkdir -p "$(dirname "$venv")"
-    [ -x "$venv/bin/python" ] || "$PY" -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --upgrade pip
-    "$venv/bin/python" -m pip install -q -c constraints-compat.txt -e '.[dev]'
-    echo "$want_c" > "$venv/.opmeter-deps"
+    "$PY" -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --no-deps -r "$lock"
+    "$venv/bin/python" -m pip check >&2
+    echo "$want" > "$venv/.opmeter-lock"
   fi
-  "$venv/bin/python" -m pip install -q --no-deps -e . >/dev/null
-  COMPAT_PY="$venv/bin/python"
+  "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
 }
+
+latest_env() {
+  # The newest releases pyproject.toml allows (and the machine's pip configuration admits), in a cached venv
+  # upgraded on every run; the versions it got are written to $venv/versions.txt.
+  local venv=$CACHE/latest-venv
+  [ -x "$venv/bin/python" ] || "$PY" -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip
+  "$venv/bin/python" -m pip install -q --upgrade --upgrade-strategy eager -e '.[dev]'
+  "$venv/bin/python" -m pip freeze --exclude-editable > "$venv/versions.txt"
+  echo "[dev.sh] newest releases:" \
+    "$(grep -iE '^(torch|transformers|numpy|pandas)==' "$venv/versions.txt" | tr '\n' ' ')" >&2
+  LATEST_PY=$venv/bin/python
+}
+
+lock() {
+  # uv resolves; pip installs (pip is what finds torch's CPU wheel through this machine's --find-links).
+  local tools=$CACHE/tools-venv
+  [ -x "$tools/bin/uv" ] || { "$PY" -m venv "$tools" && "$tools/bin/python" -m pip install -q 'uv>=0.9'; }
+  "$tools/bin/uv" pip compile -q pyproject.toml locks/build.in --extra dev -c locks/dev.constraints.txt "$@" \
+    "${PLATFORM[@]}" --find-links "${OPMETER_WHEELS:-/opt/wheels}" --no-header -o locks/dev.txt
+  "$tools/bin/uv" pip compile -q pyproject.toml locks/build.in --extra dev -c locks/compat.constraints.txt \
+    --resolution lowest-direct --upgrade "${PLATFORM[@]}" --no-header -o locks/compat.txt
+  sed -i '1i # Generated by ./dev.sh lock from pyproject.toml, locks/build.in and locks/dev.constraints.txt; do not edit.' \
+    locks/dev.txt
+  sed -i '1i # Generated by ./dev.sh lock from pyproject.toml, locks/build.in and locks/compat.constraints.txt; do not edit.' \
+    locks/compat.txt
+}
+
 job=${1:-}
 [ $# -gt 0 ] && shift
 case "$job" in
+  report|test|opmeter|lint) locked_env .venv locks/dev.txt ;;
+esac
+case "$job" in
   report) exec .venv/bin/opmeter report "$@" ;;
   test) exec .venv/bin/python -m pytest "$@" ;;
-  test-compat) compat_env; exec "$COMPAT_PY" -m pytest "$@" ;;
+  test-compat) locked_env "$CACHE/compat-venv" locks/compat.txt; exec "$CACHE/compat-venv/bin/python" -m pytest "$@" ;;
+  test-latest) latest_env; exec "$LATEST_PY" -m pytest "$@" ;;
+  lock) lock "$@" ;;
   opmeter) exec .venv/bin/opmeter "$@" ;;
   lint) .venv/bin/ruff check src tests manual tracers && exec .venv/bin/mypy ;;
-  *) echo "usage: ./dev.sh report|test|test-compat|opmeter|lint [args...]" >&2; exit 2 ;;
+  *) echo "usage: ./dev.sh report|test|test-compat|test-latest|lock|lint|opmeter [args...]" >&2; exit 2 ;;
 esac
