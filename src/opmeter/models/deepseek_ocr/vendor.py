@@ -140,9 +140,10 @@ def load_vendor(
     try:
         config = AutoConfig.from_pretrained(str(root), trust_remote_code=True)
         if weights:
+            options: dict[str, Any] = {dtype_arg: dt}  # the keyword's name depends on the version
             model = AutoModel.from_pretrained(
                 str(root), trust_remote_code=True, use_safetensors=any(root.glob("*.safetensors")),
-                _attn_implementation=attn_implementation, **{dtype_arg: dt},
+                _attn_implementation=attn_implementation, **options,
             )
         else:
             ctx = torch.device("meta") if dev.type == "meta" else contextlib.nullcontext()
