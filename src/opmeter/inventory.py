@@ -15,6 +15,9 @@ from torch import nn
 
 from opmeter.trace.modules import qualified_name
 
+SCHEMA_VERSION = "opmeter.inventory/1"
+"""The ``schema_version`` of an inventory JSON file (``opmeter inventory --json``)."""
+
 
 @attrs.frozen
 class ClassInfo:
@@ -93,6 +96,7 @@ class Inventory:
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (JSON-ready)."""
         return {
+            "schema_version": SCHEMA_VERSION,
             "model_class": self.model_class,
             "model_qualname": self.model_qualname,
             "total_params": self.total_params,

@@ -129,6 +129,41 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     return Path(path)
 
 
+_OWN_FILE_MAX_BYTES = 64 << 20
+
+
+def _schema_of(path: Path) -> object:
+    """The ``schema_version`` of the JSON object in ``path`` (at most 64 MiB read), or ``None``."""
+    try:
+        if path.stat().st_size > _OWN_FILE_MAX_BYTES:
+            return None
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return data.get("schema_version") if isinstance(data, dict) else None
+
+
+def check_output_file(path: str | os.PathLike[str], schema: str, force: bool = False) -> Path:
+    """Prove that ``path`` may receive one of opmeter's JSON files, before any work, creating nothing.
+
+    A missing file, a stream (``/dev/null``, a pipe) and a file opmeter wrote before (a JSON object whose
+    ``schema_version`` is ``schema``) may be written; any other existing file only with ``force``.
+
+    Raises
+    ------
+    OpmeterError
+        When ``path`` is a directory or an existing file that is not opmeter's (without ``force``).
+    """
+    p = Path(path)
+    dest, stream = _destination(p)
+    if stream or force or not dest.exists():
+        return p
+    if _schema_of(dest) != schema:
+        raise OpmeterError(f"{p} exists and is not an opmeter file ({schema}); choose another name, or add --force "
+                           "to replace it")
+    return p
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically; see :func:`atomic_write_bytes`."""
     return atomic_write_bytes(path, text.encode("utf-8"))

@@ -13,10 +13,12 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from helpers import TOY, one_line, run_cli, snapshot
 
 from opmeter.cli import main
+from opmeter.report.outdir import MANIFEST_NAME
 
 REPORT = ["report", "--preset", TOY, "--device", "meta", "--decode-tokens", "2"]
 
@@ -31,10 +33,13 @@ def first(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def previous(first: Path, tmp_path: Path) -> Path:
-    """A copy of the finished report, with a stale file an earlier run (``--verify``) left."""
+    """A copy of the finished report, with a stale file an earlier run (``--verify``) wrote and listed."""
     out = tmp_path / "latest"
     shutil.copytree(first, out)
     (out / "verification.csv").write_text("layer,case\nstale,1\n")
+    manifest = orjson.loads((out / MANIFEST_NAME).read_bytes())
+    manifest["files"].append("verification.csv")
+    (out / MANIFEST_NAME).write_bytes(orjson.dumps(manifest))
     return out
 
 
@@ -54,6 +59,7 @@ def test_a_rerun_replaces_the_directory_as_a_unit(previous: Path) -> None:
     assert "verification.csv" not in after  # stale files of earlier runs do not linger
     assert after["trace.json"] == before["trace.json"]  # the input trace inside --out is kept
     assert set(after) == set(before) - {"verification.csv"}
+    assert "verification.csv" not in orjson.loads(after[MANIFEST_NAME])["files"]
     assert _siblings(previous) == []
     mask = os.umask(0)
     os.umask(mask)
@@ -98,7 +104,7 @@ def test_verify_runs_before_anything_is_written(previous: Path, monkeypatch: pyt
     from opmeter.report import outdir
 
     order: list[str] = []
-    real_staged = outdir.staged_report
+    real_staged = outdir.staged_output
 
     def verify(preset: str) -> Any:
         order.append("verify")
@@ -109,7 +115,7 @@ def test_verify_runs_before_anything_is_written(previous: Path, monkeypatch: pyt
         return real_staged(*args, **kwargs)
 
     monkeypatch.setattr(opmeter.verify, "verify", verify)
-    monkeypatch.setattr(outdir, "staged_report", staged)
+    monkeypatch.setattr(outdir, "staged_output", staged)
     before = snapshot(previous)
     assert _rerun(previous, "--verify") == 130
     assert order == ["verify"] and snapshot(previous) == before
@@ -145,7 +151,7 @@ def test_out_that_is_empty_or_the_current_directory_is_refused(
 def test_a_directory_of_other_files_is_not_replaced(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "thesis.tex").write_text("precious")
     assert main([*REPORT, "--out", str(tmp_path)]) == 1
-    assert "not an opmeter report" in capsys.readouterr().err
+    assert "opmeter did not write" in capsys.readouterr().err
     assert snapshot(tmp_path) == {"thesis.tex": b"precious"}
 
 

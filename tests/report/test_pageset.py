@@ -131,8 +131,9 @@ def test_images_folder_dedups_geometries_and_lists_bad_pages(
     assert df.loc["a.png", "predicted_ttft_s"] == df.loc["b.jpg", "predicted_ttft_s"]
     assert "empty file" in df.loc["empty.png", "error"] and math.isnan(df.loc["empty.png", "tensor_flops"])
     assert df["measured_ttft_s"].isna().all()
-    assert sorted(p.name for p in out.iterdir()) == ["components.csv", "distributions.csv", "geometries.csv",
-                                                    "pages.csv", "report.md", "ttft_vs_image_tokens.svg"]
+    assert sorted(p.name for p in out.iterdir()) == [".opmeter-output.json", "components.csv", "distributions.csv",
+                                                    "geometries.csv", "pages.csv", "report.md",
+                                                    "ttft_vs_image_tokens.svg"]
     text = (out / "report.md").read_text()
     assert "## Skipped pages" in text and "empty.png" in text and "3 of 4 pages" in stdout
 

@@ -13,6 +13,7 @@ import torch
 
 from opmeter.cli import main
 from opmeter.join import load_joined
+from opmeter.report.outdir import write_manifest
 
 TOY = ["--preset", "deepseek-ocr-toy"]
 
@@ -135,6 +136,7 @@ def test_bad_input_is_one_clear_line_and_nothing_is_corrupted(
     out = tmp_path / "out"
     out.mkdir()
     (out / "report.md").write_text("previous report")
+    write_manifest(out, ["report.md"], "report")
     args = make_args(tmp_path)
     if "--trace" not in args:
         args = [*TOY, "--device", "meta", "--decode-tokens", "2", *args]
@@ -145,7 +147,7 @@ def test_bad_input_is_one_clear_line_and_nothing_is_corrupted(
     assert lines[0].startswith("opmeter report: error:")
     assert re.search(message, lines[0]), lines[0]
     assert (out / "report.md").read_text() == "previous report"
-    assert sorted(p.name for p in out.iterdir()) == ["report.md"]
+    assert sorted(p.name for p in out.iterdir()) == [".opmeter-output.json", "report.md"]
 
 
 def test_unwritable_output_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -179,6 +181,7 @@ def test_failing_inference_keeps_the_partial_trace_and_the_old_report(
 
     monkeypatch.setattr(DeepseekOCRForCausalLM, "forward", flaky)
     (tmp_path / "report.md").write_text("previous report")
+    write_manifest(tmp_path, ["report.md"], "report")
     got, _, err = _run([*TOY, "--device", "meta", "--decode-tokens", "3", "--out", str(tmp_path)], capsys)
     assert got == code
     assert len(err.strip().splitlines()) == 1

@@ -21,7 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "dtype the model runs in)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads during the calibration (default: torch's current setting)")
-    parser.add_argument("--out", default="device_profile.json", help="profile file (default: %(default)s)")
+    parser.add_argument("--out", default="device_profile.json",
+                        help="profile file (default: %(default)s; an existing file is replaced only when it is a "
+                             "device profile)")
+    parser.add_argument("--force", action="store_true", help="replace --out even when it is not a device profile")
     parser.add_argument("--quick", action="store_true", help="a few seconds, fewer shapes (tests, CI)")
 
 
@@ -30,12 +33,14 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from opmeter.errors import OpmeterError
-    from opmeter.io import ensure_output_dir
+    from opmeter.io import check_output_file, ensure_output_dir
     from opmeter.timemodel.calibrate import calibrate, parse_dtype, resolve_calibration_device
+    from opmeter.timemodel.profile import SCHEMA_VERSION
 
     out = Path(args.out)
     if out.is_dir():
         raise OpmeterError(f"--out {out} is a directory; give a file name such as {out / 'device_profile.json'}")
+    check_output_file(out, SCHEMA_VERSION, args.force)
     resolve_calibration_device(args.device)  # one clear line before any work
     parse_dtype(args.dtype)
     if args.threads is not None and args.threads < 1:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
-from opmeter.io import ensure_output_dir
+from opmeter.report.outdir import FORCE_HELP
 
 NAME = "demo"
 HELP = "trace a small built-in demo transformer (prefill + decode) and write trace.json, CSV tables, call graph"
@@ -14,6 +15,7 @@ HELP = "trace a small built-in demo transformer (prefill + decode) and write tra
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``opmeter demo``."""
     parser.add_argument("--out", type=Path, default=Path("reports/demo"), help="output directory (reports/demo)")
+    parser.add_argument("--force", action="store_true", help=FORCE_HELP)
     parser.add_argument("--prompt-tokens", type=int, default=16, help="prompt length (16)")
     parser.add_argument("--new-tokens", type=int, default=8, help="tokens to generate (8)")
     parser.add_argument("--timing", action="store_true", help="also time modules, stages and ops (spans.json)")
@@ -28,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         raise OpmeterError("--prompt-tokens must be >= 2 and --new-tokens >= 1")
     import torch
 
-    from opmeter.io import atomic_write_text
+    from opmeter.report.outdir import check_output_dir, staged_output
     from opmeter.trace import OpTracer
     from opmeter.trace.demo import DemoConfig, DemoTransformer
     from opmeter.trace.render import print_trace, terminal
@@ -37,13 +39,26 @@ def run(args: argparse.Namespace) -> int:
     if args.prompt_tokens + args.new_tokens > cfg.max_seq:
         raise OpmeterError(f"--prompt-tokens + --new-tokens must be <= {cfg.max_seq}")
     torch.manual_seed(args.seed)
-    ensure_output_dir(args.out)  # fail now, not after the run
+    out = check_output_dir(args.out, args.force)  # fail now, not after the run
     model = DemoTransformer(cfg).eval()
     ids = torch.randint(0, cfg.vocab_size, (1, args.prompt_tokens))
     meta = {"workload": {"id": "opmeter-demo", "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens}}
     with OpTracer(model, timing=args.timing, metadata=meta) as trace:
         model.generate(ids, max_new_tokens=args.new_tokens)
-    out: Path = args.out
+    with staged_output(out, force=args.force, command="demo") as staging:
+        _write(trace, staging, args.timing)
+    console = terminal()
+    print_trace(trace, console)
+    console.print(f"wrote {args.out}/: trace.json, modules.csv, operators.csv, module_operators.csv, stages.csv, "
+                  f"edges.csv, callgraph.dot, callgraph.mmd{', spans.json' if args.timing else ''}")
+    return 0
+
+
+
+def _write(trace: Any, out: Path, timing: bool) -> None:
+    """The demo's files: the trace, its tables and its call graph."""
+    from opmeter.io import atomic_write_text
+
     trace.save(out / "trace.json")
     atomic_write_text(out / "modules.csv", trace.by_module().to_csv(index=False))
     atomic_write_text(out / "operators.csv", trace.by_operator().to_csv(index=False))
@@ -52,11 +67,5 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_text(out / "edges.csv", trace.edges().to_csv(index=False))
     atomic_write_text(out / "callgraph.dot", trace.to_dot())
     atomic_write_text(out / "callgraph.mmd", trace.to_mermaid())
-    if args.timing:
+    if timing:
         trace.to_chrome_trace(out / "spans.json")
-    console = terminal()
-    print_trace(trace, console)
-    console.print(f"wrote {out}/: trace.json, modules.csv, operators.csv, module_operators.csv, stages.csv, "
-                  f"edges.csv, callgraph.dot, callgraph.mmd{', spans.json' if args.timing else ''}")
-    return 0
-

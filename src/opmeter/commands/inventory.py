@@ -27,17 +27,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "built from config.json on meta)",
     )
     parser.add_argument("--depth", type=int, default=2, help="component depth below the root (default: %(default)s)")
-    parser.add_argument("--json", dest="json_path", metavar="FILE", help="also write the inventory as JSON")
+    parser.add_argument("--json", dest="json_path", metavar="FILE",
+                        help="also write the inventory as JSON (an existing file only when it is an inventory)")
+    parser.add_argument("--force", action="store_true", help="replace --json FILE even when it is not an inventory")
     parser.add_argument("--format", choices=("text", "json"), default="text", help="stdout format")
 
 
 def run(args: argparse.Namespace) -> int:
     """Build the model on meta, print (and optionally save) its inventory."""
-    from opmeter.inventory import build_inventory
-    from opmeter.io import atomic_write_bytes
+    from opmeter.inventory import SCHEMA_VERSION, build_inventory
+    from opmeter.io import atomic_write_bytes, check_output_file
 
     if args.depth < 0:
         raise OpmeterError(f"--depth must be >= 0, got {args.depth}")
+    if args.json_path:
+        check_output_file(args.json_path, SCHEMA_VERSION, args.force)
     from opmeter.models.base import RunRequest, resolve_adapter
 
     adapter = resolve_adapter(f"vendor:{args.vendor}" if args.vendor else args.model)

@@ -7,6 +7,7 @@ import sys
 import time
 
 from opmeter.errors import OpmeterError
+from opmeter.report.outdir import FORCE_HELP
 
 NAME = "report"
 HELP = (
@@ -50,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="hardware entry for predicted (roofline) times, and for MFU on a GPU "
                         "(default: the detected GPU, else H100-SXM)")
     parser.add_argument("--out", default="reports/latest", help="output directory (default: %(default)s)")
+    parser.add_argument("--force", action="store_true", help=FORCE_HELP)
     parser.add_argument("--image", default=None,
                         help="use this image instead of the workload's (with --trace: the image that was traced)")
     parser.add_argument("--images", default=None, metavar="DIR|GLOB",
@@ -114,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress and sys.stderr.isatty(),
         max_image_pixels=args.max_image_pixels,
         images=args.images,
+        force=args.force,
         command="opmeter report " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["report"] else "opmeter report",
     )
     result = run_report(opts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from opmeter.errors import OpmeterError
+from opmeter.report.outdir import FORCE_HELP
 
 NAME = "sweep"
 SWEEPS = ("vision", "prefill", "decode")
@@ -21,7 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("name", choices=(*SWEEPS, "all"), help="which sweep ('all': the three)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model adapter NAME[:ARG] (default: %(default)s)")
-    parser.add_argument("--out", default="reports/sweeps", help="output directory (default: %(default)s)")
+    parser.add_argument("--out", default="reports/sweeps", help="output directory (default: %(default)s; a sweep "
+                        "adds to it, replacing only its own files)")
+    parser.add_argument("--force", action="store_true", help=FORCE_HELP)
     parser.add_argument("--preset", default=None, help="preset (default: the model's full size)")
     parser.add_argument("--decode-steps", type=int, default=100, help="K decode steps (default: %(default)s)")
     parser.add_argument("--max-crops", type=int, default=29, help="largest rows*cols (default: %(default)s)")
@@ -38,12 +41,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the sweep(s) through the model adapter and print where the files went."""
     from opmeter.models.base import resolve_adapter
+    from opmeter.report.outdir import check_output_dir, staged_output
 
     adapter = resolve_adapter(args.model)
     sweep = getattr(adapter, "sweep", None)
     if sweep is None:
         raise OpmeterError(f"{adapter.words.name} has no sweeps")
     args.preset = args.preset or adapter.default_preset
-    for line in sweep(args):
+    out = check_output_dir(args.out, args.force)
+    shown = args.out
+    with staged_output(out, force=args.force, command="sweep", accumulate=True) as staging:
+        args.out = staging
+        lines = list(sweep(args))
+    for line in lines:
         print(line)
+    print(f"written to {shown}")
     return 0

@@ -7,7 +7,7 @@ import contextlib
 import sys
 
 from opmeter.errors import OpmeterError
-from opmeter.io import ensure_output_dir
+from opmeter.report.outdir import FORCE_HELP
 
 NAME = "verify"
 HELP = (
@@ -41,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model adapter NAME[:ARG] (default: %(default)s)")
     parser.add_argument("--out", default="reports/verify", help="output directory (default: %(default)s)")
+    parser.add_argument("--force", action="store_true", help=FORCE_HELP)
     parser.add_argument("--preset", default=None, help="preset (default: the model's full size)")
     parser.add_argument(
         "--fast", action="store_true", help="CI-sized run: the model's smallest preset (overrides --preset)"
@@ -64,6 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the verification; print the worst row per layer; return 1 when any row fails."""
     from opmeter.models.base import resolve_adapter
+    from opmeter.report.outdir import check_output_dir, staged_output
     from opmeter.verify import run_verify, worst_per_layer
 
     adapter = resolve_adapter(args.model)
@@ -73,9 +75,10 @@ def run(args: argparse.Namespace) -> int:
     preset = str((getattr(adapter, "fast_preset", None) if args.fast else args.preset) or adapter.default_preset)
     progress = None if args.quiet else (lambda msg: print(f"  tracing {msg}", file=sys.stderr))
     cases = cases_of(preset, args.device, args.grid, args.attn)  # validates preset, device and grid first
-    ensure_output_dir(args.out)  # fail now, not after the run
-    with getattr(adapter, "verify_context", contextlib.nullcontext)():
-        df, seconds = run_verify(cases, preset, args.out, progress, args.device)
+    out = check_output_dir(args.out, args.force)  # fail now, not after the run
+    with getattr(adapter, "verify_context", contextlib.nullcontext)(), \
+            staged_output(out, force=args.force, command="verify", accumulate=True) as staging:
+        df, seconds = run_verify(cases, preset, staging, progress, args.device)
     if df.empty:
         raise OpmeterError("no verification cases ran")
     worst = worst_per_layer(df)

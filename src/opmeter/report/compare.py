@@ -181,12 +181,15 @@ def plot_stages(a: ReportFigures, b: ReportFigures, path: Path) -> Path:
     return path
 
 
-def compare_reports(dir_a: str | Path, dir_b: str | Path, out: str | Path) -> list[Path]:
-    """Write ``compare.md`` and ``compare.svg`` into ``out``; returns the paths."""
-    from opmeter.io import atomic_write_text, ensure_output_dir
+def compare_reports(dir_a: str | Path, dir_b: str | Path, out: str | Path, force: bool = False) -> list[Path]:
+    """Write ``compare.md`` and ``compare.svg`` into ``out`` (a directory opmeter owns,
+    :mod:`opmeter.report.outdir`); returns the paths."""
+    from opmeter.io import atomic_write_text
+    from opmeter.report.outdir import check_output_dir, staged_output
 
+    out_dir = check_output_dir(out, force)
     a, b = read_report(dir_a), read_report(dir_b)
-    out_dir = ensure_output_dir(out)
-    svg = plot_stages(a, b, Path(out_dir) / "compare.svg")
-    md = atomic_write_text(Path(out_dir) / "compare.md", to_markdown(a, b, svg.name))
-    return [md, svg]
+    with staged_output(out_dir, force=force, command="compare") as staging:
+        svg = plot_stages(a, b, staging / "compare.svg")
+        atomic_write_text(staging / "compare.md", to_markdown(a, b, svg.name))
+    return [out_dir / "compare.md", out_dir / "compare.svg"]

@@ -29,11 +29,11 @@ def resolve_device(device: str) -> str:
     return name
 
 
-def check_out_dir(out: str | Path) -> Path:
-    """Prove ``out`` can receive the report, creating nothing (see :func:`opmeter.report.outdir.check_report_dir`)."""
-    from opmeter.report.outdir import check_report_dir
+def check_out_dir(out: str | Path, force: bool = False) -> Path:
+    """Prove ``out`` can receive the report, creating nothing (see :func:`opmeter.report.outdir.check_output_dir`)."""
+    from opmeter.report.outdir import check_output_dir
 
-    return check_report_dir(out)
+    return check_output_dir(out, force)
 
 
 def check_image(image: str | Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Path:

@@ -206,7 +206,7 @@ def _check(opts: Any) -> tuple[Path, str]:
     """The checks a single-page report makes before the long work, and those of a set: nothing is created."""
     from opmeter.report.run import check_out_dir, resolve_device
 
-    out_dir = check_out_dir(opts.out)
+    out_dir = check_out_dir(opts.out, opts.force)
     if opts.image is not None:
         raise OpmeterError("--image and a set of pages (--images or a document-set workload) exclude each other")
     if opts.trace_path is not None:
@@ -254,10 +254,10 @@ def run_page_set(opts: Any, planner: PagePlanner) -> Any:
 
 
 def write_set(out_dir: Path, opts: Any, planner: PagePlanner, result: SetResult, started: float) -> list[str]:
-    """Write the set report into ``out_dir`` as one unit (:func:`opmeter.report.outdir.staged_report`)."""
+    """Write the set report into ``out_dir`` as one unit (:func:`opmeter.report.outdir.staged_output`)."""
     from opmeter.io import atomic_write_text
     from opmeter.report import exporters, pageset_markdown, plots
-    from opmeter.report.outdir import staged_report
+    from opmeter.report.outdir import staged_output
 
     files = ["report.md", "pages.csv", "distributions.csv", "components.csv", "ttft_vs_image_tokens.svg"]
     if not result.geometries.empty:
@@ -271,7 +271,7 @@ def write_set(out_dir: Path, opts: Any, planner: PagePlanner, result: SetResult,
               "predicted times": f"time model with {result.profile}" if result.profile else "no device profile",
               "roofline columns": f"{result.hardware} peaks" if result.hardware else "no hardware entry"}
     context = {"title": f"{planner.set_id} on {opts.preset}", "command": f"`{opts.command}`", "header": header}
-    with staged_report(out_dir) as staging:
+    with staged_output(out_dir, force=opts.force) as staging:
         exporters.write_csv(result.pages, staging / "pages.csv")
         exporters.write_csv(result.distributions, staging / "distributions.csv")
         exporters.write_csv(result.components, staging / "components.csv")

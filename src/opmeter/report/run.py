@@ -86,6 +86,8 @@ class ReportOptions:
     """``--images DIR|GLOB``: a report over these pages (:mod:`opmeter.report.pageset_run`)."""
     write_files: bool = True
     """``False``: compute and return the figures, write nothing (one page of a set report)."""
+    force: bool = False
+    """``--force``: write into an existing directory opmeter did not make (:mod:`opmeter.report.outdir`)."""
 
 
 @attrs.frozen
@@ -179,7 +181,7 @@ class _Pipeline:
     def run(self) -> ReportResult:
         o = self.opts
         started = time.perf_counter()
-        out_dir = check_out_dir(o.out)
+        out_dir = check_out_dir(o.out, o.force)
         self._check_time_options()
         choose_hardware(o.hardware, "meta")  # --hardware and the OPMETER_* environment, before the long work
         if o.trace_path is not None:
@@ -290,12 +292,12 @@ class _Pipeline:
         head = prediction.headline if prediction is not None else {}
         if not o.write_files:  # one page of a set report: the figures only
             return ReportResult(out_dir, (), tuple(headline_lines(joined, head)), dict(self.seconds), joined)
-        from opmeter.report.outdir import staged_report
+        from opmeter.report.outdir import staged_output
 
         facts = RunFacts(o.command, str(o.model or adapter.spec), preset, device, head, o.compress,
                          o.write_trace_json and o.trace_path is None)
         kept = (o.trace_path, o.profile)  # inputs that live in --out stay in the new report
-        with staged_report(out_dir, carry=[Path(p).resolve() for p in kept if p is not None]) as staging, \
+        with staged_output(out_dir, [Path(p).resolve() for p in kept if p is not None], o.force) as staging, \
                 timed(self.seconds, "write"):
             files = write_report(staging, joined, trace, execution.timing_trace if execution else None, adapter,
                                  workload, facts, verification, started)

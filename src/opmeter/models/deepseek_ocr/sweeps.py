@@ -264,8 +264,8 @@ def plot_sweep(name: str, df: pd.DataFrame, out: Path, cfg: SweepConfig) -> list
     if name == "vision":
         d = df[df["variant"] == df["variant"].iloc[0]].sort_values("image_tokens")
         fig, ax = plt.subplots(figsize=(8, 5))
-        ax.stackplot(d["image_tokens"], d["sam_share"], d["clip_share"], d["projector_share"],
-                     labels=["SAM", "CLIP", "projector"])
+        shares = [d[c].to_numpy(dtype=float) for c in ("sam_share", "clip_share", "projector_share")]
+        ax.stackplot(d["image_tokens"].to_numpy(dtype=float), *shares, labels=["SAM", "CLIP", "projector"])
         ax.set_xlabel("image tokens")
         ax.set_ylabel("share of vision FLOPs")
         ax.set_title("vision: SAM vs CLIP vs projector share of FLOPs")
@@ -443,5 +443,5 @@ def run_sweeps(args: Any) -> list[str]:
         if name == "vision" and args.measured:
             hook = measured_vision_column(args.preset, max_points=args.measured)
         res = write_sweep(name, args.out, sweep_cfg, plots=not args.no_plots, measured=hook)
-        lines.append(f"{name}: {len(res.frame)} rows, {len(res.files)} files in {args.out} ({res.seconds:.1f} s)")
+        lines.append(f"{name}: {len(res.frame)} rows, {len(res.files)} files ({res.seconds:.1f} s)")
     return lines

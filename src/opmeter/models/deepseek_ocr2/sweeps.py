@@ -90,7 +90,7 @@ def run_sweeps(args: Any) -> list[str]:
         table = frame[list(COLUMNS[name])]
         atomic_write_text(Path(out) / f"{name}.csv", table.to_csv(index=False))
         atomic_write_text(Path(out) / f"{name}.md", _markdown(name, table, args.preset, args.decode_steps))
-        lines.append(f"{name}: {len(table)} grids, 2 files in {args.out}")
+        lines.append(f"{name}: {len(table)} grids, 2 files")
     return lines
 
 
