@@ -157,3 +157,32 @@ def test_report_vendor_refuses_wrong_preset(checkpoint: Path, tmp_path: Path,
                  "--out", str(tmp_path / "r")])
     assert code == 1
     assert "parameters but preset" in capsys.readouterr().err
+
+
+def test_the_checkpoints_python_is_announced_before_it_runs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    ckpt = make_fake_checkpoint(tmp_path / "ckpt", PRESET)
+    marker = tmp_path / "ran"
+    # a planted module that leaves a marker when imported: the line naming it must come before that
+    code = (ckpt / "modeling_deepseekocr.py").read_text()
+    future = "from __future__ import annotations\n"
+    plant = f"import pathlib\npathlib.Path({str(marker)!r}).write_text('x')\n"
+    (ckpt / "modeling_deepseekocr.py").write_text(code.replace(future, future + plant, 1))
+    seen: list[bool] = []
+
+    class Probe:
+        level = 0
+
+        def handle(self, record: Any) -> None:
+            if "trust_remote_code" in record.getMessage():
+                seen.append(marker.exists())
+
+    import logging
+
+    logging.getLogger("opmeter.models.deepseek_ocr.vendor").addHandler(Probe())  # type: ignore[arg-type]
+    try:
+        with caplog.at_level("WARNING"):
+            load_vendor(ckpt, weights=False, device="meta")
+    finally:
+        logging.getLogger("opmeter.models.deepseek_ocr.vendor").handlers.clear()
+    assert seen == [False] and marker.exists()
+    assert "modeling_deepseekocr.py" in caplog.text and str(ckpt) in caplog.text

@@ -185,6 +185,36 @@ def test_tracers_in_two_threads_count_their_own_calls(clean: None) -> None:
         assert t.totals()["flops_tensor"] == 20 * batch * 2 * (8 * 8 + 8 * 4)
 
 
+@pytest.mark.clean_error
+@pytest.mark.nothing_lost
+def test_an_exit_from_another_thread_is_refused_and_leaves_both_threads_clean(clean: None) -> None:
+    from opmeter.errors import OpmeterError
+
+    model = Small()
+    tracer = OpTracer(model)
+    tracer.__enter__()
+    model(torch.randn(1, 8))
+    seen: dict[str, Any] = {}
+
+    def exit_elsewhere() -> None:
+        before = tuple(_get_current_dispatch_mode_stack())
+        try:
+            tracer.__exit__(None, None, None)
+        except OpmeterError as exc:
+            seen["error"] = str(exc)
+        seen["stack_unchanged"] = tuple(_get_current_dispatch_mode_stack()) == before
+
+    worker = threading.Thread(target=exit_elsewhere)
+    worker.start()
+    worker.join()
+    assert "thread that entered it" in seen["error"] and "\n" not in seen["error"] and seen["stack_unchanged"]
+    model(torch.randn(1, 8))  # still tracing on the entering thread
+    tracer.__exit__(None, None, None)
+    trace = tracer.trace
+    assert trace is not None and trace.complete
+    assert trace.by_module().set_index("module").loc["a", "calls"] == 2
+
+
 _SIGINT_IN_TRACE = """
 import os, signal, torch
 from torch import nn

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -65,16 +66,23 @@ class SetResult:
     profile: str = ""
 
 
-def _page_options(opts: Any, planner: PagePlanner, page: Page, tokens: int, scratch: Path) -> Any:
+def _run_out(beside: Path, label: str) -> Path:
+    """The ``out`` of one run of a set: never written (a page run writes no files), it places the partial trace an
+    interrupted run saves beside the set's ``--out`` (``OUT.geometry-0.trace.partial.json``), where it outlives the
+    process."""
+    return beside.with_name(f"{beside.name}.{label}")
+
+
+def _page_options(opts: Any, planner: PagePlanner, page: Page, tokens: int, out: Path) -> Any:
     return attrs.evolve(opts, workload=planner.base_workload, image=page.path, images=None, decode_tokens=tokens,
-                        out=scratch, write_trace_json=False, profiler=False, progress=False, write_files=False,
+                        out=out, write_trace_json=False, profiler=False, progress=False, write_files=False,
                         verify=False, command=f"{opts.command} [page {page.file}]")
 
 
-def _run(opts: Any, planner: PagePlanner, page: Page, tokens: int, scratch: Path) -> GeometryRun:
+def _run(opts: Any, planner: PagePlanner, page: Page, tokens: int, out: Path) -> GeometryRun:
     from opmeter.report.run import run_report
 
-    result = run_report(_page_options(opts, planner, page, tokens, scratch))
+    result = run_report(_page_options(opts, planner, page, tokens, out))
     return geometry_run(result.joined, result.seconds)
 
 
@@ -101,7 +109,7 @@ def _progress(enabled: bool, total: int, what: str) -> Iterator[Callable[[], Non
         yield lambda: bar.advance(task)
 
 
-def _shape_only(opts: Any, planner: PagePlanner, pages: list[Page], scratch: Path
+def _shape_only(opts: Any, planner: PagePlanner, pages: list[Page], beside: Path
                 ) -> tuple[Runs, list[dict[str, Any]], list[str]]:
     """Trace each distinct geometry once; pages of a non-affine geometry at their own length."""
     done: Runs = {}
@@ -110,18 +118,18 @@ def _shape_only(opts: Any, planner: PagePlanner, pages: list[Page], scratch: Pat
     groups = by_geometry(pages)
     with _progress(opts.progress, len(groups), "geometries (shape-only)") as tick:
         for g, (key, group) in enumerate(groups.items()):
-            _geometry(opts, planner, pages, key, group, scratch / f"geometry-{g}", done, geometries, notes)
+            _geometry(opts, planner, pages, key, group, (beside, f"geometry-{g}"), done, geometries, notes)
             tick()
     return done, geometries, notes
 
 
-def _geometry(opts: Any, planner: PagePlanner, pages: list[Page], key: Any, group: list[int], scratch: Path,
+def _geometry(opts: Any, planner: PagePlanner, pages: list[Page], key: Any, group: list[int], at: tuple[Path, str],
               done: Runs, geometries: list[dict[str, Any]], notes: list[str]) -> None:
     """Trace one geometry (short decode) for the pages of ``group``; record their runs, the geometry, any note."""
     started = time.perf_counter()
     smallest = min(group, key=lambda i: pages[i].width * pages[i].height)  # same work, least image decoding
     try:
-        run = _run(opts, planner, pages[smallest], SHORT_NEW_TOKENS, scratch)
+        run = _run(opts, planner, pages[smallest], SHORT_NEW_TOKENS, _run_out(*at))
     except OpmeterError as exc:
         done |= {i: (_failed(pages[i], exc), None) for i in group}
         return
@@ -134,15 +142,15 @@ def _geometry(opts: Any, planner: PagePlanner, pages: list[Page], key: Any, grou
         log.warning(note)
         notes.append(note)
         for i in group:
-            done[i] = _run_or_fail(opts, planner, pages[i], scratch.with_name(f"page-{i}"))
+            done[i] = _run_or_fail(opts, planner, pages[i], _run_out(at[0], f"page-{i}"))
     geometries.append({**dict(key), "pages": len(group), "traced_new_tokens": SHORT_NEW_TOKENS,
                        "affine": affine, "seconds": time.perf_counter() - started})
 
 
-def _run_or_fail(opts: Any, planner: PagePlanner, page: Page, scratch: Path) -> tuple[Page, GeometryRun | None]:
+def _run_or_fail(opts: Any, planner: PagePlanner, page: Page, out: Path) -> tuple[Page, GeometryRun | None]:
     """The page run at its own length, or the page with its error."""
     try:
-        return page, _run(opts, planner, page, page.decode_tokens, scratch)
+        return page, _run(opts, planner, page, page.decode_tokens, out)
     except OpmeterError as exc:
         return _failed(page, exc), None
 
@@ -159,7 +167,7 @@ def _calibrated_profile(opts: Any, device: str, scratch: Path) -> Any:
     return attrs.evolve(opts, profile=path)
 
 
-def _executed(opts: Any, planner: PagePlanner, pages: list[Page], device: str, scratch: Path
+def _executed(opts: Any, planner: PagePlanner, pages: list[Page], device: str, scratch: Path, beside: Path
               ) -> tuple[Runs, list[dict[str, Any]], list[str]]:
     """Run and time every page at its own length."""
     calibrated = opts.profile is None
@@ -168,7 +176,7 @@ def _executed(opts: Any, planner: PagePlanner, pages: list[Page], device: str, s
     done: Runs = {}
     with _progress(opts.progress, len(todo), f"pages ({device}, timed)") as tick:
         for i in todo:
-            done[i] = _run_or_fail(opts, planner, pages[i], scratch / f"page-{i}")
+            done[i] = _run_or_fail(opts, planner, pages[i], _run_out(beside, f"page-{i}"))
             tick()
     ran = [p for p, run in done.values() if run is not None]
     geometries = [{**dict(k), "pages": len(g)} for k, g in by_geometry(ran).items()]
@@ -180,12 +188,12 @@ def _executed(opts: Any, planner: PagePlanner, pages: list[Page], device: str, s
 def compute_set(opts: Any, planner: PagePlanner, device: str) -> SetResult:
     """Run the pages of ``planner`` and gather the set's tables (nothing written)."""
     with tempfile.TemporaryDirectory(prefix="opmeter-pageset-") as tmp:
-        scratch = Path(tmp)
+        scratch, beside = Path(tmp), Path(os.path.realpath(Path(opts.out).expanduser()))
         pages = planner.pages(scratch / "pages", opts.decode_tokens, opts.max_image_pixels)
         if device == "meta":
-            done, geometries, notes = _shape_only(opts, planner, pages, scratch)
+            done, geometries, notes = _shape_only(opts, planner, pages, beside)
         else:
-            done, geometries, notes = _executed(opts, planner, pages, device, scratch)
+            done, geometries, notes = _executed(opts, planner, pages, device, scratch, beside)
     rows, parts = [], []
     for i, page in enumerate(pages):
         page, run = done.get(i, (page, None))

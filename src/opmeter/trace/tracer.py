@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -98,6 +99,8 @@ class OpTracer:
         self._recorder: Recorder | None = None
         self._log: IO[bytes] | None = None
         self._t_start = 0.0
+        self._owner = 0
+        """``threading.get_ident()`` of the thread that entered the tracer."""
         self._lost: list[str] = []
         self._flex: Any = None
         """What made the trace lose data in silence (detected at exit): the trace is marked incomplete."""
@@ -118,6 +121,7 @@ class OpTracer:
         self._recorder = rec
         self.trace = trace
         self._lost = []
+        self._owner = threading.get_ident()
         self._active = True
         try:
             if self.event_log is not None:
@@ -248,6 +252,9 @@ class OpTracer:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
         if not self._active:
             return False
+        if threading.get_ident() != self._owner:  # its dispatch mode is on the entering thread's stack only
+            raise OpmeterError("an OpTracer must be exited on the thread that entered it; it is still tracing there "
+                               "(nothing was changed on this thread)")
         mode = self._mode
         try:
             self._restore()

@@ -93,6 +93,15 @@ def _version_hint(version: str) -> str:
     )
 
 
+def announce_remote_code(root: Path) -> list[str]:
+    """Say, before it runs, that the checkpoint's own Python code is about to run (``trust_remote_code``), and
+    name its files; returns their names."""
+    files = sorted(p.name for p in root.glob("*.py"))
+    log.warning("running the Python code of the checkpoint %s (trust_remote_code): %s", root,
+                ", ".join(files) if files else "no .py files found")
+    return files
+
+
 def load_vendor(
     path: str | Path,
     weights: bool = True,
@@ -126,6 +135,7 @@ def load_vendor(
         For a missing directory or files, or a transformers version that cannot import the remote code.
     """
     root = check_checkpoint_dir(path, weights)
+    announce_remote_code(root)
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if dev.type == "meta" and weights:
         raise OpmeterError("device='meta' builds the structure only; use weights=False")
