@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(text: str, limit: int = 2000) -> str:
+    """An error's text as one line (a library's multi-line message joined with "; "), at most ``limit`` characters."""
+    joined = "; ".join(line.strip() for line in text.splitlines() if line.strip())
+    return joined if len(joined) <= limit else joined[: limit - 3] + "..."
+
+
 def _on_terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt("terminated")
 
@@ -69,12 +75,15 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
-    parser = build_parser()
     try:
+        parser = build_parser()  # imports every command: Ctrl-C may come here too
         args = parser.parse_args(argv)
     except UsageError as exc:
         print(exc, file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("opmeter: interrupted", file=sys.stderr)
+        return 130
     if not hasattr(args, "_run"):
         parser.print_help()
         return 2
@@ -82,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _terminate_as_interrupt():
             return int(args._run(args))
     except OpmeterError as exc:
-        print(f"opmeter {args.command}: error: {exc}", file=sys.stderr)
+        print(f"opmeter {args.command}: error: {one_line(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
         said = f" ({exc})" if str(exc) else ""

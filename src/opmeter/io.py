@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import gzip
 import os
 import stat
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
@@ -169,27 +168,131 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def read_json(path: str | os.PathLike[str], what: str) -> Any:
-    """Read a JSON file, plain or gzipped (``--compress`` writes ``*.json.gz``), for a loader.
+MAX_READ_ENV = "OPMETER_MAX_READ_MB"
+"""Environment variable raising (or lowering) the size cap of every artifact opmeter reads, in MiB."""
+DEFAULT_MAX_READ_MB = 1024
+"""The default cap: plain bytes, and bytes after decompression (a full-size trace is about 6 MB)."""
+_CHUNK = 1 << 20
+MAX_JSON_DEPTH = 64
+"""No artifact opmeter writes nests deeper; deeper JSON is refused before anything walks it."""
+
+
+def max_read_bytes() -> int:
+    """The size cap of one artifact read (``OPMETER_MAX_READ_MB``, default 1024 MiB).
+
+    Raises
+    ------
+    OpmeterError
+        When the environment value is not a positive number.
+    """
+    raw = os.environ.get(MAX_READ_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_READ_MB << 20
+    try:
+        mb = float(raw)
+    except ValueError:
+        mb = float("nan")
+    if not mb > 0 or mb == float("inf"):
+        raise OpmeterError(f"{MAX_READ_ENV}={raw!r} is not a positive number of MiB")
+    return int(mb * (1 << 20))
+
+
+def _too_big(p: Path, what: str, limit: int, unpacked: bool = False) -> OpmeterError:
+    how = "decompresses to more than" if unpacked else "is larger than"
+    return OpmeterError(f"{what} {p} {how} the {limit / (1 << 20):.0f} MiB opmeter reads (set {MAX_READ_ENV} to "
+                        "raise the cap)")
+
+
+def _read_capped(fh: IO[bytes], p: Path, what: str, limit: int) -> bytes:
+    """Read at most ``limit`` bytes in chunks (Ctrl-C is seen between chunks)."""
+    parts, total = [], 0
+    while chunk := fh.read(_CHUNK):
+        total += len(chunk)
+        if total > limit:
+            raise _too_big(p, what, limit)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _gunzip_capped(raw: bytes, p: Path, what: str, limit: int) -> bytes:
+    """Decompress gzip members chunk by chunk, refusing output beyond ``limit``."""
+    parts, total, data = [], 0, raw
+    while data:
+        inflater = zlib.decompressobj(wbits=31)
+        pending = data
+        while pending and not inflater.eof:
+            out = inflater.decompress(pending, _CHUNK)
+            total += len(out)
+            if total > limit:
+                raise _too_big(p, what, limit, unpacked=True)
+            parts.append(out)
+            pending = inflater.unconsumed_tail
+        if not inflater.eof:
+            raise OpmeterError(f"{p} is a damaged gzip file: it ends inside its compressed data")
+        data = inflater.unused_data.lstrip(b"\0")  # a concatenated member follows, or padding
+    return b"".join(parts)
+
+
+def read_bounded(path: str | os.PathLike[str], what: str, limit: int | None = None) -> bytes:
+    """The bytes of an artifact a user may have been handed: a regular file, at most ``limit`` bytes, gzip
+    transparently decompressed (its output capped too).
+
+    Parameters
+    ----------
+    path
+        The file; a gzip file is recognised by its magic bytes, whatever its name.
+    what
+        The file kind, for the errors ("trace", "device profile").
+    limit
+        The cap in bytes, plain and decompressed (default :func:`max_read_bytes`).
+
+    Raises
+    ------
+    OpmeterError
+        One line when the file is missing, not a regular file (a device, a FIFO, a directory), too large, or a
+        damaged gzip file.
+    """
+    p = Path(path)
+    cap = max_read_bytes() if limit is None else limit
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        raise OpmeterError(f"cannot read {what} {p}: no such file") from None
+    except OSError as exc:
+        raise OpmeterError(f"cannot read {what} {p}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        raise OpmeterError(f"{what} {p} is not a regular file")
+    try:
+        with open(p, "rb") as fh:
+            raw = _read_capped(fh, p, what, cap)
+    except OSError as exc:
+        raise OpmeterError(f"cannot read {what} {p}: {exc.strerror or exc}") from None
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return _gunzip_capped(raw, p, what, cap)
+    except zlib.error as exc:
+        raise OpmeterError(f"{p} is a damaged gzip file: {exc}") from None
+
+
+def read_json(path: str | os.PathLike[str], what: str, limit: int | None = None) -> Any:
+    """Read a JSON file, plain or gzipped (``--compress`` writes ``*.json.gz``), for a loader, within the size
+    cap of :func:`read_bounded`.
 
     ``what`` names the file kind in the errors ("trace", "device profile").
 
     Raises
     ------
     OpmeterError
-        One line when the file cannot be read, is a damaged gzip file, or is not JSON.
+        One line when the file cannot be read, is too large, is a damaged gzip file, or is not JSON.
     """
+    from opmeter.checks import nesting_depth_at_most
+
     p = Path(path)
+    raw = read_bounded(p, what, limit)
     try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise OpmeterError(f"cannot read {what} {p}: {exc.strerror or exc}") from None
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise OpmeterError(f"{p} is a damaged gzip file: {exc}") from None
-    try:
-        return orjson.loads(raw)
+        data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise OpmeterError(f"{p} is not a JSON {what}: {exc}") from None
+    nesting_depth_at_most(data, MAX_JSON_DEPTH, f"{what} {p}")
+    return data

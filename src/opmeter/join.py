@@ -469,16 +469,10 @@ def load_joined(path: str | Path) -> Joined:
     OpmeterError
         When the file is missing, not JSON, of another schema or of an unsupported version.
     """
-    import gzip
+    from opmeter.io import read_json
 
     p = Path(path)
-    try:
-        raw = p.read_bytes()
-        data = orjson.loads(gzip.decompress(raw) if p.name.endswith(".gz") else raw)
-    except FileNotFoundError:
-        raise OpmeterError(f"{p}: no such file") from None
-    except (orjson.JSONDecodeError, OSError, EOFError) as exc:
-        raise OpmeterError(f"{p}: not valid JSON ({exc})") from None
+    data = read_json(p, "joined file")
     if not isinstance(data, dict) or data.get("schema") != SCHEMA_NAME:
         found = data.get("schema") if isinstance(data, dict) else None
         raise OpmeterError(f"{p}: not an opmeter joined.json (schema {found!r}, expected {SCHEMA_NAME!r})")
@@ -491,8 +485,22 @@ def load_joined(path: str | Path) -> Joined:
     if missing:
         raise OpmeterError(f"{p}: joined.json lacks {', '.join(missing)}")
 
+    from opmeter.checks import mapping, records
+
     def frame(key: str) -> pd.DataFrame:
-        return pd.DataFrame(data.get(key) or [])
+        return pd.DataFrame(records(data.get(key), f"{p}: {key}"))
+
+    order = data.get("component_order") or []
+    if not isinstance(order, list) or not all(isinstance(c, str) for c in order):
+        raise OpmeterError(f"{p}: component_order is not a list of component names")
+    totals = mapping(data["totals"], f"{p}: totals")
+    if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in totals.values()):
+        raise OpmeterError(f"{p}: totals holds a value that is not a number")
+    metadata = mapping(data["metadata"], f"{p}: metadata")
+    runtime, hardware = data.get("runtime"), data.get("hardware")
+    for key, value in (("runtime", runtime), ("hardware", hardware)):
+        if value is not None:
+            mapping(value, f"{p}: {key}")
 
     modules = frame("modules")
     if "predicted" in modules:
@@ -505,11 +513,11 @@ def load_joined(path: str | Path) -> Joined:
         unclassified_ops=frame("unclassified_ops"),
         edges=frame("edges"),
         component_category=frame("component_category"),
-        totals_={k: (math.nan if v is None else float(v)) for k, v in dict(data["totals"]).items()},
-        metadata=dict(data["metadata"]),
-        runtime=data.get("runtime"),
-        hardware=data.get("hardware"),
-        component_order=tuple(data.get("component_order") or ()),
+        totals_={k: (math.nan if v is None else float(v)) for k, v in totals.items()},
+        metadata=dict(metadata),
+        runtime=runtime,
+        hardware=hardware,
+        component_order=tuple(order),
         module_category=frame("module_category"),
     )
 

@@ -13,6 +13,7 @@ import pytest
 from helpers import global_state
 
 _PASSED: dict[str, set[str]] = {"all": set(), "clean_error": set(), "nothing_lost": set()}
+_FUZZ: dict[str, str] = {}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -36,6 +37,14 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(
             f"reliability: {len(_PASSED['all'])} cases, {len(_PASSED['clean_error'])} clean errors, "
             f"{len(_PASSED['nothing_lost'])} nothing lost")
+    if "line" in _FUZZ:
+        terminalreporter.write_line(_FUZZ["line"])
+
+
+@pytest.fixture
+def fuzz_summary() -> dict[str, str]:
+    """Where the artifact fuzzer puts its summary line (printed at the end of the run)."""
+    return _FUZZ
 
 
 @pytest.fixture

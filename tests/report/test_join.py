@@ -136,7 +136,7 @@ def test_joined_json_schema_and_round_trip(joined: Joined, tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (b"{not json", "not valid JSON"),
+        (b"{not json", "is not a JSON joined file"),
         (orjson.dumps({"schema": "opmeter.trace/1"}), "not an opmeter joined.json"),
         (orjson.dumps({"schema": "opmeter.joined", "schema_version": 99}), "schema_version 99 is not supported"),
     ],

@@ -19,7 +19,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-tokens", type=int, default=16, help="prompt length (16)")
     parser.add_argument("--new-tokens", type=int, default=8, help="tokens to generate (8)")
     parser.add_argument("--timing", action="store_true", help="also time modules, stages and ops (spans.json)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=_seed, default=0, help="random seed, 0 to 2**63 - 1 (0)")
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value < 1 << 63:
+        raise argparse.ArgumentTypeError(f"{text} is outside 0 to 2**63 - 1")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:

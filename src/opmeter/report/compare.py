@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import orjson
 
 from opmeter.errors import OpmeterError
 from opmeter.join import Joined, load_joined
@@ -80,10 +79,19 @@ def read_report(directory: str | Path) -> ReportFigures:
     joined = load_joined(_joined_path(path))
     summary: dict[str, Any] = {}
     if (path / "summary.json").is_file():
-        try:
-            summary = orjson.loads((path / "summary.json").read_bytes())
-        except orjson.JSONDecodeError as exc:
-            raise OpmeterError(f"{path / 'summary.json'} is not JSON ({exc})") from None
+        from opmeter.io import read_json
+
+        summary = read_json(path / "summary.json", "report summary", limit=16 << 20)
+        if not isinstance(summary, dict):
+            raise OpmeterError(f"{path / 'summary.json'} is not a JSON object (a report's summary)")
+    try:
+        return _figures(path, joined, summary)
+    except (AttributeError, TypeError, ValueError, KeyError) as exc:  # a field of the wrong type in a damaged report
+        raise OpmeterError(f"report directory {path} holds damaged figures ({type(exc).__name__}: "
+                           f"{str(exc)[:120]})") from None
+
+
+def _figures(path: Path, joined: Joined, summary: dict[str, Any]) -> ReportFigures:
     meta = joined.metadata
     workload = meta.get("workload") or {}
     head = meta.get("predicted") or {}
@@ -97,8 +105,8 @@ def read_report(directory: str | Path) -> ReportFigures:
         "KV cache at the end (bytes)": stages.get("decode", stages.get("prefill", {})).get("pred_kv_cache_bytes",
                                                                                             math.nan),
     }
-    label = f"{meta.get('model_name') or meta.get('model_spec', '?')} {meta.get('preset', '')}".strip()
-    return ReportFigures(path, label, str(meta.get("workload_id", "?")), request, facts, stages,
+    label = f"{meta.get('model_name') or meta.get('model_spec', '?')} {meta.get('preset', '')}".strip()[:120]
+    return ReportFigures(path, label, str(meta.get("workload_id", "?"))[:120], request[:40], facts, stages,
                          _times(joined, summary))
 
 

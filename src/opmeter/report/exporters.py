@@ -63,12 +63,6 @@ def write_trace_json(trace: Trace, path: str | Path, compress: bool = False) -> 
     return write_maybe_gzip(path, data, True)
 
 
-def read_maybe_gzip(path: str | Path) -> bytes:
-    """File content, transparently gunzipped when the name ends in ``.gz``."""
-    raw = Path(path).read_bytes()
-    return gzip.decompress(raw) if str(path).endswith(".gz") else raw
-
-
 def write_parquet(df: pd.DataFrame, path: str | Path) -> Path | None:
     """Write ``df`` as Parquet atomically; ``None`` (nothing written) when ``pyarrow`` is missing."""
     if not parquet_available():

@@ -103,6 +103,11 @@ def check_output_dir(out: str | os.PathLike[str], force: bool = False) -> Path:
     """
     if not str(out).strip():
         raise OpmeterError("--out is empty; give the output directory (for example reports/latest)")
+    try:
+        str(out).encode("utf-8")
+    except UnicodeEncodeError:
+        raise OpmeterError(f"--out {str(out).encode('utf-8', 'backslashreplace').decode()} is not valid UTF-8 (the "
+                           "report names its directory in text); choose a name that is") from None
     path = Path(os.path.realpath(Path(out).expanduser()))
     if path == Path(path.anchor) or os.path.ismount(path):
         raise OpmeterError(f"output directory {path} is a mount point; use a directory inside it")

@@ -225,9 +225,13 @@ class _Pipeline:
         adapter = adapter_of_trace(trace, o.model)
         meta = dict(trace.metadata or {})
         image = check_image(o.image, o.max_image_pixels) if o.image is not None else None
-        decode = o.decode_tokens or saved_decode_tokens(trace)
+        decode = saved_decode_tokens(trace, o.decode_tokens)
         request = self._request(str(meta.get("device", "meta")), Path("."), image, decode)
-        workload, preset = adapter.workload_from_trace(meta, request)
+        try:
+            workload, preset = adapter.workload_from_trace(meta, request)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:  # a damaged trace's metadata
+            raise OpmeterError(f"the metadata of {o.trace_path} does not describe a workload: {type(exc).__name__}: "
+                               f"{str(exc)[:200]}") from None
         try:  # parameter bytes from a meta build (no memory); a report without them says "n/a"
             model = adapter.parameter_model(preset, meta)
         except Exception as exc:

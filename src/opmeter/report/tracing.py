@@ -91,15 +91,31 @@ def load_saved_trace(path: Path) -> Trace:
     return trace
 
 
-def saved_decode_tokens(trace: Trace) -> int | None:
-    """New tokens of a saved trace: its metadata, else one from the prefill plus one per decode step."""
-    decode = (trace.metadata or {}).get("decode_tokens")
-    if decode:
-        return int(decode)
+MAX_NEW_TOKENS = 1 << 20
+"""No model opmeter knows generates more new tokens in one request (a bound for values read from a trace)."""
+
+
+def saved_decode_tokens(trace: Trace, asked: int | None = None) -> int | None:
+    """New tokens of a saved trace: one from the prefill plus one per decode step it traced, else its metadata.
+
+    Raises
+    ------
+    OpmeterError
+        When ``asked`` (``--decode-tokens``) differs from what the trace generated, or the metadata's value is not a
+        whole number of tokens.
+    """
+    from opmeter.checks import optional_whole_number
+
     names = trace.stages()["stage"].astype(str) if not trace.stages().empty else None
-    if names is None or not (names == "prefill").any():
-        return None
-    return int(names.str.startswith("decode[").sum()) + 1
+    if names is not None and (names == "prefill").any():
+        traced = int(names.str.startswith("decode[").sum()) + 1
+        if asked is not None and asked != traced:
+            raise OpmeterError(f"--decode-tokens {asked} with --trace: the trace generated {traced} tokens and a "
+                               f"report covers what was traced (drop --decode-tokens, or trace {asked} tokens)")
+        return traced
+    saved = optional_whole_number((trace.metadata or {}).get("decode_tokens"), "the trace's metadata decode_tokens",
+                                  0, MAX_NEW_TOKENS)
+    return asked or saved or None
 
 
 

@@ -237,7 +237,7 @@ class DeviceProfile:
             raise OpmeterError(f"unsupported device profile schema {d.get('schema_version')!r}: this opmeter reads "
                                f"{SCHEMA_VERSION!r}; re-run `opmeter calibrate`")
         try:
-            return cls(
+            profile = cls(
                 device=str(d["device"]), device_name=str(d["device_name"]), dtype=str(d["dtype"]),
                 threads=int(d["threads"]), torch_version=str(d["torch_version"]), created=str(d["created"]),
                 source=str(d["source"]), budget=str(d["budget"]),
@@ -250,7 +250,9 @@ class DeviceProfile:
                 fresh_map_bytes=float(d.get("fresh_map_bytes", 0.0)),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise OpmeterError(f"malformed device profile ({type(exc).__name__}: {exc})") from exc
+            raise OpmeterError(f"malformed device profile ({type(exc).__name__}: {str(exc)[:120]})") from None
+        _check_values(profile)
+        return profile
 
     def save(self, path: str | Path) -> Path:
         """Write the profile as JSON (atomic); returns the path."""
@@ -302,6 +304,34 @@ def _mean_rates(curves: Sequence[Mapping[str, tuple[Any, ...]]], rate: str) -> d
     return out
 
 
+def _number(value: Any, what: str, positive: bool) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (positive and value == 0):
+        raise OpmeterError(f"malformed device profile: {what} is {str(value)[:40]!r}; expected a finite "
+                           f"{'positive' if positive else 'non-negative'} number")
+
+
+def _check_values(p: DeviceProfile) -> None:
+    """Every time, rate and size a prediction divides by or multiplies with: finite, and positive where a zero would
+    predict infinite or zero time."""
+    if p.threads < 1:
+        raise OpmeterError(f"malformed device profile: threads is {p.threads}; expected at least 1")
+    for kind, seconds in p.host_s.items():
+        _number(seconds, f"host_s[{kind[:40]!r}]", positive=False)
+    _number(p.module_call_s, "module_call_s", positive=False)
+    _number(p.launch_latency_s, "launch_latency_s", positive=False)
+    _number(p.module_host_factor, "module_host_factor", positive=True)
+    _number(p.fresh_map_bytes, "fresh_map_bytes", positive=False)
+    for kind, cpts in p.compute.items():
+        for i, c in enumerate(cpts):
+            for name in ("flops", "bytes", "flops_per_s"):
+                _number(getattr(c, name), f"compute[{kind[:40]!r}][{i}].{name}", positive=name != "bytes")
+    for kind, bpts in p.bandwidth.items():
+        for i, b in enumerate(bpts):
+            for name in ("bytes", "bytes_per_s"):
+                _number(getattr(b, name), f"bandwidth[{kind[:40]!r}][{i}].{name}", positive=True)
+
+
 def load_profile(path: str | Path) -> DeviceProfile:
     """Read a profile written by :meth:`DeviceProfile.save`.
 
@@ -310,8 +340,11 @@ def load_profile(path: str | Path) -> DeviceProfile:
     OpmeterError
         When the file is missing, not JSON, or not a profile of this schema.
     """
-    data = read_json(path, "device profile")
-    return DeviceProfile.from_dict(data)
+    data = read_json(path, "device profile", limit=64 << 20)
+    try:
+        return DeviceProfile.from_dict(data)
+    except OpmeterError as exc:
+        raise OpmeterError(f"{path}: {exc}") from None
 
 
 __all__ = ["DEFAULTS", "MEASURED", "SCHEMA_VERSION", "BandwidthPoint", "ComputePoint", "DeviceProfile",

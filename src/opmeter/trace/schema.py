@@ -8,6 +8,7 @@ writes); cross references (context -> module, cell -> group...) are checked afte
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -29,6 +30,7 @@ _KINDS: Final[dict[str, Callable[[Any], bool]]] = {
     "int?": lambda x: x is None or _is_int(x),
     "num": _is_num,
     "num?": lambda x: x is None or _is_num(x),
+    "count": lambda x: _is_num(x) and 0 <= x < float("inf"),
     "bool": lambda x: isinstance(x, bool),
     "totals": lambda x: isinstance(x, list) and len(x) == 6 and all(v is None or _is_num(v) for v in x),
 }
@@ -36,7 +38,7 @@ _KINDS: Final[dict[str, Callable[[Any], bool]]] = {
 _ROWS: Final[dict[str, tuple[str, ...]]] = {
     "modules": ("str", "str", "str", "str?", "int"),
     "contexts": ("int", "int"),
-    "cells": ("int", "int", "str", "num", "num", "num", "num", "num", "num?"),
+    "cells": ("int", "int", "str", "count", "count", "count", "count", "count", "num?"),
     "ctx_stats": ("int", "int", "num", "num?"),
     "stages": ("str", "str", "int", "str", "int?", "int?", "totals", "num?", "int"),
     "spans": ("int", "int", "num", "num", "int"),
@@ -101,6 +103,9 @@ def check_raw(d: dict[str, Any]) -> None:
     unknown = sorted(ops - set(d["op_info"]))
     if unknown:
         raise OpmeterError(f"malformed opmeter trace: op {unknown[0]!r} has cells but no op_info entry")
+    twice = [p for p, n in Counter(row[0] for row in d["modules"]).items() if n > 1]
+    if twice:
+        raise OpmeterError(f"malformed opmeter trace: module {twice[0][:80]!r} has two rows")
     if [row[0] for row in d["modules"][:2]] != ["<outside>", "<root>"]:
         raise OpmeterError("malformed opmeter trace: the module table does not start with <outside>, <root>")
     if d["contexts"][:1] != [[-1, 0]]:

@@ -65,7 +65,7 @@ def test_bad_specs_give_one_line(arg: str | None, message: str) -> None:
 def test_bad_config_json_preset_and_workload(tmp_path: Path) -> None:
     bad = tmp_path / "config.json"
     bad.write_text("{not json")
-    with pytest.raises(OpmeterError, match="cannot read"):
+    with pytest.raises(OpmeterError, match="not a JSON transformers config"):
         HFAdapter(str(bad), "hf:x")
     bad.write_text(json.dumps({"model_type": "nope"}))
     with pytest.raises(OpmeterError, match="no known model_type"):

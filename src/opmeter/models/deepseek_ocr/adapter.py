@@ -174,6 +174,9 @@ class DeepseekOCRAdapter:
         if self.vendor_path is not None and request.dtype is not None:
             raise OpmeterError("--dtype applies to the reference model, not to --model vendor:PATH (the vendor code "
                                "runs in its own dtype)")
+        if request.weights_dir is not None:
+            raise OpmeterError("--weights is for adapters that build from a config (hf:); the reference runs with "
+                               "random weights, and --model vendor:PATH loads the checkpoint's own weights")
         preset = request.preset or str(self.default_preset)
         config = get_config(preset if self.vendor_path is None else FULL_SIZE)  # one clear line for a bad preset
         get_config(preset)
@@ -209,7 +212,11 @@ class DeepseekOCRAdapter:
                                  preset)
         wmeta = metadata.get("workload") or {}
         if request.image is None and wmeta.get("image_width") and wmeta.get("image_height"):
-            workload = attrs.evolve(workload, width=int(wmeta["image_width"]), height=int(wmeta["image_height"]))
+            from opmeter.checks import whole_number
+
+            width = whole_number(wmeta["image_width"], "the trace's image_width", 1, 1 << 16)
+            height = whole_number(wmeta["image_height"], "the trace's image_height", 1, 1 << 16)
+            workload = attrs.evolve(workload, width=width, height=height)
         return workload, preset
 
     def parameter_model(self, preset: str, metadata: Mapping[str, Any]) -> torch.nn.Module | None:

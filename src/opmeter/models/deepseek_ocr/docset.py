@@ -18,7 +18,7 @@ oversized pages are returned with their error instead of raising, so a report ca
 from __future__ import annotations
 
 import glob as globlib
-import json
+import os
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -234,27 +234,49 @@ class PageInput:
 
 
 def _sidecar(directory: Path) -> dict[str, int]:
+    """``decode_tokens.json`` of ``directory``: file name -> a whole number of new tokens >= 1, checked entry by
+    entry (a negative, fractional, boolean or non-numeric value is an error naming the entry, never a default)."""
+    from opmeter.io import read_json
+
     path = directory / SIDECAR
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text())
-        return {str(k): int(v) for k, v in data.items() if int(v) >= 1}
-    except (OSError, ValueError, TypeError, AttributeError) as exc:
-        raise OpmeterError(f"{path} is not a JSON object of file name -> decode tokens ({exc})") from None
+    data = read_json(path, "decode-length sidecar", limit=16 << 20)
+    if not isinstance(data, dict):
+        raise OpmeterError(f"{path} is not a JSON object of file name -> decode tokens")
+    lengths = {}
+    for name, value in data.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise OpmeterError(f"{path}: the entry {str(name)[:80]!r} is {str(value)[:40]!r}; give a whole number of "
+                               "new tokens >= 1")
+        lengths[str(name)] = value
+    return lengths
 
 
-def _files(spec: str) -> tuple[list[Path], Path | None]:
+def _files(spec: str) -> list[Path]:
     path = Path(spec).expanduser()
     if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), path
-    matches = sorted(Path(p) for p in globlib.glob(str(path)) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
-    return matches, (matches[0].parent if matches else None)
+        return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(Path(p) for p in globlib.glob(str(path)) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _labels(files: list[Path]) -> list[str]:
+    """Each page's name in the tables: its file name, or its path below the pages' common folder when two pages of
+    a glob over several folders share a name."""
+    names = [p.name for p in files]
+    if len(set(names)) == len(names):
+        return names
+    root = Path(os.path.commonpath([str(p.parent.absolute()) for p in files]))
+    return [str(p.absolute().relative_to(root)) for p in files]
 
 
 def _probe(path: Path, max_pixels: int) -> tuple[int, int, str | None]:
     """``(width, height, error)`` of an image file without decoding more than needed."""
-    if path.stat().st_size == 0:
+    try:
+        size = path.stat().st_size
+    except OSError as exc:  # a dangling symlink, a symlink loop, a file removed meanwhile
+        return 0, 0, f"cannot read the file ({exc.strerror or type(exc).__name__})"
+    if size == 0:
         return 0, 0, "empty file"
     try:
         with Image.open(path) as img:
@@ -276,27 +298,31 @@ def load_pages(spec: str, decode_tokens: int | None = None,
     Parameters
     ----------
     spec
-        A directory (its PNG/JPEG/WebP files, sorted by name) or a glob pattern.
+        A directory (its PNG/JPEG/WebP files, sorted by name) or a glob pattern (over one folder or several).
     decode_tokens
-        A fixed budget for every page; ``None`` takes ``decode_tokens.json`` beside the pages (pages it does not
-        list get ``None``: the caller's default).
+        A fixed budget for every page; ``None`` takes the ``decode_tokens.json`` beside each page (pages it does
+        not list get ``None``: the caller's default).
     max_pixels
         Larger pages are returned with an error.
 
     Raises
     ------
     OpmeterError
-        When nothing matches, or the sidecar file is malformed.
+        When nothing matches, or a sidecar file is malformed.
     """
-    files, directory = _files(spec)
+    files = _files(spec)
     if not files:
         raise OpmeterError(f"no PNG, JPEG or WebP pages found at {spec}")
-    lengths = _sidecar(directory) if directory is not None and decode_tokens is None else {}
+    sidecars: dict[Path, dict[str, int]] = {}
     pages = []
-    for path in files:
+    for path, label in zip(files, _labels(files), strict=True):
         width, height, error = _probe(path, max_pixels)
-        budget = decode_tokens if decode_tokens is not None else lengths.get(path.name)
-        pages.append(PageInput(path.name, path, width, height, budget, error))
+        budget = decode_tokens
+        if budget is None:
+            if path.parent not in sidecars:
+                sidecars[path.parent] = _sidecar(path.parent)
+            budget = sidecars[path.parent].get(path.name)
+        pages.append(PageInput(label, path, width, height, budget, error))
     return pages
 
 

@@ -178,7 +178,19 @@ def get_workload(name: str) -> Ocr2Workload:
 
 def workload_from_summary(summary: dict[str, Any]) -> Ocr2Workload:
     """Rebuild a workload from :meth:`Ocr2Workload.summary` (a saved trace's metadata)."""
+    from opmeter.checks import whole_number
+    from opmeter.errors import OpmeterError
+
     base = WORKLOADS.get(str(summary.get("id")), WORKLOADS[STANDARD])
-    fields = {k: summary[k] for k in ("width", "height", "crop_mode", "prompt", "max_new_tokens", "seed")
-              if k in summary}
+    bounds = {"width": (1, 1 << 16), "height": (1, 1 << 16), "max_new_tokens": (0, 1 << 20), "seed": (0, 1 << 63)}
+    fields: dict[str, Any] = {k: whole_number(summary[k], f"the trace's workload {k}", *bounds[k])
+                              for k in bounds if k in summary}
+    if "crop_mode" in summary:
+        if not isinstance(summary["crop_mode"], bool):
+            raise OpmeterError(f"the trace's workload crop_mode is {str(summary['crop_mode'])[:40]!r}, not true/false")
+        fields["crop_mode"] = summary["crop_mode"]
+    if "prompt" in summary:
+        if not isinstance(summary["prompt"], str) or len(summary["prompt"]) > 1 << 16:
+            raise OpmeterError("the trace's workload prompt is not a string of at most 65,536 characters")
+        fields["prompt"] = summary["prompt"]
     return attrs.evolve(base, **fields)

@@ -114,7 +114,11 @@ class HFAdapter:
         if not isinstance(summary, Mapping) or "prompt_tokens" not in summary:
             raise OpmeterError("the trace has no hf workload in its metadata (not recorded by the hf adapter)")
         new_tokens = request.decode_tokens if request is not None and request.decode_tokens else summary["new_tokens"]
-        workload = PromptWorkload(int(summary["prompt_tokens"]), int(new_tokens), int(summary.get("batch", 1)))
+        from opmeter.checks import whole_number
+
+        workload = PromptWorkload(whole_number(summary["prompt_tokens"], "the trace's prompt_tokens", 1, 1 << 24),
+                                  whole_number(new_tokens, "the trace's new_tokens", 0, 1 << 20),
+                                  whole_number(summary.get("batch", 1), "the trace's batch", 1, 1 << 16))
         return workload, str(metadata.get("preset") or "full")
 
     def parameter_model(self, preset: str, metadata: Mapping[str, Any]) -> torch.nn.Module | None:

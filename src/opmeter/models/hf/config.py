@@ -19,7 +19,6 @@ Presets:
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -89,10 +88,9 @@ def load_config(arg: str | None) -> Any:
                                f"(e.g. hf:llama, hf:qwen2_moe, hf:t5, hf:./config.json)")
         return AutoConfig.for_model(arg)
     target = _config_json(Path(arg))
-    try:
-        raw = json.loads(target.read_text())
-    except (OSError, ValueError) as exc:
-        raise OpmeterError(f"hf:{arg}: cannot read {target}: {exc}") from None
+    from opmeter.io import read_json
+
+    raw = read_json(target, "transformers config", limit=64 << 20)
     model_type = raw.pop("model_type", None) if isinstance(raw, dict) else None
     if model_type not in CONFIG_MAPPING:
         raise OpmeterError(f"hf:{arg}: {target} has no known model_type ({model_type!r})")
