@@ -170,15 +170,15 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 MAX_READ_ENV = "OPMETER_MAX_READ_MB"
 """Environment variable raising (or lowering) the size cap of every artifact opmeter reads, in MiB."""
-DEFAULT_MAX_READ_MB = 1024
-"""The default cap: plain bytes, and bytes after decompression (a full-size trace is about 6 MB)."""
+DEFAULT_MAX_READ_MB = 256
+"""The default cap: plain bytes, and bytes after decompression (a full-size trace with 512 new tokens is 6 MB)."""
 _CHUNK = 1 << 20
 MAX_JSON_DEPTH = 64
 """No artifact opmeter writes nests deeper; deeper JSON is refused before anything walks it."""
 
 
 def max_read_bytes() -> int:
-    """The size cap of one artifact read (``OPMETER_MAX_READ_MB``, default 1024 MiB).
+    """The size cap of one artifact read (``OPMETER_MAX_READ_MB``, default 256 MiB).
 
     Raises
     ------
