@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
 import stat
 import tempfile
@@ -126,6 +128,36 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
             raise OpmeterError(f"cannot write {dest}: {exc.strerror or exc}") from exc
         raise
     return Path(path)
+
+
+def json_bytes(obj: Any, indent: bool = False) -> bytes:
+    """The one JSON encoding of every file opmeter writes: orjson, NumPy values and non-string keys allowed, values
+    JSON cannot hold (a ``Path``, a dtype) as their ``str()``, NaN as ``null``; indented for files people read.
+
+    Raises
+    ------
+    OpmeterError
+        When the value cannot be encoded (an integer past 64 bits, a cycle).
+    """
+    option = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS | (orjson.OPT_INDENT_2 if indent else 0)
+    try:
+        return orjson.dumps(obj, default=str, option=option)
+    except orjson.JSONEncodeError as exc:
+        raise OpmeterError(f"cannot encode as JSON: {exc}") from None
+
+
+def gzip_bytes(data: bytes) -> bytes:
+    """Deterministic gzip (no file name, mtime 0), so committed example files diff cleanly."""
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=9) as fh:
+        fh.write(data)
+    return buf.getvalue()
+
+
+def write_json(path: str | os.PathLike[str], obj: Any, indent: bool = False) -> Path:
+    """Write ``obj`` as JSON (:func:`json_bytes`) atomically, gzipped when the name ends in ``.gz``."""
+    data = json_bytes(obj, indent)
+    return atomic_write_bytes(path, gzip_bytes(data) if str(path).endswith(".gz") else data)
 
 
 _OWN_FILE_MAX_BYTES = 64 << 20

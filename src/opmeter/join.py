@@ -38,7 +38,6 @@ from typing import Any
 
 import attrs
 import numpy as np
-import orjson
 import pandas as pd
 
 from opmeter.errors import OpmeterError
@@ -431,16 +430,16 @@ class Joined:
 
     def to_json(self) -> bytes:
         """``joined.json`` content (orjson, compact; NaN become ``null``)."""
-        return orjson.dumps(self.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+        from opmeter.io import json_bytes
+
+        return json_bytes(self.to_dict())
 
     def save(self, path: str | Path) -> Path:
         """Write ``joined.json`` atomically (gzipped when the name ends in ``.gz``)."""
-        data = self.to_json()
-        if str(path).endswith(".gz"):
-            from opmeter.report.exporters import gzip_bytes
+        from opmeter.io import gzip_bytes
 
-            data = gzip_bytes(data)
-        return atomic_write_bytes(path, data)
+        data = self.to_json()
+        return atomic_write_bytes(path, gzip_bytes(data) if str(path).endswith(".gz") else data)
 
 
 def _clean(value: Any) -> Any:

@@ -315,3 +315,20 @@ def test_an_out_that_is_a_symlink_keeps_pointing_at_the_new_report(previous: Pat
     assert main(["report", "--trace", str(previous / "trace.json"), "--out", str(link)]) == 0
     assert link.is_symlink() and (link / "report.md").is_file()
     assert not (link / "verification.csv").exists()
+
+
+@pytest.mark.nothing_lost
+def test_an_optional_output_that_fails_is_named_in_the_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    from opmeter.report import plots
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise ValueError("no categories to draw")
+
+    monkeypatch.setattr(plots, "categories", broken)
+    out = tmp_path / "r"
+    assert main([*REPORT, "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "## Files not written" in text and "categories plot: ValueError: no categories to draw" in text
+    assert not (out / "categories.svg").exists() and (out / "flops_by_component.svg").is_file()
+    assert "categories plot not written" in caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         raise OpmeterError("--prompt-tokens must be >= 2 and --new-tokens >= 1")
     import torch
 
+    from opmeter.report.exporters import write_all
     from opmeter.report.outdir import check_output_dir, staged_output
     from opmeter.trace import OpTracer
     from opmeter.trace.demo import DemoConfig, DemoTransformer
@@ -56,26 +58,46 @@ def run(args: argparse.Namespace) -> int:
     with OpTracer(model, timing=args.timing, metadata=meta) as trace:
         model.generate(ids, max_new_tokens=args.new_tokens)
     with staged_output(out, force=args.force, command="demo") as staging:
-        _write(trace, staging, args.timing)
+        files, _ = write_all(_exporters(), trace, staging)  # every demo file is required
     console = terminal()
     print_trace(trace, console)
-    console.print(f"wrote {args.out}/: trace.json, modules.csv, operators.csv, module_operators.csv, stages.csv, "
-                  f"edges.csv, callgraph.dot, callgraph.mmd{', spans.json' if args.timing else ''}")
+    console.print(f"wrote {args.out}/: {', '.join(files)}")
     return 0
 
 
 
-def _write(trace: Any, out: Path, timing: bool) -> None:
-    """The demo's files: the trace, its tables and its call graph."""
-    from opmeter.io import atomic_write_text
+def _text(name: str, render: Callable[[Any], str]) -> Callable[[Any, Path], list[Path]]:
+    def write(trace: Any, out: Path) -> list[Path]:
+        from opmeter.io import atomic_write_text
 
-    trace.save(out / "trace.json")
-    atomic_write_text(out / "modules.csv", trace.by_module().to_csv(index=False))
-    atomic_write_text(out / "operators.csv", trace.by_operator().to_csv(index=False))
-    atomic_write_text(out / "module_operators.csv", trace.by_module_and_operator().to_csv(index=False))
-    atomic_write_text(out / "stages.csv", trace.stages().to_csv(index=False))
-    atomic_write_text(out / "edges.csv", trace.edges().to_csv(index=False))
-    atomic_write_text(out / "callgraph.dot", trace.to_dot())
-    atomic_write_text(out / "callgraph.mmd", trace.to_mermaid())
-    if timing:
-        trace.to_chrome_trace(out / "spans.json")
+        return [atomic_write_text(out / name, render(trace))]
+    return write
+
+
+def _csv_of(method: str) -> Callable[[Any], str]:
+    def render(trace: Any) -> str:
+        return str(getattr(trace, method)().to_csv(index=False))
+    return render
+
+
+def _trace_json(trace: Any, out: Path) -> list[Path]:
+    return [trace.save(out / "trace.json")]
+
+
+def _spans(trace: Any, out: Path) -> list[Path]:
+    return [trace.to_chrome_trace(out / "spans.json")] if trace.timing else []
+
+
+def _exporters() -> tuple[Any, ...]:
+    """The demo's files: the trace, its tables and its call graph (the report's exporter registry)."""
+    from opmeter.report.exporters import Exporter
+
+    tables = (("modules.csv", "by_module"), ("operators.csv", "by_operator"),
+              ("module_operators.csv", "by_module_and_operator"), ("stages.csv", "stages"), ("edges.csv", "edges"))
+    return (
+        Exporter("trace JSON", _trace_json),
+        *(Exporter(name, _text(name, _csv_of(method))) for name, method in tables),
+        Exporter("call graph (DOT)", _text("callgraph.dot", lambda t: t.to_dot())),
+        Exporter("call graph (Mermaid)", _text("callgraph.mmd", lambda t: t.to_mermaid())),
+        Exporter("module spans (Chrome trace)", _spans),
+    )

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import orjson
-
 from opmeter.errors import OpmeterError
 
 NAME = "inventory"
@@ -36,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Build the model on meta, print (and optionally save) its inventory."""
     from opmeter.inventory import SCHEMA_VERSION, build_inventory
-    from opmeter.io import atomic_write_bytes, check_output_file
+    from opmeter.io import atomic_write_bytes, check_output_file, json_bytes
 
     if args.depth < 0:
         raise OpmeterError(f"--depth must be >= 0, got {args.depth}")
@@ -51,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         model = adapter.prepare(RunRequest(preset=args.preset, workload=None, device="meta")).model
     inv = build_inventory(model, component_depth=args.depth)
-    data = orjson.dumps(inv.to_dict(), option=orjson.OPT_INDENT_2)
+    data = json_bytes(inv.to_dict(), indent=True)
     if args.json_path:
         atomic_write_bytes(Path(args.json_path), data)
     print(data.decode() if args.format == "json" else inv.format_text())

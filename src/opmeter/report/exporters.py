@@ -1,32 +1,88 @@
-"""Table and graph exporters: CSV (always), Parquet (when ``pyarrow`` imports), DOT / Mermaid, Chrome trace.
+"""The exporter registry and the formats it writes: CSV (always), Parquet (when ``pyarrow`` imports), DOT / Mermaid,
+JSON, Chrome trace.
 
-Every file is written atomically (:mod:`opmeter.io`), so an interrupted report never leaves a torn file.
+An :class:`Exporter` is one output of a command (a table, a graph, a plot...): a name, a function that writes it
+from the command's data, and whether the output is required. :func:`write_all` runs a command's exporters in order:
+a required exporter that fails stops the write (the output directory is then left as it was, see
+:mod:`opmeter.report.outdir`); an optional one that fails is logged and returned as a failure, so the command names
+it in its output instead of skipping it in silence. Every file is written atomically (:mod:`opmeter.io`).
 """
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
 import io
+import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Generic, TypeVar
 
+import attrs
 import pandas as pd
 
-from opmeter.io import atomic_write_bytes, atomic_write_text
+from opmeter.io import atomic_write_bytes, atomic_write_text, gzip_bytes, json_bytes
 from opmeter.trace import Trace
+
+log = logging.getLogger(__name__)
+
+D = TypeVar("D")
+
+
+@attrs.frozen
+class Exporter(Generic[D]):
+    """One output of a command, written from its data ``D`` into an output directory."""
+
+    name: str
+    """What the output is, in the words a reader of the report sees ("Chrome trace", "module table")."""
+    write: Callable[[D, Path], Sequence[Path]]
+    """Writes the output into the directory; returns the paths it wrote (none when there is nothing to write)."""
+    required: bool = True
+    """A required output's failure stops the command; an optional one's is logged and named."""
+
+
+@attrs.frozen
+class Failure:
+    """An optional output that could not be written, and why."""
+
+    name: str
+    reason: str
+
+
+def failures_markdown(failures: Sequence[Failure]) -> str:
+    """The section of a Markdown report that names the outputs that could not be written ('' when none)."""
+    if not failures:
+        return ""
+    return "\n## Files not written\n\n" + "".join(f"- {f.name}: {f.reason}\n" for f in failures)
+
+
+def write_all(exporters: Sequence[Exporter[D]], data: D, out_dir: Path) -> tuple[list[str], list[Failure]]:
+    """Run ``exporters`` in order into ``out_dir``; returns the names of the files written and the failures.
+
+    Raises
+    ------
+    Exception
+        Whatever a required exporter raised, and ``OSError`` / ``KeyboardInterrupt`` from any exporter (a full disk
+        or Ctrl-C is never an optional output's failure).
+    """
+    files: list[str] = []
+    failures: list[Failure] = []
+    for exporter in exporters:
+        try:
+            files += [p.name for p in exporter.write(data, out_dir)]
+        except (OSError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if exporter.required:
+                raise
+            reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+            log.warning("%s not written: %s", exporter.name, reason)
+            failures.append(Failure(exporter.name, reason))
+    return sorted(set(files)), failures
 
 
 def parquet_available() -> bool:
     """Whether pandas can write Parquet here (``pyarrow`` installed)."""
     return importlib.util.find_spec("pyarrow") is not None
-
-
-def gzip_bytes(data: bytes) -> bytes:
-    """Deterministic gzip (no file name, mtime 0), so committed example files diff cleanly."""
-    buf = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=9) as fh:
-        fh.write(data)
-    return buf.getvalue()
 
 
 COMPRESS_MIN_BYTES = 64 * 1024
@@ -57,10 +113,7 @@ def write_trace_json(trace: Trace, path: str | Path, compress: bool = False) -> 
         written = Path(trace.save(path))
         Path(f"{path}.gz").unlink(missing_ok=True)
         return written
-    import orjson
-
-    data = orjson.dumps(trace.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
-    return write_maybe_gzip(path, data, True)
+    return write_maybe_gzip(path, json_bytes(trace.to_dict()), True)
 
 
 def write_parquet(df: pd.DataFrame, path: str | Path) -> Path | None:
@@ -87,36 +140,22 @@ def write_table(df: pd.DataFrame, out_dir: str | Path, stem: str, compress: bool
 
 
 def write_callgraph(trace: Trace, out_dir: str | Path) -> list[Path]:
-    """``callgraph.dot`` and ``callgraph.mmd`` from the trace's class-level call graph (when it offers them)."""
+    """``callgraph.dot`` and ``callgraph.mmd`` from the trace's class-level call graph."""
     out = Path(out_dir)
     written = []
-    for method, name in (("to_dot", "callgraph.dot"), ("to_mermaid", "callgraph.mmd")):
-        fn = getattr(trace, method, None)
-        if fn is None:
-            continue
-        text = fn()
+    for text, name in ((trace.to_dot(), "callgraph.dot"), (trace.to_mermaid(), "callgraph.mmd")):
         written.append(atomic_write_text(out / name, text if text.endswith("\n") else text + "\n"))
     return written
 
 
 def write_chrome_trace(trace: Trace, path: str | Path, compress: bool = False) -> Path | None:
-    """Chrome/Perfetto trace of module spans when the trace was timed; ``None`` otherwise.
+    """Chrome/Perfetto trace of module spans when the trace was timed; ``None`` (nothing written) when it has no
+    spans. A failure to build the spans propagates (the registry names it).
 
     With ``compress`` a file over :data:`COMPRESS_MIN_BYTES` is gzipped to ``<path>.gz`` (Perfetto and
     ``chrome://tracing`` open gzipped JSON traces as they are).
     """
-    fn = getattr(trace, "to_chrome_trace", None)
-    spans = getattr(trace, "spans", None)
-    if fn is None:
+    if len(trace.spans()) == 0:
         return None
-    if spans is not None:
-        try:
-            if len(spans()) == 0:
-                return None
-        except Exception:
-            return None
-    result = fn(path)
-    written = Path(result) if result is not None else Path(path)
-    if written.is_file():
-        return write_maybe_gzip(written, written.read_bytes(), compress)
-    return written
+    written = Path(trace.to_chrome_trace(path))
+    return write_maybe_gzip(written, written.read_bytes(), compress)

@@ -34,6 +34,7 @@ from pathlib import Path
 import orjson
 
 from opmeter.errors import OpmeterError
+from opmeter.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -256,8 +257,7 @@ def write_manifest(directory: Path, files: Sequence[str], command: str, kept: Se
     """Mark ``directory`` as opmeter's: ``files`` are the entries it wrote, ``kept`` those it kept for the user."""
     manifest = {"schema_version": MANIFEST_SCHEMA, "command": command, "files": sorted(files), "kept": sorted(kept)}
     path = directory / MANIFEST_NAME
-    path.write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
-    return path
+    return write_json(path, manifest, indent=True)
 
 
 @contextlib.contextmanager

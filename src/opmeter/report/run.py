@@ -37,7 +37,7 @@ from opmeter.report.limits import DEFAULT_MAX_IMAGE_PIXELS
 from opmeter.report.predict import HardwareChoice, choose_hardware, predict, time_model
 from opmeter.report.progress import Progress, timed
 from opmeter.report.tracing import load_saved_trace, saved_decode_tokens, trace_run, traced_decode_length
-from opmeter.report.write import RunFacts, headline_lines, write_report
+from opmeter.report.write import ReportData, RunFacts, headline_lines, write_report
 from opmeter.trace import Trace
 
 log = logging.getLogger(__name__)
@@ -303,8 +303,9 @@ class _Pipeline:
         kept = (o.trace_path, o.profile)  # inputs that live in --out stay in the new report
         with staged_output(out_dir, [Path(p).resolve() for p in kept if p is not None], o.force) as staging, \
                 timed(self.seconds, "write"):
-            files = write_report(staging, joined, trace, execution.timing_trace if execution else None, adapter,
-                                 workload, facts, verification, started)
+            data = ReportData(joined, trace, execution.timing_trace if execution else None, adapter, workload, facts,
+                              verification, started)
+            files = write_report(staging, data)
         return ReportResult(out_dir=out_dir, files=tuple(files), headline=tuple(headline_lines(joined, head)),
                             seconds=dict(self.seconds), joined=joined)
 

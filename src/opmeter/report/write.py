@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import pandas as pd
@@ -13,6 +14,9 @@ import torch
 from opmeter.join import Joined
 from opmeter.models.base import ModelAdapter, Workload
 from opmeter.trace import Trace
+
+if TYPE_CHECKING:
+    from opmeter.report.exporters import Exporter
 
 
 @attrs.frozen
@@ -29,38 +33,126 @@ class RunFacts:
     write_trace: bool = True
 
 
-def write_data(out_dir: Path, joined: Joined, trace: Trace, timing_trace: Trace | None, facts: RunFacts
-               ) -> list[str]:
-    """trace.json, joined.json, the CSV tables, the call graphs and the Chrome trace; returns the file names."""
+@attrs.frozen
+class ReportData:
+    """Everything the files of one report are written from, gathered once at the end of the pipeline."""
+
+    joined: Joined
+    trace: Trace
+    timing_trace: Trace | None
+    """The module-timing run's trace (spans), when the model executed."""
+    adapter: ModelAdapter
+    workload: Workload
+    facts: RunFacts
+    verification: pd.DataFrame | None
+    """``--verify``: the per-layer verification rows."""
+    started: float
+    """``time.perf_counter()`` when the command started (report.md says how long it took)."""
+
+
+def _trace_json(d: ReportData, out: Path) -> list[Path]:
     from opmeter.report import exporters
 
-    files: list[str] = []
-    if facts.write_trace:
-        files.append(exporters.write_trace_json(trace, out_dir / "trace.json", facts.compress).name)
-    files.append(exporters.write_maybe_gzip(out_dir / "joined.json", joined.to_json(), facts.compress).name)
-    for stem, df in (("modules", joined.by_module()), ("operators", joined.by_operator()),
-                     ("stages", joined.by_stage()), ("components", joined.by_component()),
-                     ("categories", joined.by_category()), ("classes", joined.by_class()),
-                     ("module_categories", joined.by_module_and_category())):
-        files += [p.name for p in exporters.write_table(df, out_dir, stem, facts.compress)]
-    files += [p.name for p in exporters.write_callgraph(trace, out_dir)]
-    if timing_trace is not None:
-        chrome = exporters.write_chrome_trace(timing_trace, out_dir / "chrome_trace.json", facts.compress)
-        if chrome is not None:
-            files.append(chrome.name)
-    return files
+    return [exporters.write_trace_json(d.trace, out / "trace.json", d.facts.compress)] if d.facts.write_trace else []
 
 
-def write_plots(out_dir: Path, joined: Joined) -> list[str]:
-    """FLOPs per component, categories and time per stage (SVG)."""
+def _joined_json(d: ReportData, out: Path) -> list[Path]:
+    from opmeter.report import exporters
+
+    return [exporters.write_maybe_gzip(out / "joined.json", d.joined.to_json(), d.facts.compress)]
+
+
+def _table(stem: str, frame: Callable[[Joined], pd.DataFrame]) -> Callable[[ReportData, Path], list[Path]]:
+    def write(d: ReportData, out: Path) -> list[Path]:
+        from opmeter.report import exporters
+
+        return exporters.write_table(frame(d.joined), out, stem, d.facts.compress)
+    return write
+
+
+def _callgraph(d: ReportData, out: Path) -> list[Path]:
+    from opmeter.report import exporters
+
+    return exporters.write_callgraph(d.trace, out)
+
+
+def _chrome_trace(d: ReportData, out: Path) -> list[Path]:
+    from opmeter.report import exporters
+
+    if d.timing_trace is None:
+        return []
+    written = exporters.write_chrome_trace(d.timing_trace, out / "chrome_trace.json", d.facts.compress)
+    return [written] if written is not None else []
+
+
+def _plot(name: str, draw: Callable[[Joined, Path], None]) -> Callable[[ReportData, Path], list[Path]]:
+    def write(d: ReportData, out: Path) -> list[Path]:
+        draw(d.joined, out / name)
+        return [out / name]
+    return write
+
+
+def _flops_plot(joined: Joined, path: Path) -> None:
     from opmeter.report import plots
 
-    plots.flops_by_component(joined.by_component(), out_dir / "flops_by_component.svg")
-    plots.categories(joined.by_category(), out_dir / "categories.svg")
+    plots.flops_by_component(joined.by_component(), path)
+
+
+def _categories_plot(joined: Joined, path: Path) -> None:
+    from opmeter.report import plots
+
+    plots.categories(joined.by_category(), path)
+
+
+def _time_plot(joined: Joined, path: Path) -> None:
+    from opmeter.report import plots
+
     stages = joined.by_stage()
-    plots.time_by_stage(stages[~stages["stage"].str.startswith("decode[")], out_dir / "time_by_stage.svg",
+    plots.time_by_stage(stages[~stages["stage"].str.startswith("decode[")], path,
                         hardware=(joined.hardware or {}).get("name"))
-    return ["flops_by_component.svg", "categories.svg", "time_by_stage.svg"]
+
+
+def _verification(d: ReportData, out: Path) -> list[Path]:
+    from opmeter.report import exporters
+
+    if d.verification is None:
+        return []
+    return exporters.write_table(d.verification, out, "verification", d.facts.compress)
+
+
+def _summary(d: ReportData, out: Path) -> list[Path]:
+    from opmeter.timemodel.assess import summary as time_summary
+    from opmeter.timemodel.assess import write_summary
+
+    doc = time_summary(d.joined.metadata.get("time_model"), f"{d.facts.model_spec} {d.facts.preset}", d.workload.id,
+                       d.facts.device, d.joined.metadata.get("dtype"))
+    return [write_summary(out / "summary.json", doc)]
+
+
+def _report_exporters() -> tuple[Exporter[ReportData], ...]:
+    """Every file of a report but report.md, in the order they are written."""
+    from opmeter.report.exporters import Exporter
+
+    tables = (("modules", "module table", Joined.by_module), ("operators", "operator table", Joined.by_operator),
+              ("stages", "stage table", Joined.by_stage), ("components", "component table", Joined.by_component),
+              ("categories", "category table", Joined.by_category), ("classes", "class table", Joined.by_class),
+              ("module_categories", "module x category table", Joined.by_module_and_category))
+    return (
+        Exporter("trace JSON", _trace_json),
+        Exporter("joined JSON", _joined_json),
+        *(Exporter(name, _table(stem, frame)) for stem, name, frame in tables),
+        Exporter("call graph (DOT, Mermaid)", _callgraph, required=False),
+        Exporter("Chrome trace", _chrome_trace, required=False),
+        Exporter("FLOPs by component plot", _plot("flops_by_component.svg", _flops_plot), required=False),
+        Exporter("categories plot", _plot("categories.svg", _categories_plot), required=False),
+        Exporter("time by stage plot", _plot("time_by_stage.svg", _time_plot), required=False),
+        Exporter("verification table", _verification),
+        Exporter("summary JSON", _summary),
+    )
+
+
+REPORT_EXPORTERS: Final = _report_exporters()
+"""The registry of a report's files (report.md is written after them, naming any that failed)."""
 
 
 def report_context(joined: Joined, adapter: ModelAdapter, workload: Workload, facts: RunFacts) -> dict[str, Any]:
@@ -95,31 +187,26 @@ def report_context(joined: Joined, adapter: ModelAdapter, workload: Workload, fa
     }
 
 
-def write_report(out_dir: Path, joined: Joined, trace: Trace, timing_trace: Trace | None, adapter: ModelAdapter,
-                 workload: Workload, facts: RunFacts, verification: pd.DataFrame | None, started: float
-                 ) -> list[str]:
-    """Every file of a report; returns their names (report.md last, with the elapsed time)."""
+def write_report(out_dir: Path, data: ReportData) -> list[str]:
+    """Every file of a report (:data:`REPORT_EXPORTERS`, then report.md with the elapsed time and the outputs that
+    failed); returns their names."""
     from opmeter.io import atomic_write_text
-    from opmeter.report import exporters, markdown
-    from opmeter.timemodel.assess import summary as time_summary
-    from opmeter.timemodel.assess import write_summary
+    from opmeter.report import markdown
+    from opmeter.report.exporters import failures_markdown, write_all
 
-    files = write_data(out_dir, joined, trace, timing_trace, facts) + write_plots(out_dir, joined)
+    files, failures = write_all(REPORT_EXPORTERS, data, out_dir)
     verify_table = None
-    if verification is not None:
+    if data.verification is not None:
         from opmeter.verify import worst_per_layer
 
-        files += [p.name for p in exporters.write_table(verification, out_dir, "verification", facts.compress)]
-        verify_table = verify_view(worst_per_layer(verification))
-    files.append(write_summary(out_dir / "summary.json", time_summary(
-        joined.metadata.get("time_model"), f"{facts.model_spec} {facts.preset}", workload.id, facts.device,
-        joined.metadata.get("dtype"))).name)
-    files.append("report.md")
-    text = markdown.render(joined, report_context(joined, adapter, workload, facts), mermaid=trace.to_mermaid(),
-                           verify_table=verify_table, files=sorted(set(files)))
-    text += f"\n*Generated by `{facts.command}` in {time.perf_counter() - started:.1f} s.*\n"
+        verify_table = verify_view(worst_per_layer(data.verification))
+    files = sorted({*files, "report.md"})
+    text = markdown.render(data.joined, report_context(data.joined, data.adapter, data.workload, data.facts),
+                           mermaid=data.trace.to_mermaid(), verify_table=verify_table, files=files)
+    text += failures_markdown(failures)
+    text += f"\n*Generated by `{data.facts.command}` in {time.perf_counter() - data.started:.1f} s.*\n"
     atomic_write_text(out_dir / "report.md", text)
-    return sorted(set(files))
+    return files
 
 
 def verify_view(df: pd.DataFrame) -> pd.DataFrame:

@@ -274,11 +274,9 @@ def summary(assessment: Mapping[str, Any] | None, model: str, workload: str, dev
 
 def write_summary(path: str | Path, doc: Mapping[str, Any]) -> Path:
     """Write ``summary.json`` atomically (NaN as null); returns the path."""
-    import orjson
+    from opmeter.io import write_json
 
-    from opmeter.io import atomic_write_bytes
-
-    return atomic_write_bytes(path, orjson.dumps(_clean(doc), option=orjson.OPT_INDENT_2))
+    return write_json(path, _clean(doc), indent=True)
 
 
 def _clean(value: Any) -> Any:

@@ -29,10 +29,9 @@ from pathlib import Path
 from typing import Any, Final
 
 import attrs
-import orjson
 
 from opmeter.errors import OpmeterError
-from opmeter.io import atomic_write_bytes, read_json
+from opmeter.io import read_json, write_json
 
 SCHEMA_VERSION: Final = "opmeter.device_profile/1"
 MEASURED: Final = "measured"
@@ -256,7 +255,7 @@ class DeviceProfile:
 
     def save(self, path: str | Path) -> Path:
         """Write the profile as JSON (atomic); returns the path."""
-        return atomic_write_bytes(path, orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2))
+        return write_json(path, self.to_dict(), indent=True)
 
 
 def mean_profile(profiles: Sequence[DeviceProfile]) -> DeviceProfile:

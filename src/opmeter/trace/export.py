@@ -6,9 +6,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from opmeter.io import atomic_write_bytes
+from opmeter.io import write_json
 
 if TYPE_CHECKING:
     from opmeter.trace.trace import Trace
@@ -96,4 +94,4 @@ def to_chrome_trace(trace: Trace, path: str | Path) -> Path:
     """Write :func:`chrome_trace_events` as ``{"traceEvents": [...]}`` (open in Perfetto or chrome://tracing)."""
     doc = {"traceEvents": chrome_trace_events(trace), "displayTimeUnit": "ms",
            "otherData": {"spans_truncated": trace.spans_truncated, "timed": trace.timing}}
-    return atomic_write_bytes(path, orjson.dumps(doc))
+    return write_json(path, doc)

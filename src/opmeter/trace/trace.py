@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any, Final
 
 import attrs
-import orjson
 import pandas as pd
 
 from opmeter.errors import OpmeterError
-from opmeter.io import atomic_write_bytes, read_json
+from opmeter.io import atomic_write_bytes, json_bytes, read_json
 from opmeter.trace import categories as cat
 from opmeter.trace.modules import OUTSIDE, OUTSIDE_INDEX, ROOT, ModuleRecord
 from opmeter.trace.schema import check_raw
@@ -740,9 +739,8 @@ class Trace:
         Metadata values JSON cannot hold (a ``Path``, a dtype...) are written as their ``str()``.
         """
         try:
-            data = orjson.dumps(self.to_dict(), default=str,
-                                option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
-        except orjson.JSONEncodeError as exc:  # an integer past 64 bits in the metadata, a cycle...
+            data = json_bytes(self.to_dict())
+        except OpmeterError as exc:  # an integer past 64 bits in the metadata, a cycle...
             raise OpmeterError(f"cannot write the trace to {path}: {exc}") from exc
         return atomic_write_bytes(path, data)
 
