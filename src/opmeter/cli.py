@@ -13,8 +13,9 @@ from collections.abc import Iterator, Sequence
 from types import ModuleType
 from typing import NoReturn
 
-from opmeter import __version__, commands
+from opmeter import commands
 from opmeter.errors import OpmeterError
+from opmeter.version import __version__
 
 
 class UsageError(Exception):

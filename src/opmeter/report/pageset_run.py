@@ -32,6 +32,8 @@ import pandas as pd
 
 from opmeter.errors import OpmeterError
 from opmeter.report.exporters import Exporter
+from opmeter.report.inputs import check_out_dir, resolve_device
+from opmeter.report.options import ReportOptions, ReportResult
 from opmeter.report.pageset import (
     DISTRIBUTED,
     SHORT_NEW_TOKENS,
@@ -74,16 +76,27 @@ def _run_out(beside: Path, label: str) -> Path:
     return beside.with_name(f"{beside.name}.{label}")
 
 
-def _page_options(opts: Any, planner: PagePlanner, page: Page, tokens: int, out: Path) -> Any:
-    return attrs.evolve(opts, workload=planner.base_workload, image=page.path, images=None, decode_tokens=tokens,
-                        out=out, write_trace_json=False, profiler=False, progress=False, write_files=False,
-                        verify=False, command=f"{opts.command} [page {page.file}]")
+RunOne = Callable[[ReportOptions], ReportResult]
+"""The single-page report (:func:`opmeter.report.run.run_report`), given by the caller."""
 
 
-def _run(opts: Any, planner: PagePlanner, page: Page, tokens: int, out: Path) -> GeometryRun:
-    from opmeter.report.run import run_report
+@attrs.frozen
+class SetJob:
+    """One set report in the making: its options, its pages' planner and the single-page report to run them with."""
 
-    result = run_report(_page_options(opts, planner, page, tokens, out))
+    opts: ReportOptions
+    planner: PagePlanner
+    run_one: RunOne
+
+
+def _page_options(job: SetJob, page: Page, tokens: int, out: Path) -> ReportOptions:
+    return attrs.evolve(job.opts, workload=job.planner.base_workload, image=page.path, images=None,
+                        decode_tokens=tokens, out=out, write_trace_json=False, profiler=False, progress=False,
+                        write_files=False, verify=False, command=f"{job.opts.command} [page {page.file}]")
+
+
+def _run(job: SetJob, page: Page, tokens: int, out: Path) -> GeometryRun:
+    result = job.run_one(_page_options(job, page, tokens, out))
     return geometry_run(result.joined, result.seconds)
 
 
@@ -110,27 +123,26 @@ def _progress(enabled: bool, total: int, what: str) -> Iterator[Callable[[], Non
         yield lambda: bar.advance(task)
 
 
-def _shape_only(opts: Any, planner: PagePlanner, pages: list[Page], beside: Path
-                ) -> tuple[Runs, list[dict[str, Any]], list[str]]:
+def _shape_only(job: SetJob, pages: list[Page], beside: Path) -> tuple[Runs, list[dict[str, Any]], list[str]]:
     """Trace each distinct geometry once; pages of a non-affine geometry at their own length."""
     done: Runs = {}
     geometries: list[dict[str, Any]] = []
     notes: list[str] = []
     groups = by_geometry(pages)
-    with _progress(opts.progress, len(groups), "geometries (shape-only)") as tick:
+    with _progress(job.opts.progress, len(groups), "geometries (shape-only)") as tick:
         for g, (key, group) in enumerate(groups.items()):
-            _geometry(opts, planner, pages, key, group, (beside, f"geometry-{g}"), done, geometries, notes)
+            _geometry(job, pages, key, group, (beside, f"geometry-{g}"), done, geometries, notes)
             tick()
     return done, geometries, notes
 
 
-def _geometry(opts: Any, planner: PagePlanner, pages: list[Page], key: Any, group: list[int], at: tuple[Path, str],
-              done: Runs, geometries: list[dict[str, Any]], notes: list[str]) -> None:
+def _geometry(job: SetJob, pages: list[Page], key: Any, group: list[int], at: tuple[Path, str], done: Runs,
+              geometries: list[dict[str, Any]], notes: list[str]) -> None:
     """Trace one geometry (short decode) for the pages of ``group``; record their runs, the geometry, any note."""
     started = time.perf_counter()
     smallest = min(group, key=lambda i: pages[i].width * pages[i].height)  # same work, least image decoding
     try:
-        run = _run(opts, planner, pages[smallest], SHORT_NEW_TOKENS, _run_out(*at))
+        run = _run(job, pages[smallest], SHORT_NEW_TOKENS, _run_out(*at))
     except OpmeterError as exc:
         done |= {i: (_failed(pages[i], exc), None) for i in group}
         return
@@ -143,58 +155,60 @@ def _geometry(opts: Any, planner: PagePlanner, pages: list[Page], key: Any, grou
         log.warning(note)
         notes.append(note)
         for i in group:
-            done[i] = _run_or_fail(opts, planner, pages[i], _run_out(at[0], f"page-{i}"))
+            done[i] = _run_or_fail(job, pages[i], _run_out(at[0], f"page-{i}"))
     geometries.append({**dict(key), "pages": len(group), "traced_new_tokens": SHORT_NEW_TOKENS,
                        "affine": affine, "seconds": time.perf_counter() - started})
 
 
-def _run_or_fail(opts: Any, planner: PagePlanner, page: Page, out: Path) -> tuple[Page, GeometryRun | None]:
+def _run_or_fail(job: SetJob, page: Page, out: Path) -> tuple[Page, GeometryRun | None]:
     """The page run at its own length, or the page with its error."""
     try:
-        return page, _run(opts, planner, page, page.decode_tokens, out)
+        return page, _run(job, page, page.decode_tokens, out)
     except OpmeterError as exc:
         return _failed(page, exc), None
 
 
-def _calibrated_profile(opts: Any, device: str, scratch: Path) -> Any:
+def _calibrated_profile(job: SetJob, device: str, scratch: Path) -> SetJob:
     """``--profile``, else one quick calibration of the device for every page (saved into ``scratch``)."""
+    opts = job.opts
     if opts.profile is not None:
-        return opts
+        return job
     from opmeter.timemodel.calibrate import calibrate
 
     log.info("no --profile: calibrating %s once for every page (quick budget)", device)
     profile = calibrate(device, opts.dtype or "float32", opts.threads, quick=True)
     path = profile.save(scratch / "calibrated-on-the-spot-quick-profile.json")  # the name says it in the report
-    return attrs.evolve(opts, profile=path)
+    return attrs.evolve(job, opts=attrs.evolve(opts, profile=path))
 
 
-def _executed(opts: Any, planner: PagePlanner, pages: list[Page], device: str, scratch: Path, beside: Path
+def _executed(job: SetJob, pages: list[Page], device: str, scratch: Path, beside: Path
               ) -> tuple[Runs, list[dict[str, Any]], list[str]]:
     """Run and time every page at its own length."""
-    calibrated = opts.profile is None
-    opts = _calibrated_profile(opts, device, scratch)
+    calibrated = job.opts.profile is None
+    job = _calibrated_profile(job, device, scratch)
     todo = [i for i, page in enumerate(pages) if page.error is None]
     done: Runs = {}
-    with _progress(opts.progress, len(todo), f"pages ({device}, timed)") as tick:
+    with _progress(job.opts.progress, len(todo), f"pages ({device}, timed)") as tick:
         for i in todo:
-            done[i] = _run_or_fail(opts, planner, pages[i], _run_out(beside, f"page-{i}"))
+            done[i] = _run_or_fail(job, pages[i], _run_out(beside, f"page-{i}"))
             tick()
     ran = [p for p, run in done.values() if run is not None]
     geometries = [{**dict(k), "pages": len(g)} for k, g in by_geometry(ran).items()]
     note = ("the device profile was calibrated once on the spot (quick budget) for every page; `opmeter calibrate` "
-            "makes a full one (pass it with --profile)") if calibrated else f"device profile: {opts.profile}"
+            "makes a full one (pass it with --profile)") if calibrated else f"device profile: {job.opts.profile}"
     return done, geometries, [note]
 
 
-def compute_set(opts: Any, planner: PagePlanner, device: str) -> SetResult:
-    """Run the pages of ``planner`` and gather the set's tables (nothing written)."""
+def compute_set(job: SetJob, device: str) -> SetResult:
+    """Run the pages of the job's planner and gather the set's tables (nothing written)."""
+    opts = job.opts
     with tempfile.TemporaryDirectory(prefix="opmeter-pageset-") as tmp:
         scratch, beside = Path(tmp), Path(os.path.realpath(Path(opts.out).expanduser()))
-        pages = planner.pages(scratch / "pages", opts.decode_tokens, opts.max_image_pixels)
+        pages = job.planner.pages(scratch / "pages", opts.decode_tokens, opts.max_image_pixels)
         if device == "meta":
-            done, geometries, notes = _shape_only(opts, planner, pages, beside)
+            done, geometries, notes = _shape_only(job, pages, beside)
         else:
-            done, geometries, notes = _executed(opts, planner, pages, device, scratch, beside)
+            done, geometries, notes = _executed(job, pages, device, scratch, beside)
     rows, parts = [], []
     for i, page in enumerate(pages):
         page, run = done.get(i, (page, None))
@@ -211,10 +225,8 @@ def compute_set(opts: Any, planner: PagePlanner, device: str) -> SetResult:
                      pd.DataFrame(geometries), geometry, device, tuple(notes), hardware, profile)
 
 
-def _check(opts: Any) -> tuple[Path, str]:
+def _check(opts: ReportOptions) -> tuple[Path, str]:
     """The checks a single-page report makes before the long work, and those of a set: nothing is created."""
-    from opmeter.report.run import check_out_dir, resolve_device
-
     out_dir = check_out_dir(opts.out, opts.force)
     if opts.image is not None:
         raise OpmeterError("--image and a set of pages (--images or a document-set workload) exclude each other")
@@ -231,19 +243,18 @@ def _check(opts: Any) -> tuple[Path, str]:
     return out_dir, resolve_device(opts.device)
 
 
-def run_page_set(opts: Any, planner: PagePlanner) -> Any:
-    """Produce the set report of ``planner``'s pages into ``opts.out`` (see the module docstring).
+def run_page_set(opts: ReportOptions, planner: PagePlanner, run_one: RunOne) -> ReportResult:
+    """Produce the set report of ``planner``'s pages into ``opts.out`` (see the module docstring), running each
+    page with ``run_one``.
 
     Raises
     ------
     OpmeterError
         When no page succeeded (every page's error in the message), or for bad options.
     """
-    from opmeter.report.run import ReportResult
-
     started = time.perf_counter()
     out_dir, device = _check(opts)
-    result = compute_set(opts, planner, device)
+    result = compute_set(SetJob(opts, planner, run_one), device)
     ok = result.pages[result.pages["error"].isna()]
     if ok.empty:
         errors = "; ".join(f"{r['file']}: {r['error']}" for r in result.pages.head(5).to_dict("records"))
@@ -299,7 +310,8 @@ SET_EXPORTERS: tuple[Exporter[SetOutput], ...] = (
 """The registry of a set report's files (report.md is written after them, naming any that failed)."""
 
 
-def write_set(out_dir: Path, opts: Any, planner: PagePlanner, result: SetResult, started: float) -> list[str]:
+def write_set(out_dir: Path, opts: ReportOptions, planner: PagePlanner, result: SetResult, started: float
+              ) -> list[str]:
     """Write the set report into ``out_dir`` as one unit (:func:`opmeter.report.outdir.staged_output`)."""
     from opmeter.io import atomic_write_text
     from opmeter.report import pageset_markdown

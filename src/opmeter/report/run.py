@@ -33,7 +33,8 @@ from opmeter.join import ROOT, Joined, join
 from opmeter.models.base import DEFAULT_MODEL, ModelAdapter, Prediction, RunRequest, Workload, resolve_adapter
 from opmeter.report.execute import Execution, execute
 from opmeter.report.inputs import check_image, check_out_dir, parse_dtype_option, resolve_device
-from opmeter.report.limits import DEFAULT_MAX_IMAGE_PIXELS
+from opmeter.report.options import ReportOptions, ReportResult
+from opmeter.report.pageset_run import run_page_set
 from opmeter.report.predict import HardwareChoice, choose_hardware, predict, time_model
 from opmeter.report.progress import Progress, timed
 from opmeter.report.tracing import load_saved_trace, saved_decode_tokens, trace_run, traced_decode_length
@@ -41,66 +42,6 @@ from opmeter.report.write import ReportData, RunFacts, headline_lines, write_rep
 from opmeter.trace import Trace
 
 log = logging.getLogger(__name__)
-
-@attrs.frozen
-class ReportOptions:
-    """Options of one report (the CLI flags)."""
-
-    workload: str | None = None
-    """Workload id (``None``: the adapter's default)."""
-    model: str | None = None
-    """``--model NAME[:ARG]`` (``None``: the default adapter, or the one that recorded ``trace_path``)."""
-    preset: str | None = None
-    """Preset id (``None``: the adapter's default)."""
-    device: str = "auto"
-    decode_tokens: int | None = None
-    repeats: int = 3
-    hardware: str | None = None
-    out: str | Path = "reports/latest"
-    image: str | Path | None = None
-    trace_path: str | Path | None = None
-    write_trace_json: bool = True
-    compress: bool = False
-    """Write trace.json, joined.json and the CSV tables gzipped (``*.gz``): for committed example reports."""
-    profiler: bool = True
-    weights: bool = True
-    """Load the checkpoint's weights when the model has one (``False``: random initialisation from its config)."""
-    weights_dir: str | Path | None = None
-    """``--weights DIR``: a local checkpoint for adapters that build from a config."""
-    nvtx_modules: bool = False
-    """NVTX ranges per module call (not only per stage) in the module-timing run, for Nsight Systems."""
-    verify: bool = False
-    """Also run the per-layer verification (:mod:`opmeter.verify`) of the preset and add it to the report."""
-    progress: bool = False
-    command: str = "opmeter report"
-    profile: str | Path | None = None
-    """Device profile (``opmeter calibrate``) for the predicted times; ``None``: calibrate on the spot when executing,
-    documented defaults of the hardware entry when shape-only (:mod:`opmeter.timemodel.assess`)."""
-    dtype: str | None = None
-    """dtype of the model (``float32``, ``bfloat16``...); ``None``: the adapter's default for the device."""
-    threads: int | None = None
-    """``torch.set_num_threads`` for the run (restored afterwards); ``None``: torch's setting."""
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-    """Refuse larger ``--image`` pages (header read only); 0 = no limit."""
-    images: str | None = None
-    """``--images DIR|GLOB``: a report over these pages (:mod:`opmeter.report.pageset_run`)."""
-    write_files: bool = True
-    """``False``: compute and return the figures, write nothing (one page of a set report)."""
-    force: bool = False
-    """``--force``: write into an existing directory opmeter did not make (:mod:`opmeter.report.outdir`)."""
-
-
-@attrs.frozen
-class ReportResult:
-    """What a report produced."""
-
-    out_dir: Path
-    files: tuple[str, ...]
-    headline: tuple[str, ...]
-    seconds: dict[str, float]
-    joined: Joined | None
-    """The joined tables (``None`` for a report over a set of pages, which has one per geometry)."""
-
 
 def param_bytes_by_module(model: torch.nn.Module) -> dict[str, int]:
     """Own parameter + buffer bytes per module path (tracer naming: the root is ``<root>``)."""
@@ -123,9 +64,7 @@ def run_report(opts: ReportOptions) -> ReportResult:
         raise OpmeterError(f"--threads must be at least 1, got {opts.threads}")
     planner = _page_planner(opts)
     if planner is not None:  # a set of pages: one report over all of them
-        from opmeter.report.pageset_run import run_page_set
-
-        return run_page_set(attrs.evolve(opts, preset=opts.preset or planner.preset), planner)
+        return run_page_set(attrs.evolve(opts, preset=opts.preset or planner.preset), planner, run_report)
     before = torch.get_num_threads()
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)

@@ -157,8 +157,8 @@ REPORT_EXPORTERS: Final = _report_exporters()
 
 def report_context(joined: Joined, adapter: ModelAdapter, workload: Workload, facts: RunFacts) -> dict[str, Any]:
     """The header facts of report.md."""
-    from opmeter import __version__
     from opmeter.report import format as fmt
+    from opmeter.version import __version__
 
     head = facts.headline
     hw = joined.hardware or {}

@@ -166,6 +166,13 @@ CATEGORY_TABLE: Final[dict[str, tuple[str, ...]]] = {
 
 _EXACT: dict[str, str] = {}
 _GLOBS: list[tuple[str, str]] = []
+_RULES_VERSION = [0]
+"""Bumped by every :func:`register_category`: whatever caches an op's category compares it (its version)."""
+
+
+def rules_version() -> int:
+    """The version of the category rules (it changes whenever a rule is added)."""
+    return _RULES_VERSION[0]
 
 
 def _index_table() -> None:
@@ -197,7 +204,6 @@ def register_category(pattern: str, category: str) -> None:
     Tracers entered afterwards see the rule, also for ops an earlier tracer already met.
     """
     from opmeter.errors import OpmeterError
-    from opmeter.trace import formulas  # imports this module: not at the top
 
     if category not in CATEGORIES or category == UNCLASSIFIED:
         raise OpmeterError(f"unknown category {category!r}; choose one of {', '.join(CATEGORIES[:-1])}")
@@ -205,7 +211,7 @@ def register_category(pattern: str, category: str) -> None:
         _GLOBS.insert(0, (pattern, category))
     else:
         _EXACT[pattern] = category
-    formulas._COMPILED.clear()  # compiled OpInfos carry the old category
+    _RULES_VERSION[0] += 1  # compiled OpInfos carry the old category: their cache starts again
 
 
 def category_of_name(qualified: str) -> str:

@@ -53,6 +53,8 @@ CostFn = Callable[[tuple[Any, ...], dict[str, Any], Any], tuple[int, float, int,
 _FLOPS: dict[Any, tuple[FlopFormula, bool]] = {}
 _BYTES: dict[Any, ByteFormula] = {}
 _COMPILED: dict[Any, OpInfo] = {}
+_COMPILED_RULES = [cat.rules_version()]
+"""The category rules :data:`_COMPILED` was built with."""
 _COSTS: dict[Any, tuple[CostFn, bool]] = {}
 
 
@@ -893,6 +895,9 @@ def _lookup(registry: dict[Any, Any], func: Any) -> Any:
 
 def compile_op(func: Any) -> OpInfo:
     """Resolve an overload into its cached :class:`OpInfo` (category, view-ness, fast cost function)."""
+    if _COMPILED_RULES[0] != cat.rules_version():  # a category rule was added since: categories may differ
+        _COMPILED.clear()
+        _COMPILED_RULES[0] = cat.rules_version()
     info = _COMPILED.get(func)
     if info is not None:
         return info

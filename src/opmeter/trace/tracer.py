@@ -181,7 +181,7 @@ class OpTracer:
     def _base_metadata(self) -> dict[str, Any]:
         device, dtype = _model_device_dtype(self.model)
         cls = type(original(self.model))
-        from opmeter import __version__
+        from opmeter.version import __version__
 
         return {
             "schema_version": SCHEMA_VERSION,

@@ -10,7 +10,7 @@ of the time to first token, not ``setup``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -19,6 +19,7 @@ from opmeter.errors import OpmeterError
 from opmeter.models.base import ModelWords, Prediction, PreparedRun, RunRequest, StageSpec, register
 from opmeter.models.deepseek_ocr2.compat import require_deepseek_ocr2
 from opmeter.models.deepseek_ocr2.config import FULL, PRESETS, get_preset
+from opmeter.models.deepseek_ocr2.model import shape_only
 from opmeter.models.deepseek_ocr2.workloads import STANDARD, WORKLOADS, Ocr2Workload, get_workload
 from opmeter.structure import Component
 
@@ -168,7 +169,7 @@ class DeepseekOcr2Adapter:
 
     def verify_context(self) -> contextlib.AbstractContextManager[Any]:
         """transformers' value checks off and the fast meta kernels on, around the verification cases."""
-        return _shape_only()
+        return shape_only()
 
     def predict(self, trace: Any, workload: Any, preset: str, hardware: Any) -> Prediction:
         """The analytic prediction of the traced run (see :func:`predict_run`)."""
@@ -224,18 +225,9 @@ def _run_variant(trace: Any) -> tuple[int, str]:
 
 def _run_context(device: str) -> Any:
     def context() -> contextlib.AbstractContextManager[Any]:
-        return _shape_only() if device == "meta" else contextlib.nullcontext()
+        return shape_only() if device == "meta" else contextlib.nullcontext()
 
     return context
-
-
-@contextlib.contextmanager
-def _shape_only() -> Iterator[None]:
-    from opmeter.fast_meta import fast_meta_kernels
-    from opmeter.models.deepseek_ocr2.model import shape_only_checks
-
-    with shape_only_checks(), fast_meta_kernels():
-        yield
 
 
 def _factory(arg: str | None, spec: str) -> DeepseekOcr2Adapter:

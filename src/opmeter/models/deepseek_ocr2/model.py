@@ -79,6 +79,15 @@ def shape_only_checks() -> Iterator[None]:
             os.environ[key] = old
 
 
+@contextlib.contextmanager
+def shape_only() -> Iterator[None]:
+    """What a shape-only (meta) run of the model needs: transformers' value checks off, fast meta kernels on."""
+    from opmeter.fast_meta import fast_meta_kernels
+
+    with shape_only_checks(), fast_meta_kernels():
+        yield
+
+
 def fixed_budget_generate(model: torch.nn.Module, inputs: dict[str, Any], max_new_tokens: int) -> torch.Tensor:
     """Greedy generation of exactly ``max_new_tokens`` tokens: prefill, then one-token steps with the KV cache.
 

@@ -162,8 +162,7 @@ def deepseek_ocr2_cases(preset: str = "full", workload: str = STANDARD) -> tuple
     Returns the cases and the context manager factory to run them in (transformers' value checks off, fast meta
     kernels on).
     """
-    from opmeter.models.deepseek_ocr2.adapter import _shape_only
-    from opmeter.models.deepseek_ocr2.model import build_model, model_inputs
+    from opmeter.models.deepseek_ocr2.model import build_model, model_inputs, shape_only
 
     p, wl = get_preset(preset), get_workload(workload)
     model = build_model(p, "meta")
@@ -172,7 +171,7 @@ def deepseek_ocr2_cases(preset: str = "full", workload: str = STANDARD) -> tuple
     _vision_cases(c, [(v.count, v.size) for v in run.views])
     _decoder_cases(c, run.prompt_tokens)
     _end_to_end(c, run, model_inputs(model, p, wl))
-    return c.cases, _shape_only
+    return c.cases, shape_only
 
 
 def verify_rows(preset: str = "full", workload: str = STANDARD) -> Any:
