@@ -51,7 +51,11 @@ def run(args: argparse.Namespace) -> int:
     profile = calibrate(args.device, args.dtype, args.threads, quick=args.quick,
                         progress=(lambda s: print(f"  {s}", file=sys.stderr)) if verbose else None)
     profile.save(out)
-    print(f"device profile written to {out} in {time.perf_counter() - started:.1f} s")
+    from opmeter.timemodel import cache
+
+    cached = cache.store(profile)  # executed reports on this machine reuse it (opmeter.timemodel.cache)
+    print(f"device profile written to {out} in {time.perf_counter() - started:.1f} s"
+          + (f" (and cached in {cached} for reports on this machine)" if cached is not None else ""))
     print(f"  {profile.label}")
     print(f"  host cost per op: {profile.host_cost('elementwise') * 1e6:.2f} us (add), "
           f"{profile.host_cost('view') * 1e6:.2f} us (view), {profile.host_cost('mm') * 1e6:.2f} us (mm)")

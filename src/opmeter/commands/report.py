@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: the detected GPU, else H100-SXM)")
     parser.add_argument("--out", default="reports/latest", help="output directory (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help=FORCE_HELP)
+    parser.add_argument("--recalibrate", action="store_true",
+                        help="measure a fresh device profile even when a cached one fits this machine (profiles are "
+                             "cached under ~/.cache/opmeter/profiles, OPMETER_CACHE_DIR)")
     parser.add_argument("--image", default=None,
                         help="use this image instead of the workload's (with --trace: the image that was traced)")
     parser.add_argument("--images", default=None, metavar="DIR|GLOB",
@@ -117,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         max_image_pixels=args.max_image_pixels,
         images=args.images,
         force=args.force,
+        recalibrate=args.recalibrate,
         command="opmeter report " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["report"] else "opmeter report",
     )
     result = run_report(opts)

@@ -55,6 +55,9 @@ class ReportOptions:
     """``--images DIR|GLOB``: a report over these pages (:mod:`opmeter.report.pageset_run`)."""
     write_files: bool = True
     """``False``: compute and return the figures, write nothing (one page of a set report)."""
+    recalibrate: bool = False
+    """``--recalibrate``: measure a fresh device profile even when a cached one fits
+    (:mod:`opmeter.timemodel.cache`)."""
     force: bool = False
     """``--force``: write into an existing directory opmeter did not make (:mod:`opmeter.report.outdir`)."""
 

@@ -49,6 +49,7 @@ from opmeter.report.pageset import (
     pages_frame,
     set_components,
 )
+from opmeter.timemodel.profile import DeviceProfile
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ class SetResult:
     hardware: str = ""
     """Roofline columns: this hardware entry; predicted times: :attr:`profile`."""
     profile: str = ""
+    device_profile: DeviceProfile | None = None
+    """The profile every page was predicted with (executed sets), saved beside the set report."""
 
 
 def _run_out(beside: Path, label: str) -> Path:
@@ -168,24 +171,24 @@ def _run_or_fail(job: SetJob, page: Page, out: Path) -> tuple[Page, GeometryRun 
         return _failed(page, exc), None
 
 
-def _calibrated_profile(job: SetJob, device: str, scratch: Path) -> SetJob:
-    """``--profile``, else one quick calibration of the device for every page (saved into ``scratch``)."""
+def _machine_profile(job: SetJob, device: str, scratch: Path) -> tuple[SetJob, DeviceProfile, str]:
+    """``--profile``, else this machine's cached or freshly measured profile, the same for every page (saved into
+    ``scratch`` for the page runs); returns the job with it, the profile and the words saying where it came from."""
+    from opmeter.timemodel.assess import machine_profile
+    from opmeter.timemodel.profile import load_profile
+
     opts = job.opts
     if opts.profile is not None:
-        return job
-    from opmeter.timemodel.calibrate import calibrate
-
-    log.info("no --profile: calibrating %s once for every page (quick budget)", device)
-    profile = calibrate(device, opts.dtype or "float32", opts.threads, quick=True)
-    path = profile.save(scratch / "calibrated-on-the-spot-quick-profile.json")  # the name says it in the report
-    return attrs.evolve(job, opts=attrs.evolve(opts, profile=path))
+        return job, load_profile(opts.profile), f"device profile: {opts.profile}"
+    profile, origin = machine_profile(device, opts.dtype or "float32", opts.threads, opts.recalibrate)
+    path = profile.save(scratch / "device_profile.json")
+    return attrs.evolve(job, opts=attrs.evolve(opts, profile=path)), profile, f"device profile {origin}"
 
 
 def _executed(job: SetJob, pages: list[Page], device: str, scratch: Path, beside: Path
-              ) -> tuple[Runs, list[dict[str, Any]], list[str]]:
+              ) -> tuple[Runs, list[dict[str, Any]], list[str], DeviceProfile]:
     """Run and time every page at its own length."""
-    calibrated = job.opts.profile is None
-    job = _calibrated_profile(job, device, scratch)
+    job, profile, note = _machine_profile(job, device, scratch)
     todo = [i for i, page in enumerate(pages) if page.error is None]
     done: Runs = {}
     with _progress(job.opts.progress, len(todo), f"pages ({device}, timed)") as tick:
@@ -194,9 +197,7 @@ def _executed(job: SetJob, pages: list[Page], device: str, scratch: Path, beside
             tick()
     ran = [p for p, run in done.values() if run is not None]
     geometries = [{**dict(k), "pages": len(g)} for k, g in by_geometry(ran).items()]
-    note = ("the device profile was calibrated once on the spot (quick budget) for every page; `opmeter calibrate` "
-            "makes a full one (pass it with --profile)") if calibrated else f"device profile: {job.opts.profile}"
-    return done, geometries, [note]
+    return done, geometries, [note], profile
 
 
 def compute_set(job: SetJob, device: str) -> SetResult:
@@ -205,10 +206,11 @@ def compute_set(job: SetJob, device: str) -> SetResult:
     with tempfile.TemporaryDirectory(prefix="opmeter-pageset-") as tmp:
         scratch, beside = Path(tmp), Path(os.path.realpath(Path(opts.out).expanduser()))
         pages = job.planner.pages(scratch / "pages", opts.decode_tokens, opts.max_image_pixels)
+        profile = None
         if device == "meta":
             done, geometries, notes = _shape_only(job, pages, beside)
         else:
-            done, geometries, notes = _executed(job, pages, device, scratch, beside)
+            done, geometries, notes, profile = _executed(job, pages, device, scratch, beside)
     rows, parts = [], []
     for i, page in enumerate(pages):
         page, run = done.get(i, (page, None))
@@ -220,9 +222,9 @@ def compute_set(job: SetJob, device: str) -> SetResult:
     geometry = tuple(dict.fromkeys(c for p in pages for c in p.geometry))
     frame = pages_frame(rows, geometry)
     runs = [run for _, run in done.values() if run is not None]
-    hardware, profile = (runs[0].hardware, runs[0].profile) if runs else ("", "")
+    hardware, label = (runs[0].hardware, runs[0].profile) if runs else ("", "")
     return SetResult(frame, distributions(frame, [*geometry, *DISTRIBUTED]), set_components(parts),
-                     pd.DataFrame(geometries), geometry, device, tuple(notes), hardware, profile)
+                     pd.DataFrame(geometries), geometry, device, tuple(notes), hardware, label, profile)
 
 
 def _check(opts: ReportOptions) -> tuple[Path, str]:
@@ -306,6 +308,8 @@ SET_EXPORTERS: tuple[Exporter[SetOutput], ...] = (
     Exporter("component table", _csv("components.csv", lambda r: r.components)),
     Exporter("geometry table", _csv("geometries.csv", lambda r: r.geometries)),
     Exporter("TTFT per page plot", _ttft_plot, required=False),
+    Exporter("device profile", lambda d, out: [d.result.device_profile.save(out / "device_profile.json")]
+             if d.result.device_profile is not None else []),
 )
 """The registry of a set report's files (report.md is written after them, naming any that failed)."""
 

@@ -12,6 +12,7 @@ from opmeter.hardware import HARDWARE, HardwareSpec, detect_hardware, lookup
 from opmeter.join import Joined
 from opmeter.models.base import ModelAdapter, Prediction, Workload
 from opmeter.structure import StageSpec
+from opmeter.timemodel.profile import DeviceProfile
 from opmeter.trace import Trace
 
 DEFAULT_HARDWARE = "H100-SXM"
@@ -60,16 +61,18 @@ def predict(adapter: ModelAdapter, trace: Trace, workload: Workload, preset: str
 
 
 def time_model(trace: Trace, joined: Joined, decode_steps: int, request: StageSpec, device: str,
-               executed: bool, profile: Any, hardware: HardwareChoice) -> dict[str, Any]:
-    """The time model's assessment (:mod:`opmeter.timemodel.assess`) as a dict for ``joined.metadata``."""
+               executed: bool, profile: Any, hardware: HardwareChoice, recalibrate: bool = False
+               ) -> tuple[dict[str, Any], DeviceProfile | None]:
+    """The time model's assessment (:mod:`opmeter.timemodel.assess`) as a dict for ``joined.metadata``, and the
+    device profile it predicted with (the report saves it)."""
     from opmeter.timemodel.assess import assess, choose_profile
 
     choice = choose_profile(profile, device if executed else "meta", joined.metadata.get("dtype"),
-                            hardware.predict, torch.get_num_threads())
+                            hardware.predict, torch.get_num_threads(), recalibrate)
     mods = joined.by_module()
     component_of: Mapping[str, str] = (dict(zip(mods["module"], mods["component"], strict=True))
                                        if "component" in mods else {})
     bound_hw = hardware.predict if (not executed or hardware.comparable) else None  # else the profile's own peaks
     result = assess(trace, choice, joined.runtime if executed else None, decode_steps, request.request_modules,
                     bound_hw, joined.by_component(), component_of, request.request_stage)
-    return result.to_dict()
+    return result.to_dict(), choice.profile

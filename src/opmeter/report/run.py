@@ -228,9 +228,9 @@ class _Pipeline:
         with timed(self.seconds, "join"):
             joined = self._join(adapter, trace, prediction, execution, model, hardware)
         with timed(self.seconds, "time_model"):
-            joined.metadata["time_model"] = time_model(
+            joined.metadata["time_model"], profile = time_model(
                 trace, joined, workload.decode_steps, adapter.stage_spec, device,
-                execution is not None and device in ("cpu", "cuda"), o.profile, hardware)
+                execution is not None and device in ("cpu", "cuda"), o.profile, hardware, o.recalibrate)
         verification = self._verification(adapter, preset)  # before anything is written, like everything else
         head = prediction.headline if prediction is not None else {}
         if not o.write_files:  # one page of a set report: the figures only
@@ -243,7 +243,7 @@ class _Pipeline:
         with staged_output(out_dir, [Path(p).resolve() for p in kept if p is not None], o.force) as staging, \
                 timed(self.seconds, "write"):
             data = ReportData(joined, trace, execution.timing_trace if execution else None, adapter, workload, facts,
-                              verification, started)
+                              verification, started, profile)
             files = write_report(staging, data)
         return ReportResult(out_dir=out_dir, files=tuple(files), headline=tuple(headline_lines(joined, head)),
                             seconds=dict(self.seconds), joined=joined)

@@ -13,6 +13,7 @@ import torch
 
 from opmeter.join import Joined
 from opmeter.models.base import ModelAdapter, Workload
+from opmeter.timemodel.profile import DeviceProfile
 from opmeter.trace import Trace
 
 if TYPE_CHECKING:
@@ -48,6 +49,8 @@ class ReportData:
     """``--verify``: the per-layer verification rows."""
     started: float
     """``time.perf_counter()`` when the command started (report.md says how long it took)."""
+    profile: DeviceProfile | None = None
+    """The device profile the time model predicted with (saved beside the report, so it can be reused)."""
 
 
 def _trace_json(d: ReportData, out: Path) -> list[Path]:
@@ -129,6 +132,10 @@ def _summary(d: ReportData, out: Path) -> list[Path]:
     return [write_summary(out / "summary.json", doc)]
 
 
+def _device_profile(d: ReportData, out: Path) -> list[Path]:
+    return [d.profile.save(out / "device_profile.json")] if d.profile is not None else []
+
+
 def _report_exporters() -> tuple[Exporter[ReportData], ...]:
     """Every file of a report but report.md, in the order they are written."""
     from opmeter.report.exporters import Exporter
@@ -148,6 +155,7 @@ def _report_exporters() -> tuple[Exporter[ReportData], ...]:
         Exporter("time by stage plot", _plot("time_by_stage.svg", _time_plot), required=False),
         Exporter("verification table", _verification),
         Exporter("summary JSON", _summary),
+        Exporter("device profile", _device_profile),
     )
 
 

@@ -62,8 +62,32 @@ def check_profile(profile: DeviceProfile, origin: str, device: str, device_name:
     return ProfileChoice(profile, origin, foreign, tuple(mismatches))
 
 
+def machine_profile(device: str, dtype: str, threads: int | None, recalibrate: bool = False
+                    ) -> tuple[DeviceProfile, str]:
+    """This machine's profile for an executed run: the cached one (:mod:`opmeter.timemodel.cache`) unless
+    ``recalibrate`` or there is none fresh, else a quick calibration on the spot, cached for the next run; returns
+    it and the words saying where it came from."""
+    import torch
+
+    from opmeter.timemodel import cache
+    from opmeter.timemodel.calibrate import calibrate, device_name
+
+    key = cache.MachineKey(device, device_name(device), dtype, threads or torch.get_num_threads(), torch.__version__)
+    held = None if recalibrate else cache.lookup(key)
+    if held is not None:
+        return held.profile, (f"cached {held.profile.budget} profile measured {held.profile.created[:16]} "
+                              f"({held.path}; --recalibrate measures a fresh one)")
+    log.info("no --profile%s: calibrating %s on the spot (quick budget)",
+             " (--recalibrate)" if recalibrate else " and none cached", device)
+    profile = calibrate(device, dtype, threads, quick=True)
+    stored = cache.store(profile)
+    where = f"; cached in {stored} for the next runs" if stored is not None else ""
+    return profile, ("calibrated on the spot (quick budget; `opmeter calibrate` makes a full one, pass it with "
+                     f"--profile){where}")
+
+
 def choose_profile(profile_path: str | Path | None, device: str, dtype: str | None, hardware: Any,
-                   threads: int | None = None) -> ProfileChoice:
+                   threads: int | None = None, recalibrate: bool = False) -> ProfileChoice:
     """The profile for a report run (see the module docstring).
 
     Parameters
@@ -78,18 +102,18 @@ def choose_profile(profile_path: str | Path | None, device: str, dtype: str | No
         The hardware entry predicted times are for (shape-only defaults come from its peaks).
     threads
         ``torch.get_num_threads()`` of the run (CPU).
+    recalibrate
+        Measure a fresh profile even when a cached one fits (``--recalibrate``).
     """
-    from opmeter.timemodel.calibrate import calibrate, device_name
+    from opmeter.timemodel.calibrate import device_name
     from opmeter.timemodel.profile import load_profile
 
     here = device_name(device) if device in ("cpu", "cuda") else ""
     if profile_path is not None:
         return check_profile(load_profile(profile_path), f"file {profile_path}", device, here, dtype, threads)
     if device in ("cpu", "cuda"):
-        log.info("no --profile: calibrating %s on the spot (quick budget)", device)
-        profile = calibrate(device, dtype or "float32", threads, quick=True)
-        return check_profile(profile, "calibrated on the spot (quick budget; `opmeter calibrate` makes a full one, "
-                             "pass it with --profile)", device, here, dtype, threads)
+        profile, origin = machine_profile(device, dtype or "float32", threads, recalibrate)
+        return check_profile(profile, origin, device, here, dtype, threads)
     if hardware is not None and getattr(hardware, "known", False):
         from opmeter.timemodel.defaults import default_profile
 
