@@ -97,3 +97,12 @@ def test_executed_reports_reuse_the_cached_profile_and_save_it(fresh_cache: Path
     third = orjson.loads((tmp_path / "c" / "summary.json").read_bytes())["profile"]["origin"]
     assert third.startswith("calibrated on the spot")
     assert load_profile(tmp_path / "c" / "device_profile.json").created >= saved[0].created
+
+
+def test_the_profile_a_shape_only_report_saves_is_a_valid_profile(tmp_path: Path) -> None:
+    run = ["report", "--preset", "deepseek-ocr-toy", "--device", "meta", "--decode-tokens", "2"]
+    assert main([*run, "--out", str(tmp_path / "a")]) == 0
+    saved = load_profile(tmp_path / "a" / "device_profile.json")  # the defaults of the hardware entry
+    assert saved.source == "defaults"
+    assert main([*run, "--profile", str(tmp_path / "a" / "device_profile.json"), "--out", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "b" / "summary.json").read_bytes() != b""

@@ -313,8 +313,8 @@ def _number(value: Any, what: str, positive: bool) -> None:
 def _check_values(p: DeviceProfile) -> None:
     """Every time, rate and size a prediction divides by or multiplies with: finite, and positive where a zero would
     predict infinite or zero time."""
-    if p.threads < 1:
-        raise OpmeterError(f"malformed device profile: threads is {p.threads}; expected at least 1")
+    if p.threads < 0:  # 0: not a CPU thread count (GPU profiles, defaults)
+        raise OpmeterError(f"malformed device profile: threads is {p.threads}; expected a count >= 0")
     for kind, seconds in p.host_s.items():
         _number(seconds, f"host_s[{kind[:40]!r}]", positive=False)
     _number(p.module_call_s, "module_call_s", positive=False)
