@@ -167,3 +167,28 @@ def test_a_hand_made_trace_names_no_adapter_and_is_refused(tmp_path: Path, capsy
 def test_an_unknown_model_is_one_line() -> None:
     with pytest.raises(OpmeterError, match=r"unknown --model 'nosuch'; known: .*deepseek-ocr"):
         resolve_adapter("nosuch")
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["verify", "--model", "hf:llama", "--fast"], "has no verification cases"),
+    (["sweep", "vision", "--model", "hf:llama"], "has no sweeps"),
+    (["report", "--model", "hf:llama", "--preset", "tiny", "--device", "meta", "--verify"], "--verify"),
+    (["report", "--model", "hf:llama", "--preset", "tiny", "--device", "meta", "--images", "."], "set of pages"),
+])
+def test_a_capability_an_adapter_lacks_is_one_line(argv: list[str], words: str, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from opmeter.cli import main
+
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_every_builtin_adapter_declares_its_capabilities() -> None:
+    from opmeter.models.base import SupportsInventory, SupportsPages, SupportsSweep, SupportsVerify, resolve_adapter
+
+    reference = resolve_adapter("deepseek-ocr")
+    assert all(isinstance(reference, k) for k in (SupportsVerify, SupportsSweep, SupportsPages, SupportsInventory))
+    hf = resolve_adapter("hf:llama")
+    assert not any(isinstance(hf, k) for k in (SupportsVerify, SupportsSweep, SupportsPages))

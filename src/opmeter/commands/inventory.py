@@ -40,12 +40,11 @@ def run(args: argparse.Namespace) -> int:
         raise OpmeterError(f"--depth must be >= 0, got {args.depth}")
     if args.json_path:
         check_output_file(args.json_path, SCHEMA_VERSION, args.force)
-    from opmeter.models.base import RunRequest, resolve_adapter
+    from opmeter.models.base import RunRequest, SupportsInventory, resolve_adapter
 
     adapter = resolve_adapter(f"vendor:{args.vendor}" if args.vendor else args.model)
-    build = getattr(adapter, "inventory_model", None)
-    if build is not None:
-        model = build(args.preset)
+    if isinstance(adapter, SupportsInventory):
+        model = adapter.inventory_model(args.preset)
     else:
         model = adapter.prepare(RunRequest(preset=args.preset, workload=None, device="meta")).model
     inv = build_inventory(model, component_depth=args.depth)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from opmeter.errors import OpmeterError
 from opmeter.report.outdir import FORCE_HELP
 
 NAME = "sweep"
@@ -40,19 +39,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the sweep(s) through the model adapter and print where the files went."""
-    from opmeter.models.base import resolve_adapter
+    from opmeter.models.base import resolve_adapter, sweepable
     from opmeter.report.outdir import check_output_dir, staged_output
 
     adapter = resolve_adapter(args.model)
-    sweep = getattr(adapter, "sweep", None)
-    if sweep is None:
-        raise OpmeterError(f"{adapter.words.name} has no sweeps")
+    sweeps = sweepable(adapter)
     args.preset = args.preset or adapter.default_preset
     out = check_output_dir(args.out, args.force)
     shown = args.out
     with staged_output(out, force=args.force, command="sweep", accumulate=True) as staging:
         args.out = staging
-        lines = list(sweep(args))
+        lines = list(sweeps.sweep(args))
     for line in lines:
         print(line)
     print(f"written to {shown}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 
 from opmeter.errors import OpmeterError
@@ -64,19 +63,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the verification; print the worst row per layer; return 1 when any row fails."""
-    from opmeter.models.base import resolve_adapter
+    from opmeter.models.base import resolve_adapter, verifiable
     from opmeter.report.outdir import check_output_dir, staged_output
     from opmeter.verify import run_verify, worst_per_layer
 
     adapter = resolve_adapter(args.model)
-    cases_of = getattr(adapter, "verify_cases", None)
-    if cases_of is None:
-        raise OpmeterError(f"{adapter.words.name} has no verification cases")
-    preset = str((getattr(adapter, "fast_preset", None) if args.fast else args.preset) or adapter.default_preset)
+    cases_of = verifiable(adapter)
+    preset = str((cases_of.fast_preset if args.fast else args.preset) or adapter.default_preset)
     progress = None if args.quiet else (lambda msg: print(f"  tracing {msg}", file=sys.stderr))
-    cases = cases_of(preset, args.device, args.grid, args.attn)  # validates preset, device and grid first
+    cases = cases_of.verify_cases(preset, args.device, args.grid, args.attn)  # checks preset, device, grid first
     out = check_output_dir(args.out, args.force)  # fail now, not after the run
-    with getattr(adapter, "verify_context", contextlib.nullcontext)(), \
+    with cases_of.verify_context(), \
             staged_output(out, force=args.force, command="verify", accumulate=True) as staging:
         df, seconds = run_verify(cases, preset, staging, progress, args.device)
     if df.empty:

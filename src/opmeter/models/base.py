@@ -150,6 +150,76 @@ class ModelAdapter(Protocol):
         ...
 
 
+@runtime_checkable
+class SupportsVerify(Protocol):
+    """An adapter with per-layer verification cases (``opmeter verify``, ``report --verify``)."""
+
+    fast_preset: str
+    """``opmeter verify --fast``: the preset that verifies in seconds."""
+
+    def verify_cases(self, preset: str, device: str = "meta", grid: tuple[int, int] | None = None,
+                     attn: str = "eager") -> list[Any]:
+        """The cases of every analytic layer at ``preset`` (:mod:`opmeter.verify`)."""
+        ...
+
+    def verify_context(self) -> contextlib.AbstractContextManager[Any]:
+        """What the cases run inside (shape-only switches, for example)."""
+        ...
+
+
+@runtime_checkable
+class SupportsSweep(Protocol):
+    """An adapter with analytic sweeps (``opmeter sweep``)."""
+
+    def sweep(self, args: Any) -> list[str]:
+        """Run the sweeps ``args`` names into ``args.out``; one line per sweep written."""
+        ...
+
+
+@runtime_checkable
+class SupportsPages(Protocol):
+    """An adapter with reports over a set of pages (``--images``, document-set workloads)."""
+
+    def page_planner(self, workload: str | None, images: str | None, preset: str | None) -> Any:
+        """The planner of the set (:class:`opmeter.report.pageset.PagePlanner`); ``None``: a single-page run."""
+        ...
+
+
+@runtime_checkable
+class SupportsInventory(Protocol):
+    """An adapter that builds its model for ``opmeter inventory`` itself (others: ``prepare`` on meta)."""
+
+    def inventory_model(self, preset: str | None) -> torch.nn.Module:
+        """The model of ``preset`` on meta."""
+        ...
+
+
+def verifiable(adapter: ModelAdapter, what: str = "verification cases") -> SupportsVerify:
+    """``adapter`` as :class:`SupportsVerify`; one clear line otherwise.
+
+    Raises
+    ------
+    OpmeterError
+        When the adapter has no verification cases.
+    """
+    if not isinstance(adapter, SupportsVerify):
+        raise OpmeterError(f"{adapter.words.name} has no {what}")
+    return adapter
+
+
+def sweepable(adapter: ModelAdapter) -> SupportsSweep:
+    """``adapter`` as :class:`SupportsSweep`; one clear line otherwise.
+
+    Raises
+    ------
+    OpmeterError
+        When the adapter has no sweeps.
+    """
+    if not isinstance(adapter, SupportsSweep):
+        raise OpmeterError(f"{adapter.words.name} has no sweeps")
+    return adapter
+
+
 DEFAULT_MODEL = "deepseek-ocr"
 """The adapter of the commands without ``--model``: the project's flagship model."""
 

@@ -17,7 +17,6 @@ leaves an existing report directory as it was (a finished run replaces files one
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import tempfile
 import time
@@ -30,7 +29,16 @@ import torch
 
 from opmeter.errors import OpmeterError
 from opmeter.join import ROOT, Joined, join
-from opmeter.models.base import DEFAULT_MODEL, ModelAdapter, Prediction, RunRequest, Workload, resolve_adapter
+from opmeter.models.base import (
+    DEFAULT_MODEL,
+    ModelAdapter,
+    Prediction,
+    RunRequest,
+    SupportsPages,
+    Workload,
+    resolve_adapter,
+    verifiable,
+)
 from opmeter.report.execute import Execution, execute
 from opmeter.report.inputs import check_image, check_out_dir, parse_dtype_option, resolve_device
 from opmeter.report.options import ReportOptions, ReportResult
@@ -79,12 +87,11 @@ def _page_planner(opts: ReportOptions) -> Any:
     if opts.trace_path is not None:
         return None
     adapter = resolve_adapter(opts.model or DEFAULT_MODEL)
-    planner_of = getattr(adapter, "page_planner", None)
-    if planner_of is None:
+    if not isinstance(adapter, SupportsPages):
         if opts.images is not None:
             raise OpmeterError(f"--images: {adapter.words.name} has no report over a set of pages")
         return None
-    return planner_of(opts.workload, opts.images, opts.preset)
+    return adapter.page_planner(opts.workload, opts.images, opts.preset)
 
 
 def adapter_of_trace(trace: Trace, requested: str | None) -> ModelAdapter:
@@ -252,10 +259,8 @@ class _Pipeline:
         """``--verify``: the adapter's per-layer verification of the preset (:mod:`opmeter.verify`)."""
         if not self.opts.verify:
             return None
-        cases = getattr(adapter, "verify_cases", None)
-        if cases is None:
-            raise OpmeterError(f"--verify: {adapter.words.name} has no verification cases")
+        cases_of = verifiable(adapter, "verification cases (--verify)")
         from opmeter.verify import verify
 
-        with timed(self.seconds, "verify"), getattr(adapter, "verify_context", contextlib.nullcontext)():
-            return verify(cases(preset))
+        with timed(self.seconds, "verify"), cases_of.verify_context():
+            return verify(cases_of.verify_cases(preset))

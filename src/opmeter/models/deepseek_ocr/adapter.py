@@ -257,6 +257,10 @@ class DeepseekOCRAdapter:
                                f"are verified (the model's own tiling uses at most {MAX_CROPS})")
         return deepseek_ocr_cases(preset, grid, device, attn)
 
+    def verify_context(self) -> contextlib.AbstractContextManager[Any]:
+        """Nothing to switch: the reference's cases run as they are."""
+        return contextlib.nullcontext()
+
     def sweep(self, args: Any) -> list[str]:
         """``opmeter sweep``: the crop-grid sweeps (:mod:`.sweeps`); one line per sweep written."""
         from opmeter.models.deepseek_ocr.sweeps import run_sweeps
