@@ -199,3 +199,23 @@ def test_the_request_stage_is_its_explicit_group_or_its_modules_in_the_prefill()
                           "module": ["enc.layer", "enc.layer", "lm_head", "<outside>", "lm_head"]})
     assert list(stage_of(cells, ("enc",), "encoder")) == ["vision", "vision", "prefill", "setup", "decode"]
     assert list(stage_of(cells, (), "vision")) == ["other", "prefill", "prefill", "setup", "decode"]
+
+
+def test_a_model_that_generates_nothing_has_its_forward_predicted_as_the_request() -> None:
+    """An image classifier called once (no root call with a sequence length: group ``other``) is all request: its
+    predicted time to the answer is its forward, not zero."""
+    import torch
+    from torch import nn
+
+    from opmeter.timemodel.profile import load_profile
+    from opmeter.trace import OpTracer
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.Flatten(), nn.Linear(8 * 8 * 8, 10)).eval()
+    with torch.no_grad(), OpTracer(model) as trace:
+        model(torch.randn(1, 3, 32, 32))
+    assert set(trace.groups) >= {"other"} and "prefill" not in trace.groups
+    profile = load_profile(Path(__file__).parents[2] / "reports" / "dsocr-mini-cpu" / "device_profile.json")
+    head = predict(trace, profile, decode_steps=0).headline()
+    seconds = predict(trace, profile, decode_steps=0).stage_seconds()
+    assert head["ttft_s"] > 0 and head["total_s"] == pytest.approx(head["ttft_s"])
+    assert seconds["prefill"] == pytest.approx(head["ttft_s"]) and seconds["decode"] == 0

@@ -136,11 +136,17 @@ def _headline(joined: Joined, context: Mapping[str, Any]) -> list[str]:
                 return f"{fmt.seconds(v['mean'])} ± {fmt.seconds(v.get('std') or 0.0)}"
             return f"{v['mean']:.4g} ± {(v.get('std') or 0.0):.2g}"
 
+        generates = (m.get("tpot_s") or {}).get("mean") is not None
         items += [
             (f"TTFT measured ({req} + prefill), mean ± std of {rt.get('repeats')}", ms("prefill_s")),
             ("TPOT measured", ms("tpot_s")),
             ("tokens/s end to end", ms("tokens_per_s", "")),
             ("tokens/s decode (1/TPOT)", ms("decode_tokens_per_s", "")),
+        ] if generates else [
+            (f"time per request measured (the model's forward; it generates no tokens), mean ± std of "
+             f"{rt.get('repeats')}", ms("prefill_s")),
+        ]
+        items += [
             ("MFU prefill / decode", f"{fmt.pct((m.get('mfu_prefill') or {}).get('mean'), 2)} / "
                                       f"{fmt.pct((m.get('mfu_decode') or {}).get('mean'), 2)}"
              + ("" if rt.get("peak_flops") else " (unknown peak: set OPMETER_PEAK_TFLOPS or run on a listed GPU)")),

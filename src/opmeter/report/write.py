@@ -259,6 +259,10 @@ def headline_lines(joined: Any, pred_head: dict[str, float]) -> list[str]:
         ttft = fmt.seconds((m.get("prefill_s") or {}).get("mean"))
         tpot = fmt.seconds((m.get("tpot_s") or {}).get("mean"))
         tps = (m.get("tokens_per_s") or {}).get("mean") or 0.0
-        lines.append(f"measured ({rt.get('device')}, {rt.get('repeats')} repeats): TTFT {ttft}, TPOT {tpot}, "
-                     f"{tps:.3g} tokens/s")
+        if (m.get("tpot_s") or {}).get("mean") is None:  # a model that generates nothing: one forward per request
+            lines.append(f"measured ({rt.get('device')}, {rt.get('repeats')} repeats): {ttft} per request (one "
+                         "forward; no tokens generated)")
+        else:
+            lines.append(f"measured ({rt.get('device')}, {rt.get('repeats')} repeats): TTFT {ttft}, TPOT {tpot}, "
+                         f"{tps:.3g} tokens/s")
     return lines

@@ -181,12 +181,17 @@ def stage_of(cells: pd.DataFrame, request_roots: Sequence[str] = (), request_gro
     ``decode``, ``setup`` or ``other``.
 
     Request work is the explicit stage group ``request_group`` (marked while tracing, wherever it ran) or, in traces
-    without the marks, the first forward's cells under ``request_roots``.
+    without the marks, the first forward's cells under ``request_roots``. A model that generates nothing (no root
+    call with a sequence length: a vision or encoder-only model called once) has its forwards in group ``other``;
+    they are its whole request, so they are reported as ``prefill``, where the measured side puts its first forward
+    (the time to the answer).
     """
+    forwards_only = "prefill" not in set(cells["group"])
+
     def one(group: str, module: str) -> str:
         if group == request_group:
             return "vision"
-        if group == "prefill":
+        if group == "prefill" or (forwards_only and group == "other"):
             return "vision" if _under(module, request_roots) else "prefill"
         if group in DECODE_GROUPS:
             return "decode"
