@@ -7,6 +7,7 @@ The terminal summary prints ``reliability: N cases, C clean errors, L nothing lo
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,6 +46,18 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 def fuzz_summary() -> dict[str, str]:
     """Where the artifact fuzzer puts its summary line (printed at the end of the run)."""
     return _FUZZ
+
+
+@pytest.fixture(scope="session")
+def toy_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished shape-only report of the toy preset, 2 new tokens (copy it before changing it)."""
+    from helpers import TOY
+
+    from opmeter.cli import main
+
+    out = tmp_path_factory.mktemp("toy-report") / "report"
+    assert main(["report", "--preset", TOY, "--device", "meta", "--decode-tokens", "2", "--out", str(out)]) == 0
+    return out
 
 
 @pytest.fixture

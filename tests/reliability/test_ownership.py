@@ -36,19 +36,12 @@ def _page(path: Path, size: tuple[int, int] = (300, 200)) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def earlier(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("earlier") / "R"
-    assert main([*REPORT, "--out", str(out)]) == 0
-    return out
-
-
 @pytest.fixture
-def report_dir(earlier: Path, tmp_path: Path) -> Path:
+def report_dir(toy_report: Path, tmp_path: Path) -> Path:
     import shutil
 
     out = tmp_path / "R"
-    shutil.copytree(earlier, out)
+    shutil.copytree(toy_report, out)
     return out
 
 
@@ -160,13 +153,14 @@ def test_demo_reruns_into_its_own_directory_and_keeps_the_users_files(tmp_path: 
 
 @pytest.mark.clean_error
 @pytest.mark.nothing_lost
-def test_compare_refuses_a_users_directory(earlier: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_compare_refuses_a_users_directory(toy_report: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "compare.md").write_text("the user's")
-    assert main(["compare", str(earlier), str(earlier), "--out", str(tmp_path)]) == 1
+    assert main(["compare", str(toy_report), str(toy_report), "--out", str(tmp_path)]) == 1
     assert one_line(capsys.readouterr().err)
     assert (tmp_path / "compare.md").read_text() == "the user's"
-    assert main(["compare", str(earlier), str(earlier), "--out", str(tmp_path / "c")]) == 0
-    assert main(["compare", str(earlier), str(earlier), "--out", str(tmp_path / "c")]) == 0  # its own: replaced
+    assert main(["compare", str(toy_report), str(toy_report), "--out", str(tmp_path / "c")]) == 0
+    assert main(["compare", str(toy_report), str(toy_report), "--out", str(tmp_path / "c")]) == 0  # its own: replaced
 
 
 @pytest.mark.nothing_lost

@@ -23,19 +23,11 @@ from opmeter.report.outdir import MANIFEST_NAME
 REPORT = ["report", "--preset", TOY, "--device", "meta", "--decode-tokens", "2"]
 
 
-@pytest.fixture(scope="module")
-def first(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished shape-only report of the toy preset (its trace.json feeds the cheaper reruns below)."""
-    out = tmp_path_factory.mktemp("first") / "report"
-    assert main([*REPORT, "--out", str(out)]) == 0
-    return out
-
-
 @pytest.fixture
-def previous(first: Path, tmp_path: Path) -> Path:
+def previous(toy_report: Path, tmp_path: Path) -> Path:
     """A copy of the finished report, with a stale file an earlier run (``--verify``) wrote and listed."""
     out = tmp_path / "latest"
-    shutil.copytree(first, out)
+    shutil.copytree(toy_report, out)
     (out / "verification.csv").write_text("layer,case\nstale,1\n")
     manifest = orjson.loads((out / MANIFEST_NAME).read_bytes())
     manifest["files"].append("verification.csv")
@@ -219,17 +211,17 @@ def test_a_signal_during_the_write_phase_leaves_the_previous_report(previous: Pa
 
 
 @pytest.mark.nothing_lost
-def test_disk_full_on_a_small_tmpfs_keeps_the_previous_report(first: Path, tmp_path: Path) -> None:
+def test_disk_full_on_a_small_tmpfs_keeps_the_previous_report(toy_report: Path, tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    size = sum(p.stat().st_size for p in first.iterdir())
+    size = sum(p.stat().st_size for p in toy_report.iterdir())
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(size * 1.5)}", "tmpfs", str(mnt)],
                              capture_output=True, check=False)
     if mounted.returncode != 0:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
         out = mnt / "latest"
-        shutil.copytree(first, out)
+        shutil.copytree(toy_report, out)
         before = snapshot(out)
         proc = run_cli("report", "--trace", str(out / "trace.json"), "--out", str(out))
         assert proc.returncode == 1 and one_line(proc.stderr), proc.stderr
