@@ -98,11 +98,18 @@ def adapter_of_trace(trace: Trace, requested: str | None) -> ModelAdapter:
     """The adapter that recorded a saved trace; refused (one line) when the trace names none, or another model than
     ``--model``."""
     meta = trace.metadata or {}
-    recorded = meta.get("adapter") or meta.get("model_spec")
-    if not recorded:
+    spec, name = meta.get("model_spec"), meta.get("adapter")
+    if not spec and not name:
         raise OpmeterError("the trace names no model adapter in its metadata (traced by hand, not by opmeter "
                            "report): trace the run with `opmeter report --model NAME`")
-    adapter = resolve_adapter(str(recorded))
+    recorded = str(spec or name)
+    try:  # the full spec first (hf:llama carries its model type; the adapter name alone does not)
+        adapter = resolve_adapter(recorded)
+    except OpmeterError:
+        if not name or str(name) == recorded:
+            raise
+        log.info("the trace's model %r cannot be resolved here; joining with its adapter %r", recorded, name)
+        adapter = resolve_adapter(str(name))  # e.g. a vendor checkpoint not on this machine
     if requested is not None and resolve_adapter(requested).name != adapter.name:
         raise OpmeterError(f"the trace was recorded with --model {meta.get('model_spec', recorded)!r}, not "
                            f"{requested!r}: a report joins a trace with its own model's prediction")

@@ -176,3 +176,41 @@ def test_components_tell_classes_apart_at_one_generalised_path() -> None:
     adapter = adapter_or_skip("t5")
     by_class = {c.class_name: c.name for c in adapter.components() if c.pattern == r"^decoder\.block\.\d+\.layer\.\d+$"}
     assert by_class == {"T5LayerSelfAttention": "attention", "T5LayerCrossAttention": "attention", "T5LayerFF": "MLP"}
+
+
+def test_a_saved_hf_trace_reports_again(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``report --trace`` on an hf trace: the trace's own model spec (hf:llama) picks the adapter, and the re-joined
+    tables are those of the first report."""
+    from opmeter.cli import main
+
+    first, again = tmp_path / "a", tmp_path / "b"
+    assert main(["report", "--model", "hf:llama", "--preset", "tiny", "--device", "meta", "--decode-tokens", "3",
+                 "--out", str(first)]) == 0
+    assert main(["report", "--trace", str(first / "trace.json"), "--out", str(again)]) == 0
+    assert main(["report", "--trace", str(first / "trace.json"), "--model", "hf:llama", "--out", str(again)]) == 0
+    for table in ("stages.csv", "components.csv", "operators.csv"):
+        assert (again / table).read_text() == (first / table).read_text(), table
+    capsys.readouterr()
+    assert main(["report", "--trace", str(first / "trace.json"), "--model", "deepseek-ocr", "--out",
+                 str(tmp_path / "c")]) == 1
+    assert "recorded with --model 'hf:llama'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "limit"), [
+    (["--model", "hf:llama", "--device", "meta", "--decode-tokens", "5000"], "2048"),
+    (["--model", "hf:gpt2", "--device", "cpu", "--decode-tokens", "1000"], "1024"),
+])
+def test_a_decode_length_past_the_position_table_is_refused_before_tracing(
+    argv: list[str], limit: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opmeter.cli import main
+    from opmeter.report import run as run_module
+
+    def no_trace(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the trace started before the limit was checked")
+
+    monkeypatch.setattr(run_module, "trace_run", no_trace)
+    assert main(["report", *argv, "--preset", "tiny", "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"the model has {limit} (max_position_embeddings)" in err
+    assert not (tmp_path / "o").exists()

@@ -46,6 +46,16 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+
+def check_positions(config: Any, kind: str, workload: PromptWorkload) -> None:
+    """A decoder-only model's prompt and new tokens must fit its position table (``max_position_embeddings``);
+    refused in one line before any work. Families without the attribute (relative or no positions) pass."""
+    from opmeter.report.limits import check_decode_tokens
+
+    limit = getattr(config, "max_position_embeddings", None)
+    if kind == "causal" and isinstance(limit, int) and limit > 0:
+        check_decode_tokens(workload.new_tokens, workload.prompt_tokens, limit)
+
 class HFAdapter:
     """Any transformers model from its config; predicted for :data:`~opmeter.models.hf.analytic.FAMILIES`."""
 
@@ -90,6 +100,7 @@ class HFAdapter:
         meta = request.device == "meta"
         dtype = request.dtype or (torch.bfloat16 if meta else torch.float32)
         workload = parse_workload(request.workload, request.decode_tokens)
+        check_positions(config, self.kind, workload)  # before the model is built, not inside the trace
         weights = request.weights_dir if request.weights else None
         model = build_model(config, request.device, dtype, weights)
         if meta:
