@@ -21,8 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("name", choices=(*SWEEPS, "all"), help="which sweep ('all': the three)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model adapter NAME[:ARG] (default: %(default)s)")
-    parser.add_argument("--out", default="reports/sweeps", help="output directory (default: %(default)s; a sweep "
-                        "adds to it, replacing only its own files)")
+    parser.add_argument("--out", default="reports/latest-sweeps",
+                        help="output directory (default: %(default)s; a sweep adds to it, replaces only its own files)")
     parser.add_argument("--force", action="store_true", help=FORCE_HELP)
     parser.add_argument("--preset", default=None, help="preset (default: the model's full size)")
     parser.add_argument("--decode-steps", type=int, default=100, help="K decode steps (default: %(default)s)")

@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from opmeter.models.base import DEFAULT_MODEL
 
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model adapter NAME[:ARG] (default: %(default)s)")
-    parser.add_argument("--out", default="reports/verify", help="output directory (default: %(default)s)")
+    parser.add_argument("--out", default="reports/latest-verify",
+                        help="output directory (default: %(default)s; the committed example is reports/verify)")
     parser.add_argument("--force", action="store_true", help=FORCE_HELP)
     parser.add_argument("--preset", default=None, help="preset (default: the model's full size)")
     parser.add_argument(
