@@ -32,7 +32,9 @@ class ClassInfo:
     params_own
         Parameters registered directly on the instances (``recurse=False``), summed.
     params_inclusive
-        Parameters of the instances including their sub-modules, summed over instances.
+        Parameters of the instances including their sub-modules, each parameter counted once per class (the experts'
+        ``ModuleList`` inside the layers' ``ModuleList`` does not count the experts twice), so it never exceeds the
+        model's total.
     child_classes
         Names of the classes of direct children, sorted.
     example_path
@@ -163,6 +165,7 @@ def build_inventory(model: nn.Module, component_depth: int = 2) -> Inventory:
     instances: Counter[type] = Counter()
     own: Counter[type] = Counter()
     inclusive: Counter[type] = Counter()
+    counted: defaultdict[type, set[int]] = defaultdict(set)
     children: defaultdict[type, set[str]] = defaultdict(set)
     example: dict[type, str] = {}
     for path, module in model.named_modules():
@@ -175,7 +178,9 @@ def build_inventory(model: nn.Module, component_depth: int = 2) -> Inventory:
             example[cls] = path
         instances[cls] += 1
         own[cls] += sum(p.numel() for p in module.parameters(recurse=False))
-        inclusive[cls] += sum(p.numel() for p in module.parameters())
+        fresh = [p for p in module.parameters() if id(p) not in counted[cls]]
+        counted[cls].update(id(p) for p in fresh)
+        inclusive[cls] += sum(p.numel() for p in fresh)
         for child in module.children():
             children[cls].add(type(child).__name__)
     classes = tuple(

@@ -85,3 +85,13 @@ def test_inventory_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert data["num_classes"] == 30
     assert main(["inventory", "--vendor", str(tmp_path / "missing")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_inclusive_parameters_of_a_class_never_exceed_the_model() -> None:
+    """A ``ModuleList`` of layers whose layers hold ``ModuleList``s of experts counts each expert once."""
+    inner = nn.ModuleList([nn.Linear(4, 4) for _ in range(3)])
+    model = nn.Sequential(nn.ModuleList([nn.Sequential(inner), nn.Linear(4, 4)]))
+    inv = build_inventory(model)
+    lists = next(c for c in inv.classes if c.name == "ModuleList")
+    assert lists.instances == 2 and lists.params_inclusive == inv.total_params == 4 * 20
+    assert all(c.params_inclusive <= inv.total_params for c in inv.classes)

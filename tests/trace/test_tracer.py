@@ -504,3 +504,17 @@ def test_other_threads_do_not_break() -> None:
         t.start()
         t.join()
     assert not errors
+
+
+def test_an_untimed_trace_refuses_a_chrome_trace(tmp_path) -> None:
+    from torch import nn
+
+    from opmeter.errors import OpmeterError
+    from opmeter.trace import OpTracer
+
+    model = nn.Linear(4, 4)
+    with OpTracer(model) as trace:
+        model(torch.randn(1, 4))
+    with pytest.raises(OpmeterError, match="not timed"):
+        trace.to_chrome_trace(tmp_path / "spans.json")
+    assert not (tmp_path / "spans.json").exists()

@@ -591,9 +591,18 @@ class Trace:
         return to_mermaid(self)
 
     def to_chrome_trace(self, path: str | Path) -> Path:
-        """Write the module spans (and stages) as Chrome / Perfetto trace JSON; returns the path."""
+        """Write the module spans (and stages) as Chrome / Perfetto trace JSON; returns the path.
+
+        Raises
+        ------
+        OpmeterError
+            When the trace was not timed (``OpTracer(timing=True)``): it has no spans to show.
+        """
         from opmeter.trace.export import to_chrome_trace
 
+        if not self.timing:
+            raise OpmeterError("this trace was not timed, so it has no spans for a Chrome trace; trace with "
+                               "OpTracer(model, timing=True)")
         return to_chrome_trace(self, path)
 
     def to_dict(self, tables: bool = True) -> dict[str, Any]:
