@@ -65,7 +65,7 @@ def test_shape_only_report_predicts_with_labelled_defaults(tmp_path: Path) -> No
     assert data["profile"]["source"] == "defaults" and "DEFAULTS" in data["profile"]["origin"]
     assert data["predicted"]["total_s"] > 0
     text = (tmp_path / "report.md").read_text()
-    assert "DEFAULTS for H100-SXM" in text and "SC-002 not checked" in text
+    assert "DEFAULTS for H100-SXM" in text and "predicted vs measured not checked" in text
 
 
 def test_foreign_profile_is_named_and_not_compared(tmp_path: Path) -> None:

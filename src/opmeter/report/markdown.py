@@ -123,7 +123,8 @@ def _headline(joined: Joined, context: Mapping[str, Any]) -> list[str]:
         items.append(("TTFT / TPOT predicted by the time model (eager; see \"Predicted vs measured time\")",
                       f"{fmt.seconds(predicted.get('ttft_s'))} / {fmt.seconds(predicted.get('tpot_s'))}"))
     if (joined.metadata.get("time_model") or {}).get("headline"):
-        items.append(("SC-002", joined.metadata["time_model"]["headline"]))
+        items.append(("predicted vs measured total (criterion SC-002: within 15 %)",
+                      joined.metadata["time_model"]["headline"]))
     rt = joined.runtime
     if rt:
         m = rt.get("metrics", {})

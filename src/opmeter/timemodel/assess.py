@@ -190,13 +190,13 @@ class TimeAssessment:
         if pred is None:
             return f"predicted time: not computed ({self.choice.label})"
         if self.measured is None:
-            return (f"predicted (eager, {self.choice.label}): total {_s(pred['total_s'])}; SC-002 not checked "
-                    "(shape-only run: nothing measured)")
+            return (f"predicted (eager, {self.choice.label}): total {_s(pred['total_s'])}; predicted vs measured not "
+                    "checked (shape-only run: nothing measured)")
         if not self.comparable:
-            return f"SC-002 not checked: {self.choice.foreign}"
+            return f"predicted vs measured not checked: {self.choice.foreign}"
         err = self.relative_error()["total"]
         verdict = "within" if self.sc002() else "NOT within"
-        return (f"SC-002 (predicted total within {SC002_TOLERANCE:.0%} of measured): {verdict} — predicted "
+        return (f"predicted total {verdict} {SC002_TOLERANCE:.0%} of measured (criterion SC-002): predicted "
                 f"{_s(pred['total_s'])}, measured {_s(self.measured['total_s'])}, Δ {_pct(err)}")
 
     def to_dict(self) -> dict[str, Any]:
