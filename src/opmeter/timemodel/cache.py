@@ -3,9 +3,9 @@
 A profile is stored under the user's cache directory (``OPMETER_CACHE_DIR``, else ``$XDG_CACHE_HOME/opmeter``, else
 ``~/.cache/opmeter``), in ``profiles/``, under a key of what it measured: device, device name, dtype, threads and
 torch version. A later report with the same key reuses it until it is older than ``OPMETER_PROFILE_MAX_AGE_DAYS``
-(default 7 days); ``opmeter report --recalibrate`` measures a fresh one. A full profile (``opmeter calibrate``)
-replaces a quick one of the same key; a quick one never replaces a full one that is still fresh. A damaged cache
-file is ignored (and said in the log), never trusted.
+(default 7 days; 0: never reuse); ``opmeter report --recalibrate`` measures a fresh one. A full profile
+(``opmeter calibrate``) replaces a quick one of the same key; a quick one never replaces a full one that is still
+fresh. A damaged cache file is ignored (and said in the log), never trusted.
 """
 
 from __future__ import annotations
@@ -111,9 +111,10 @@ def lookup(key: MachineKey) -> CachedProfile | None:
     if MachineKey.of(profile) != key or age is None or age < 0:
         log.warning("ignoring the cached device profile %s: it was not measured for this machine and run", path)
         return None
-    if age > max_age_days():
-        log.info("the cached device profile %s is %.1f days old (more than %s): measuring a fresh one", path, age,
-                 max_age_days())
+    limit = max_age_days()
+    if limit == 0 or age > limit:  # 0: never reuse
+        log.info("the cached device profile %s is %.1f days old (the limit is %s): measuring a fresh one", path, age,
+                 limit)
         return None
     return CachedProfile(profile, path, age)
 
