@@ -285,12 +285,13 @@ class SetOutput:
     """The plot's x axis (the image tokens column of this model's pages)."""
 
 
-def _csv(name: str, frame: Callable[[SetResult], pd.DataFrame]) -> Callable[[SetOutput, Path], list[Path]]:
+def _csv(name: str, frame: Callable[[SetResult], pd.DataFrame], skip_empty: bool = False
+         ) -> Callable[[SetOutput, Path], list[Path]]:
     def write(d: SetOutput, out: Path) -> list[Path]:
         from opmeter.report import exporters
 
         table = frame(d.result)
-        return [] if name == "geometries.csv" and table.empty else [exporters.write_csv(table, out / name)]
+        return [] if skip_empty and table.empty else [exporters.write_csv(table, out / name)]
     return write
 
 
@@ -306,7 +307,7 @@ SET_EXPORTERS: tuple[Exporter[SetOutput], ...] = (
     Exporter("page table", _csv("pages.csv", lambda r: r.pages)),
     Exporter("distribution table", _csv("distributions.csv", lambda r: r.distributions)),
     Exporter("component table", _csv("components.csv", lambda r: r.components)),
-    Exporter("geometry table", _csv("geometries.csv", lambda r: r.geometries)),
+    Exporter("geometry table", _csv("geometries.csv", lambda r: r.geometries, skip_empty=True)),
     Exporter("TTFT per page plot", _ttft_plot, required=False),
     Exporter("device profile", lambda d, out: [d.result.device_profile.save(out / "device_profile.json")]
              if d.result.device_profile is not None else []),

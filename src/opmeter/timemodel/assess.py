@@ -62,8 +62,8 @@ def check_profile(profile: DeviceProfile, origin: str, device: str, device_name:
     return ProfileChoice(profile, origin, foreign, tuple(mismatches))
 
 
-def machine_profile(device: str, dtype: str, threads: int | None, recalibrate: bool = False
-                    ) -> tuple[DeviceProfile, str]:
+def machine_profile(device: str, dtype: str, threads: int | None, recalibrate: bool = False,
+                    name: str | None = None) -> tuple[DeviceProfile, str]:
     """This machine's profile for an executed run: the cached one (:mod:`opmeter.timemodel.cache`) unless
     ``recalibrate`` or there is none fresh, else a quick calibration on the spot, cached for the next run; returns
     it and the words saying where it came from."""
@@ -72,7 +72,8 @@ def machine_profile(device: str, dtype: str, threads: int | None, recalibrate: b
     from opmeter.timemodel import cache
     from opmeter.timemodel.calibrate import calibrate, device_name
 
-    key = cache.MachineKey(device, device_name(device), dtype, threads or torch.get_num_threads(), torch.__version__)
+    key = cache.MachineKey(device, name or device_name(device), dtype, threads or torch.get_num_threads(),
+                           torch.__version__)
     held = None if recalibrate else cache.lookup(key)
     if held is not None:
         return held.profile, (f"cached {held.profile.budget} profile measured {held.profile.created[:16]} "
@@ -112,7 +113,7 @@ def choose_profile(profile_path: str | Path | None, device: str, dtype: str | No
     if profile_path is not None:
         return check_profile(load_profile(profile_path), f"file {profile_path}", device, here, dtype, threads)
     if device in ("cpu", "cuda"):
-        profile, origin = machine_profile(device, dtype or "float32", threads, recalibrate)
+        profile, origin = machine_profile(device, dtype or "float32", threads, recalibrate, here)
         return check_profile(profile, origin, device, here, dtype, threads)
     if hardware is not None and getattr(hardware, "known", False):
         from opmeter.timemodel.defaults import default_profile
